@@ -1,0 +1,129 @@
+"""The modality registry: name -> what the model needs to know about a modality.
+
+Kinds:
+  ``image``         raw pixels, patch-embedded (e.g. ``rgb@224``); encoder-only.
+  ``image_tokens``  a 2-D grid of discrete VQ tokens (e.g. ``tok_depth@224``).
+  ``sequence``      a 1-D token sequence with span masking (``caption``, ``det``).
+
+4M-7 is built in; 4M-21 modalities (or your own) are added with :func:`register`.
+Modality ids follow the official code: sha256 of the name, modulo 2**15.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+KINDS = ("image", "image_tokens", "sequence")
+
+
+def modality_id(name: str) -> int:
+    """Official 4M modality id: sha256(name) as an integer, modulo 2**15 (fits in int16)."""
+    return int(hashlib.sha256(name.encode("utf-8")).hexdigest(), 16) % (2**15)
+
+
+@dataclasses.dataclass(frozen=True)
+class Modality:
+    name: str
+    kind: str
+    vocab_size: int | None = None  # None for raw images
+    input_size: int = 224  # image side in pixels (image / image_tokens)
+    patch_size: int = 16  # pixels per token side (image / image_tokens)
+    num_channels: int = 3  # raw images only
+    max_length: int = 256  # sequences: max tokens of the input/target sequence
+    min_tokens: int = 0
+    max_tokens: int | None = None  # None: every token of the grid
+    pad_id: int = 0  # sequences
+    tokenizer: str | None = None  # where the official tokenizer lives (informational)
+    id: int = -1
+
+    @property
+    def grid(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens this modality contributes at most (grid cells for images, max_length for sequences)."""
+        if self.kind == "sequence":
+            return self.max_tokens or self.max_length
+        return self.max_tokens or self.grid * self.grid
+
+    @property
+    def has_decoder(self) -> bool:
+        return self.kind != "image"
+
+
+_REGISTRY: dict[str, Modality] = {}
+
+
+def register(name: str, kind: str, *, overwrite: bool = False, **fields) -> Modality:
+    """Add a modality to the registry (4M-21 modalities, your own pseudo-labels...)."""
+    if kind not in KINDS:
+        raise ValueError(f"modality {name!r}: kind must be one of {KINDS}, got {kind!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"modality {name!r} is already registered (pass overwrite=True to replace it)")
+    if kind != "image" and not fields.get("vocab_size"):
+        raise ValueError(f"modality {name!r}: a {kind} modality needs vocab_size")
+    mod = Modality(name=name, kind=kind, id=modality_id(name), **fields)
+    _REGISTRY[name] = mod
+    return mod
+
+
+def get(name: str) -> Modality:
+    """Look up a modality; unknown names raise one error listing what exists."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown modality {name!r}; registered: {sorted(_REGISTRY)}. "
+            "Register it with fourm.modalities.register(name, kind, ...)"
+        ) from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def check(names_: list[str], where: str = "config") -> list[Modality]:
+    """Resolve a list of modality names, failing once with every unknown name."""
+    unknown = [n for n in names_ if n not in _REGISTRY]
+    if unknown:
+        raise KeyError(
+            f"{where}: unknown modalities {unknown}; registered: {sorted(_REGISTRY)}. "
+            "Register them with fourm.modalities.register(name, kind, ...)"
+        )
+    return [_REGISTRY[n] for n in names_]
+
+
+# --- 4M-7 (the modalities of the released 4M-7 checkpoints) -------------------------------------------
+register("rgb@224", "image", num_channels=3)
+register("tok_rgb@224", "image_tokens", vocab_size=16384, tokenizer="EPFL-VILAB/4M_tokenizers_rgb_16k_224-448")
+register("tok_depth@224", "image_tokens", vocab_size=8192, tokenizer="EPFL-VILAB/4M_tokenizers_depth_8k_224-448")
+register("tok_normal@224", "image_tokens", vocab_size=8192, tokenizer="EPFL-VILAB/4M_tokenizers_normal_8k_224-448")
+register("tok_semseg@224", "image_tokens", vocab_size=4096, tokenizer="EPFL-VILAB/4M_tokenizers_semseg_4k_224-448")
+register("tok_clip@224", "image_tokens", vocab_size=8192, tokenizer="EPFL-VILAB/4M_tokenizers_CLIP-B16_8k_224-448")
+register("caption", "sequence", vocab_size=30000, max_length=256, max_tokens=256)
+register("det", "sequence", vocab_size=30000, max_length=256, max_tokens=256)
+
+MOD7 = ["rgb@224", "tok_rgb@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_clip@224", "caption", "det"]
+
+
+def register_4m21() -> None:
+    """Register the extra 4M-21 modalities (token vocabularies as in the 4M-21 release)."""
+    extra = {
+        "tok_dinov2@224": 8192,
+        "tok_imagebind@224": 8192,
+        "tok_sam_edge@224": 8192,
+        "tok_canny_edge@224": 8192,
+        "tok_sam_instance@224": 1024,
+        "human_poses": 30000,
+        "color_palette": 30000,
+        "metadata": 30000,
+        "t5_caption": 30000,
+    }
+    for name, vocab in extra.items():
+        if name in _REGISTRY:
+            continue
+        if name.startswith("tok_"):
+            register(name, "image_tokens", vocab_size=vocab)
+        else:
+            register(name, "sequence", vocab_size=vocab, max_length=256, max_tokens=256)

@@ -1,0 +1,181 @@
+"""The run store: one folder per run, keyed by a hash of its resolved config.
+
+Layout of ``<root>/<run_id>/``::
+
+    config.yaml    the resolved config (what the id hashes)
+    env.json       git SHA, versions, host, SLURM job
+    log.jsonl      one JSON record per line (step, losses, events)
+    metrics.json   final metrics (written atomically)
+    DONE           written last, atomically: the run is complete and its metrics are final
+
+A run folder without ``DONE`` is partial: readers count it but never treat it as a result.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ID_LENGTH = 12
+
+
+def canonical_json(obj: Any) -> str:
+    """Stable JSON used for hashing: sorted keys, no whitespace; tuples become lists."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def run_id(config: dict) -> str:
+    """Hash of a resolved config (keys starting with '_' are ignored: they are bookkeeping, not identity)."""
+    identity = {k: v for k, v in config.items() if not str(k).startswith("_")}
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:ID_LENGTH]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file in the same folder, fsync, then os.replace: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """What env.json records: code version, library versions, host, and SLURM job if any."""
+    import torch
+
+    env = {
+        "git_sha": git_sha(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "host": socket.gethostname(),
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "pid": os.getpid(),
+    }
+    slurm = {k: v for k, v in os.environ.items() if k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")}
+    if slurm:
+        env["slurm"] = slurm
+    return env
+
+
+class Run:
+    """A run folder. Create with :func:`open_run`; writes are idempotent and atomic."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.id = self.path.name
+
+    # --- state -------------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return (self.path / "DONE").exists()
+
+    @property
+    def config(self) -> dict:
+        with open(self.path / "config.yaml") as f:
+            return yaml.safe_load(f)
+
+    @property
+    def metrics(self) -> dict:
+        with open(self.path / "metrics.json") as f:
+            return json.load(f)
+
+    def read_log(self) -> list[dict]:
+        """Log records; a torn last line (a killed writer) is skipped, never raised."""
+        p = self.path / "log.jsonl"
+        if not p.exists():
+            return []
+        records = []
+        for line in p.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    # --- writes ------------------------------------------------------------------------------------
+    def write_env(self) -> None:
+        atomic_write_json(self.path / "env.json", environment())
+
+    def log(self, **record: Any) -> None:
+        """Append one JSON line (flushed): step, losses, events."""
+        record.setdefault("time", _dt.datetime.now(_dt.timezone.utc).isoformat())
+        with open(self.path / "log.jsonl", "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+
+    def write_metrics(self, metrics: dict) -> None:
+        atomic_write_json(self.path / "metrics.json", metrics)
+
+    def mark_done(self) -> None:
+        """Written last: a run is a result only once this exists."""
+        if not (self.path / "metrics.json").exists():
+            raise RuntimeError(f"{self.path}: write metrics.json before marking the run DONE")
+        atomic_write_text(self.path / "DONE", _dt.datetime.now(_dt.timezone.utc).isoformat() + "\n")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, done={self.done})"
+
+
+def open_run(root: str | os.PathLike, config: dict) -> Run:
+    """Create (or reopen) the folder of a config's run and write config.yaml and env.json.
+
+    Reopening an existing run with a different config is refused (a hash collision or a hand-edited folder).
+    """
+    rid = run_id(config)
+    run = Run(Path(root) / rid)
+    run.path.mkdir(parents=True, exist_ok=True)
+    cfg_path = run.path / "config.yaml"
+    text = yaml.safe_dump(json.loads(canonical_json(config)), sort_keys=True)
+    if cfg_path.exists():
+        existing = yaml.safe_load(cfg_path.read_text())
+        if run_id(existing) != rid:
+            raise RuntimeError(
+                f"{cfg_path} holds a different config than the one hashed to {rid}; "
+                "move the folder away rather than overwrite it"
+            )
+    else:
+        atomic_write_text(cfg_path, text)
+    run.write_env()
+    return run
+
+
+def find_runs(*roots: str | os.PathLike) -> list[Run]:
+    """Every run folder (a folder with config.yaml) under the given roots, recursively, sorted by path."""
+    found = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            if "config.yaml" in filenames:
+                found.append(Run(dirpath))
+                dirnames[:] = []  # run folders do not nest
+    return sorted(found, key=lambda r: str(r.path))
