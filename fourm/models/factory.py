@@ -1,0 +1,55 @@
+"""Model factories with the official 4M names, e.g. ``fm_base_12e_12d_swiglu_nobias``.
+
+Sizes: tiny/small/base/large/xlarge as released; ``nano``/``micro`` are CPU sizes of this suite for tests and demos.
+Variants: ``gelu`` (ViT-style, with biases), ``swiglu_nobias`` (SwiGLU, no biases anywhere, as 4M-7/4M-21 releases),
+``swiglu_qknorm_nobias`` (plus QK-norm).
+"""
+from __future__ import annotations
+
+import re
+
+from fourm.models.fourm import FourM
+
+SIZES = {
+    # name: (dim, heads, encoder depth, decoder depth)
+    "nano": (64, 2, 2, 2),
+    "micro": (128, 4, 4, 4),
+    "tiny": (384, 6, 6, 6),
+    "small": (512, 8, 8, 8),
+    "base": (768, 12, 12, 12),
+    "large": (1024, 16, 24, 24),
+    "xlarge": (2048, 32, 24, 24),
+}
+
+VARIANTS = {
+    "gelu": dict(qkv_bias=True, proj_bias=True, mlp_bias=True, norm_bias=True, act_layer="GELU", gated_mlp=False, qk_norm=False),
+    "swiglu_nobias": dict(qkv_bias=False, proj_bias=False, mlp_bias=False, norm_bias=False, act_layer="SiLU", gated_mlp=True, qk_norm=False),
+    "swiglu_qknorm_nobias": dict(qkv_bias=False, proj_bias=False, mlp_bias=False, norm_bias=False, act_layer="SiLU", gated_mlp=True, qk_norm=True),
+}
+
+_NAME = re.compile(r"^fm_(?P<size>[a-z]+)_(?P<e>\d+)e_(?P<d>\d+)d_(?P<variant>[a-z_]+)$")
+
+
+def model_names() -> list[str]:
+    return [f"fm_{s}_{e}e_{d}d_{v}" for s, (_, _, e, d) in SIZES.items() for v in VARIANTS]
+
+
+def config_for(name: str, **overrides) -> dict:
+    """The FourM config (official metadata keys) for a factory name; overrides win (e.g. domains_in, image_size)."""
+    m = _NAME.match(name)
+    if not m or m["size"] not in SIZES or m["variant"] not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
+    dim, heads, _, _ = SIZES[m["size"]]
+    return {"dim": dim, "num_heads": heads, "encoder_depth": int(m["e"]), "decoder_depth": int(m["d"]),
+            "mlp_ratio": 4.0, **VARIANTS[m["variant"]], **overrides}
+
+
+def create_model(name: str, **overrides) -> FourM:
+    """Build a FourM by official name; e.g. ``create_model("fm_base_12e_12d_swiglu_nobias")``."""
+    return FourM.from_config(config_for(name, **overrides))
+
+
+def transformer_parameters(model: FourM) -> int:
+    """Parameters of the transformer proper (encoder/decoder blocks, norms, context projection), the figure papers quote."""
+    return sum(p.numel() for n, p in model.named_parameters()
+               if n.startswith(("encoder.", "decoder.", "encoder_norm", "decoder_norm", "decoder_proj_context")))

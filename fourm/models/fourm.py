@@ -1,0 +1,308 @@
+"""FourM: the 4M encoder-decoder over many modalities (the official architecture, SDPA attention)."""
+from __future__ import annotations
+
+import random as _random
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fourm import modalities as M
+from fourm.models.blocks import Block, DecoderBlock, LayerNorm, additive_mask
+from fourm.models.embeddings import (
+    ImageEncoderEmbedding,
+    ImageTokenDecoderEmbedding,
+    ImageTokenEncoderEmbedding,
+    SequenceDecoderEmbedding,
+    SequenceEncoderEmbedding,
+    init_linear_,
+)
+
+ACTIVATIONS = {"GELU": nn.GELU, "SiLU": nn.SiLU, "ReLU": nn.ReLU}
+
+# Config keys as stored in the official checkpoints' safetensors metadata, with the official defaults.
+CONFIG_DEFAULTS = {
+    "dim": 768,
+    "encoder_depth": 12,
+    "decoder_depth": 12,
+    "num_heads": 12,
+    "mlp_ratio": 4.0,
+    "qkv_bias": True,
+    "proj_bias": True,
+    "mlp_bias": True,
+    "norm_bias": True,
+    "act_layer": "GELU",
+    "gated_mlp": False,
+    "qk_norm": False,
+    "domains_in": list(M.MOD7),
+    "domains_out": [m for m in M.MOD7 if M.get(m).has_decoder],
+    "image_size": 224,
+    "patch_size": 16,
+    "decoder_causal_mask": False,
+    "decoder_sep_mask": True,
+    "share_modality_embeddings": True,
+    "drop_path_rate_encoder": 0.0,
+    "drop_path_rate_decoder": 0.0,
+}
+
+
+def encoder_embedding(mod: M.Modality, dim: int, image_size: int, patch_size: int) -> nn.Module:
+    if mod.kind == "image":
+        return ImageEncoderEmbedding(dim, image_size, patch_size, mod.num_channels)
+    if mod.kind == "image_tokens":
+        return ImageTokenEncoderEmbedding(dim, mod.vocab_size, image_size, patch_size)
+    return SequenceEncoderEmbedding(dim, mod.vocab_size, mod.max_length, mod.pad_id)
+
+
+def decoder_embedding(mod: M.Modality, dim: int, image_size: int, patch_size: int) -> nn.Module:
+    if mod.kind == "image_tokens":
+        return ImageTokenDecoderEmbedding(dim, mod.vocab_size, image_size, patch_size)
+    if mod.kind == "sequence":
+        return SequenceDecoderEmbedding(dim, mod.vocab_size, mod.max_length, mod.pad_id)
+    raise ValueError(f"modality {mod.name!r} ({mod.kind}) cannot be a decoder target; pick a tokenized variant")
+
+
+def norm_layer_for(norm_bias: bool):
+    return partial(LayerNorm, eps=1e-6, bias=norm_bias)
+
+
+class FourM(nn.Module):
+    """The 4M model. Build from a config dict (official metadata keys) with :func:`FourM.from_config`."""
+
+    def __init__(self, domains_in, domains_out, dim=768, encoder_depth=12, decoder_depth=12, num_heads=12,
+                 mlp_ratio=4.0, qkv_bias=True, proj_bias=True, mlp_bias=True, norm_bias=True, act_layer="GELU",
+                 gated_mlp=False, qk_norm=False, image_size=224, patch_size=16, decoder_causal_mask=False,
+                 decoder_sep_mask=True, share_modality_embeddings=True, drop_path_rate_encoder=0.0,
+                 drop_path_rate_decoder=0.0):
+        super().__init__()
+        self.config = dict(
+            domains_in=list(domains_in), domains_out=list(domains_out), dim=dim, encoder_depth=encoder_depth,
+            decoder_depth=decoder_depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            proj_bias=proj_bias, mlp_bias=mlp_bias, norm_bias=norm_bias, act_layer=act_layer, gated_mlp=gated_mlp,
+            qk_norm=qk_norm, image_size=image_size, patch_size=patch_size, decoder_causal_mask=decoder_causal_mask,
+            decoder_sep_mask=decoder_sep_mask, share_modality_embeddings=share_modality_embeddings,
+            drop_path_rate_encoder=drop_path_rate_encoder, drop_path_rate_decoder=drop_path_rate_decoder,
+        )
+        mods_in = M.check(list(domains_in), "domains_in")
+        mods_out = M.check(list(domains_out), "domains_out")
+        if act_layer not in ACTIVATIONS:
+            raise ValueError(f"act_layer {act_layer!r} is not one of {sorted(ACTIVATIONS)}")
+        self.modality_info = {m.name: m for m in mods_in + mods_out}
+        self.dim = dim
+        self.decoder_causal_mask = decoder_causal_mask
+        self.decoder_sep_mask = decoder_sep_mask
+
+        self.encoder_embeddings = nn.ModuleDict(
+            {m.name: encoder_embedding(m, dim, image_size, patch_size) for m in mods_in})
+        self.decoder_embeddings = nn.ModuleDict(
+            {m.name: decoder_embedding(m, dim, image_size, patch_size) for m in mods_out})
+
+        norm_layer = norm_layer_for(norm_bias)
+        act = ACTIVATIONS[act_layer]
+        kw = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias, mlp_bias=mlp_bias,
+                  act_layer=act, norm_layer=norm_layer, gated_mlp=gated_mlp, qk_norm=qk_norm)
+        dpr_e = torch.linspace(0, drop_path_rate_encoder, encoder_depth).tolist()
+        dpr_d = torch.linspace(0, drop_path_rate_decoder, decoder_depth).tolist()
+        self.encoder = nn.ModuleList([Block(dim, drop_path=dpr_e[i], **kw) for i in range(encoder_depth)])
+        self.encoder_norm = norm_layer(dim)
+        self.decoder_proj_context = nn.Linear(dim, dim)  # has a bias even in the no-bias variants (as official)
+        self.decoder = nn.ModuleList([DecoderBlock(dim, drop_path=dpr_d[i], **kw) for i in range(decoder_depth)])
+        self.decoder_norm = norm_layer(dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+
+        self.init_weights()
+        if share_modality_embeddings:
+            for name, emb in self.decoder_embeddings.items():
+                if name in self.encoder_embeddings:
+                    emb.mod_emb = self.encoder_embeddings[name].mod_emb
+
+    @classmethod
+    def from_config(cls, config: dict) -> "FourM":
+        unknown = sorted(set(config) - set(CONFIG_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown FourM config keys {unknown}; known: {sorted(CONFIG_DEFAULTS)}")
+        return cls(**{**CONFIG_DEFAULTS, **config})
+
+    def init_weights(self) -> None:
+        init_linear_(self)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for emb in list(self.encoder_embeddings.values()) + list(self.decoder_embeddings.values()):
+            nn.init.trunc_normal_(emb.mod_emb, std=0.02)
+
+    # --- encoder -----------------------------------------------------------------------------------
+    def cat_encoder_tensors(self, mod_dict: dict):
+        xs, embs, masks, mods = [], [], [], []
+        for mod, d in mod_dict.items():
+            xs.append(d["x"])
+            embs.append(d["emb"])
+            masks.append(d["input_mask"])
+            mods.append(torch.full_like(d["input_mask"], self.modality_info[mod].id, dtype=torch.int16))
+        return torch.cat(xs, 1), torch.cat(embs, 1), torch.cat(masks, 1), torch.cat(mods, 1)
+
+    @staticmethod
+    def _select(n: int, unused: torch.Tensor) -> torch.Tensor:
+        """Indices of the first n used positions per sample, in order (then unused ones): a stable sort on the mask."""
+        arange = torch.arange(unused.shape[1], device=unused.device).unsqueeze(0) * 1e-6
+        return torch.argsort(unused + arange, dim=1)[:, :n]
+
+    def forward_mask_encoder(self, encoder_mod_dict: dict, num_encoder_tokens: int):
+        tokens_all, emb_all, mask_all, mod_all = self.cat_encoder_tensors(encoder_mod_dict)
+        ids_keep = self._select(num_encoder_tokens, mask_all)
+        idx = ids_keep.unsqueeze(-1).expand(-1, -1, tokens_all.shape[2])
+        tokens = torch.gather(tokens_all, 1, idx)
+        emb = torch.gather(emb_all, 1, idx)
+        mask = torch.gather(mask_all, 1, ids_keep)
+        mod_mask = torch.gather(mod_all, 1, ids_keep)
+        tokens = tokens.masked_fill(mask.unsqueeze(-1), 0.0)
+        emb = emb.masked_fill(mask.unsqueeze(-1), 0.0)
+        mod_mask = mod_mask.masked_fill(mask, -1)
+        return tokens, emb, mask.unsqueeze(1), mod_mask, ids_keep
+
+    def forward_encoder(self, x: torch.Tensor, encoder_mask: torch.Tensor | None) -> torch.Tensor:
+        attn_mask = additive_mask(encoder_mask, x.dtype)
+        for blk in self.encoder:
+            x = blk(x, attn_mask)
+        return self.encoder_norm(x)
+
+    # --- decoder -----------------------------------------------------------------------------------
+    def cat_decoder_tensors(self, mod_dict: dict, rng=_random):
+        """Concatenate targets; modality order is shuffled with Python's `random`, as the official code does."""
+        order = rng.sample(tuple(mod_dict.keys()), len(mod_dict))
+        xs, embs, masks, targets, attn, mods = [], [], [], [], [], []
+        for mod in order:
+            d = mod_dict[mod]
+            mid = self.modality_info[mod].id
+            if self.modality_info[mod].kind == "sequence":
+                # Teacher forcing: inputs are positions 0..L-2, targets are the next tokens; a position is valid only
+                # if it and its successor are both targets.
+                xs.append(d["x"][:, :-1])
+                targets.append(d["ids"][:, 1:])
+                embs.append(d["emb"][:, :-1])
+                masks.append(d["target_mask"][:, 1:] | d["target_mask"][:, :-1])
+                attn.append(d["decoder_attention_mask"][:, :-1])
+                mods.append(torch.full_like(d["ids"][:, :-1], mid, dtype=torch.int16))
+            else:
+                emb = d["emb"]
+                xs.append(self.mask_token.expand(emb.shape[0], emb.shape[1], -1))
+                targets.append(d["ids"])
+                embs.append(emb)
+                masks.append(d["target_mask"])
+                attn.append(d["decoder_attention_mask"])
+                mods.append(torch.full_like(d["ids"], mid, dtype=torch.int16))
+        cat = lambda t: torch.cat(t, 1)  # noqa: E731
+        return cat(xs), cat(embs), cat(masks), cat(targets), cat(attn), cat(mods), order
+
+    def adapt_decoder_attention_mask(self, decoder_attention_mask: torch.Tensor, mod_mask: torch.Tensor) -> torch.Tensor:
+        """Compressed 4M decoder mask -> full [B, N, N] boolean mask (True = masked).
+
+        Each position holds how many tokens its group adds: [4,0,0,0] lets the group attend to all four, [1,1,1,1] is
+        causal. With the separation mask, tokens attend only within their own modality.
+        """
+        B, N = decoder_attention_mask.shape
+        arange = torch.arange(N, device=decoder_attention_mask.device)
+        if self.decoder_causal_mask:
+            mask = (arange[None, :] > arange[:, None]).expand(B, N, N)
+        else:
+            cumsum = torch.cumsum(decoder_attention_mask, dim=1)
+            mask = arange.view(1, 1, N) >= cumsum.view(B, N, 1)
+        if self.decoder_sep_mask:
+            mask = mask | (mod_mask.unsqueeze(1) != mod_mask.unsqueeze(2))
+        return mask
+
+    def forward_mask_decoder(self, decoder_mod_dict: dict, num_decoder_tokens: int, rng=_random):
+        tokens_all, emb_all, mask_all, target_all, attn_all, mod_all, order = self.cat_decoder_tensors(decoder_mod_dict, rng)
+        ids_keep = self._select(num_decoder_tokens, mask_all)
+        idx = ids_keep.unsqueeze(-1).expand(-1, -1, tokens_all.shape[2])
+        tokens = torch.gather(tokens_all, 1, idx)
+        emb = torch.gather(emb_all, 1, idx)
+        mask = torch.gather(mask_all, 1, ids_keep)
+        target_ids = torch.gather(target_all, 1, ids_keep)
+        attn = torch.gather(attn_all, 1, ids_keep)
+        mod_mask = torch.gather(mod_all, 1, ids_keep)
+        tokens = tokens.masked_fill(mask.unsqueeze(-1), 0.0)
+        emb = emb.masked_fill(mask.unsqueeze(-1), 0.0)
+        target_ids = target_ids.masked_fill(mask, 0)
+        attn_mask = self.adapt_decoder_attention_mask(attn, mod_mask)
+        mod_mask = mod_mask.masked_fill(mask, -1)
+        return dict(tokens=tokens, emb=emb, mask=mask.unsqueeze(1), target_ids=target_ids, attn_mask=attn_mask,
+                    mod_mask=mod_mask, ids_keep=ids_keep, order=order)
+
+    def forward_decoder(self, y, context, encoder_mask, attn_mask):
+        sa = additive_mask(attn_mask, y.dtype)
+        xa = additive_mask(encoder_mask, y.dtype)
+        for blk in self.decoder:
+            y = blk(y, context, sa, xa)
+        return self.decoder_norm(y)
+
+    # --- losses ------------------------------------------------------------------------------------
+    def forward_logits(self, y, decoder_mod_dict, mod_mask) -> dict:
+        """Per-modality logits for the decoder rows of that modality, row-major over (batch, position)."""
+        out = {}
+        for mod in decoder_mod_dict:
+            sel = mod_mask == self.modality_info[mod].id
+            out[mod] = self.decoder_embeddings[mod].forward_logits(y[sel])
+        return out
+
+    def losses(self, y, target_ids, decoder_mod_dict, mod_mask, loss_type="mod"):
+        """'mod': mean of per-modality mean losses; 'tok': mean over all target tokens."""
+        mod_loss, total, count = {}, y.new_zeros(()), 0
+        for mod in decoder_mod_dict:
+            sel = mod_mask == self.modality_info[mod].id
+            logits = self.decoder_embeddings[mod].forward_logits(y[sel])
+            if logits.numel() == 0:
+                mod_loss[mod] = y.new_zeros(1) + 0.0 * y.sum()  # keeps the graph connected for DDP
+                continue
+            ce = F.cross_entropy(logits.float(), target_ids[sel].long(), reduction="none")
+            mod_loss[mod] = ce.mean()
+            total = total + ce.sum()
+            count += ce.numel()
+        if loss_type in ("mod", "modality"):
+            loss = sum(mod_loss.values()) / len(mod_loss)
+        elif loss_type in ("tok", "token"):
+            loss = total / max(count, 1)
+        else:
+            raise ValueError(f"loss_type must be 'mod' or 'tok', got {loss_type!r}")
+        return loss, mod_loss
+
+    # --- forward -----------------------------------------------------------------------------------
+    def forward(self, mod_dict: dict, num_encoder_tokens: int, num_decoder_tokens: int, loss_type: str = "mod",
+                return_logits: bool = False, return_all: bool = False, rng=_random):
+        """Masked multimodal forward on the official batch format.
+
+        Returns ``(loss, mod_loss)``; with ``return_logits`` the per-modality logits dict instead; with ``return_all``
+        a dict holding every intermediate (encoder/decoder tokens, masks, outputs, logits, losses).
+        """
+        enc_dict = {m: self.encoder_embeddings[m](d) for m, d in mod_dict.items() if m in self.encoder_embeddings}
+        dec_dict = {m: self.decoder_embeddings[m].forward_embed(d) for m, d in mod_dict.items() if m in self.decoder_embeddings}
+        if not enc_dict:
+            raise ValueError(f"no input modality of this model in the batch {list(mod_dict)}; model inputs: {list(self.encoder_embeddings)}")
+        enc_tokens, enc_emb, enc_mask, enc_mod_mask, enc_ids = self.forward_mask_encoder(enc_dict, num_encoder_tokens)
+        dec = self.forward_mask_decoder(dec_dict, num_decoder_tokens, rng)
+
+        x = self.forward_encoder(enc_tokens + enc_emb, enc_mask)
+        context = self.decoder_proj_context(x) + enc_emb
+        y = self.forward_decoder(dec["tokens"] + dec["emb"], context, enc_mask, dec["attn_mask"])
+
+        if return_logits:
+            return self.forward_logits(y, dec_dict, dec["mod_mask"])
+        loss, mod_loss = self.losses(y, dec["target_ids"], dec_dict, dec["mod_mask"], loss_type)
+        if return_all:
+            return dict(loss=loss, mod_loss=mod_loss, enc_tokens=enc_tokens, enc_emb=enc_emb, enc_mask=enc_mask,
+                        enc_mod_mask=enc_mod_mask, enc_ids_keep=enc_ids, enc_output=x, dec_output=y,
+                        logits=self.forward_logits(y, dec_dict, dec["mod_mask"]), **{f"dec_{k}": v for k, v in dec.items()})
+        return loss, mod_loss
+
+    def encode(self, mod_dict: dict, num_encoder_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder only: (tokens after the final norm, boolean pad mask [B, N])."""
+        enc_dict = {m: self.encoder_embeddings[m](d) for m, d in mod_dict.items() if m in self.encoder_embeddings}
+        tokens, emb, mask, _, _ = self.forward_mask_encoder(enc_dict, num_encoder_tokens)
+        return self.forward_encoder(tokens + emb, mask), mask.squeeze(1)
+
+    def weight_decay_exclusions(self) -> set[str]:
+        """Parameter names 4M trains without weight decay (position/modality embeddings, mask token, norms, biases)."""
+        skip = set()
+        for name, p in self.named_parameters():
+            if p.ndim <= 1 or name.endswith(".bias") or "mod_emb" in name or name == "mask_token" or "pos_emb" in name:
+                skip.add(name)
+        return skip
