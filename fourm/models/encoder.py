@@ -31,7 +31,7 @@ class FourMEncoder(nn.Module):
         self.patch_size = patch_size
         self.encoder_embeddings = nn.ModuleDict({m.name: encoder_embedding(m, dim, image_size, patch_size) for m in mods})
         norm_layer = norm_layer_for(norm_bias)
-        dpr = torch.linspace(0, drop_path_rate, encoder_depth).tolist()
+        dpr = [drop_path_rate * i / max(encoder_depth - 1, 1) for i in range(encoder_depth)]
         self.encoder = nn.ModuleList([
             Block(dim, num_heads, mlp_ratio, qkv_bias, proj_bias, mlp_bias, drop_path=dpr[i],
                   act_layer=ACTIVATIONS[act_layer], norm_layer=norm_layer, gated_mlp=gated_mlp, qk_norm=qk_norm)

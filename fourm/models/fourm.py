@@ -102,8 +102,8 @@ class FourM(nn.Module):
         act = ACTIVATIONS[act_layer]
         kw = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias, mlp_bias=mlp_bias,
                   act_layer=act, norm_layer=norm_layer, gated_mlp=gated_mlp, qk_norm=qk_norm)
-        dpr_e = torch.linspace(0, drop_path_rate_encoder, encoder_depth).tolist()
-        dpr_d = torch.linspace(0, drop_path_rate_decoder, decoder_depth).tolist()
+        dpr_e = [drop_path_rate_encoder * i / max(encoder_depth - 1, 1) for i in range(encoder_depth)]
+        dpr_d = [drop_path_rate_decoder * i / max(decoder_depth - 1, 1) for i in range(decoder_depth)]
         self.encoder = nn.ModuleList([Block(dim, drop_path=dpr_e[i], **kw) for i in range(encoder_depth)])
         self.encoder_norm = norm_layer(dim)
         self.decoder_proj_context = nn.Linear(dim, dim)  # has a bias even in the no-bias variants (as official)

@@ -1,0 +1,25 @@
+"""Session-wide fixtures shared by every test area."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def official_fixture_dir() -> Path:
+    from fourm.models.parity import default_fixture_dir
+
+    d = default_fixture_dir()
+    assert (d / "tiny_4m7.safetensors").exists(), f"official fixture missing at {d} (shared/ must sit beside the repo)"
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    # The machine (and CI) has 2 cores; pinning keeps timings and numerics stable across tests.
+    torch.set_num_threads(2)
+    yield
