@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fourm.models.embeddings import resize_pos_emb
 from fourm.models.encoder import FourMEncoder
 from fourm.models.fourm import CONFIG_DEFAULTS, FourM
 
@@ -136,7 +137,16 @@ def load_encoder(path: str | os.PathLike, modality: str | list[str] = "rgb@224",
     missing = [k for k in wanted if k not in state]
     if missing:
         raise CheckpointError(f"{path}: encoder weights missing from the file; {_key_report(missing, [])}")
-    enc.load_state_dict({k: state[k] for k in wanted}, strict=True)
+    picked = {}
+    for k, v in wanted.items():
+        t = state[k]
+        if k.endswith("pos_emb") and t.shape != v.shape and t.ndim == 3 and v.ndim == 3:
+            # another image_size than the checkpoint's: resize the grid (sequence tables are never resized)
+            emb = enc.encoder_embeddings[k.split(".")[1]]
+            old = int(round(t.shape[1] ** 0.5))
+            t = resize_pos_emb(t, (old, old), emb.grid)
+        picked[k] = t
+    enc.load_state_dict(picked, strict=True)
     return enc
 
 
