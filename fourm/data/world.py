@@ -134,8 +134,8 @@ _INF = np.inf
 def _halfspaces(o, d, normals, offsets):
     """Ray interval inside {p : n_k . p <= c_k for all k}; returns (t_in, t_out, normal at entry)."""
     normals = np.asarray(normals, dtype=np.float64)
-    normals = normals / np.linalg.norm(normals, axis=1, keepdims=True)
-    offsets = np.asarray(offsets, dtype=np.float64) * 1.0
+    norm = np.linalg.norm(normals, axis=1)
+    normals, offsets = normals / norm[:, None], np.asarray(offsets, dtype=np.float64) / norm
     nd = d @ normals.T  # (N, K)
     slack = offsets - normals @ o  # (K,), >= 0 where the origin is inside plane k
     with np.errstate(divide="ignore", invalid="ignore"):
