@@ -160,6 +160,26 @@ def train_wordpiece(
     return tok
 
 
+def merge_spans(input_ids: Sequence[int], target_ids: Sequence[int], sentinel_ids: Sequence[int]) -> list[int]:
+    """Undo span masking: replace each sentinel of the input by the tokens that follow it in the target.
+
+    A sentinel whose span is missing from the target (e.g. a truncated target) is kept as is.
+    """
+    sentinels = set(sentinel_ids)
+    spans: dict[int, list[int]] = {}
+    current = None
+    for t in target_ids:
+        if t in sentinels:
+            current = t
+            spans[t] = []
+        elif current is not None:
+            spans[current].append(t)
+    out: list[int] = []
+    for t in input_ids:
+        out.extend(spans.get(t, [t]) if t in sentinels else [t])
+    return out
+
+
 # --- boxes as text ---------------------------------------------------------------------------------------------
 
 
