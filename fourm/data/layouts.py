@@ -234,6 +234,8 @@ def write_layouts(world_root: str | os.PathLike, out_root: str | os.PathLike, wh
     Existing image/label files are kept (idempotent); COCO JSONs and meta files are rewritten atomically.
     """
     world_root, out_root = Path(world_root), Path(out_root)
+    if not splits:
+        raise ValueError("write_layouts: give at least one split")
     unknown = sorted(set(which) - set(LAYOUTS))
     if unknown:
         raise ValueError(f"write_layouts: unknown layouts {unknown}; choose from {list(LAYOUTS)}")

@@ -136,7 +136,7 @@ def _halfspaces(o, d, normals, offsets):
     normals = np.asarray(normals, dtype=np.float64)
     norm = np.linalg.norm(normals, axis=1)
     normals, offsets = normals / norm[:, None], np.asarray(offsets, dtype=np.float64) / norm
-    nd = d @ normals.T  # (N, K)
+    nd = d @ normals.T  # (N, K); only on the pixels of one object
     slack = offsets - normals @ o  # (K,), >= 0 where the origin is inside plane k
     with np.errstate(divide="ignore", invalid="ignore"):
         t = slack / nd
@@ -252,19 +252,28 @@ def _dims(cls: str, s: float) -> dict:
     }[cls]
 
 
-def _half_extents(cls: str, s: float) -> tuple[float, float]:
-    """(horizontal radius, height) of a bounding cylinder of the shape."""
-    d = _dims(cls, s)
-    return {
-        "sphere": (d.get("r", 0), 2 * d.get("r", 0)), "hemisphere": (d.get("r", 0), d.get("r", 0)),
-        "ellipsoid": (d.get("a", 0), 2 * d.get("b", 0)), "cube": (math.sqrt(2) * d.get("e", 0), 2 * d.get("e", 0)),
-        "brick": (math.hypot(d.get("ex", 0), d.get("ez", 0)), 2 * d.get("ey", 0)),
-        "cylinder": (d.get("r", 0), d.get("h", 0)), "cone": (d.get("r", 0), d.get("h", 0)),
-        "pyramid": (math.sqrt(2) * d.get("a", 0), d.get("h", 0)),
-        "prism": (math.hypot(d.get("a", 0), d.get("l", 0)), d.get("h", 0)),
-        "octahedron": (d.get("r", 0), 2 * d.get("r", 0)), "capsule": (d.get("r", 0), d.get("h", 0)),
-        "torus": (d.get("R", 0) + d.get("r", 0), 2 * d.get("r", 0)),
-    }[cls]
+def _bounding_cylinder(cls: str, s: float) -> tuple[float, float]:
+    """(radius, height) of a vertical cylinder on the floor that contains the shape (for screen-space culling)."""
+    g = _dims(cls, s)
+    if cls in ("sphere", "octahedron"):
+        return g["r"], 2 * g["r"]
+    if cls == "hemisphere":
+        return g["r"], g["r"]
+    if cls == "ellipsoid":
+        return g["a"], 2 * g["b"]
+    if cls == "cube":
+        return math.sqrt(2) * g["e"], 2 * g["e"]
+    if cls == "brick":
+        return math.hypot(g["ex"], g["ez"]), 2 * g["ey"]
+    if cls in ("cylinder", "cone", "capsule"):
+        return g["r"], g["h"]
+    if cls == "pyramid":
+        return math.sqrt(2) * g["a"], g["h"]
+    if cls == "prism":
+        return math.hypot(g["a"], g["l"]), g["h"]
+    if cls == "torus":
+        return g["R"] + g["r"], 2 * g["r"]
+    raise KeyError(f"unknown shape class {cls!r}; known: {CLASSES}")
 
 
 def _torus(o, d, R, r):
@@ -404,29 +413,32 @@ def _pixel_rays(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def _room(scene: Scene, d_world: np.ndarray):
-    """Depth, world normal and semseg id of the room surfaces for world rays (N, 3)."""
-    o = scene.center
-    planes = [((0, 1, 0), 0.0, FLOOR_ID), ((0, 0, 1), -scene.back, WALL_ID),
-              ((1, 0, 0), -scene.side, WALL_ID), ((-1, 0, 0), -scene.side, WALL_ID)]
-    best_t = np.full(len(d_world), _INF)
-    normal = np.zeros_like(d_world)
-    label = np.zeros(len(d_world), np.uint8)
-    for n, c, lab in planes:  # plane n . p = c seen from the side n points to
-        n = np.asarray(n, float)
-        nd = d_world @ n
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = (c - n @ o) / nd
-        t = np.where((nd < 0) & (t > 0), t, _INF)
-        closer = t < best_t
-        best_t = np.where(closer, t, best_t)
-        normal[closer] = n
-        label[closer] = lab
-    return best_t, normal, label
+    """Depth, world normal and semseg id of the room surfaces (floor, back wall, side walls) for world rays (N, 3)."""
+    cx, cy, cz = scene.center
+    dx, dy, dz = d_world[:, 0], d_world[:, 1], d_world[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.stack([
+            np.where(dy < 0, -cy / dy, _INF),  # floor y = 0
+            np.where(dz < 0, (-scene.back - cz) / dz, _INF),  # back wall z = -back
+            np.where(dx < 0, (-scene.side - cx) / dx, np.where(dx > 0, (scene.side - cx) / dx, _INF)),  # side walls
+        ], 1)
+    k = np.argmin(t, axis=1)
+    normals = np.zeros_like(d_world)
+    normals[k == 0, 1] = 1.0
+    normals[k == 1, 2] = 1.0
+    normals[k == 2, 0] = -np.sign(dx[k == 2])
+    labels = np.where(k == 0, FLOOR_ID, WALL_ID).astype(np.uint8)
+    return np.take_along_axis(t, k[:, None], 1)[:, 0], normals, labels
+
+
+def _rotate(v: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """v @ M.T for many 3-vectors, written out: tiny matrices through BLAS spawn threads that fight on a busy machine."""
+    return v[:, :1] * M[:, 0] + v[:, 1:2] * M[:, 1] + v[:, 2:3] * M[:, 2]
 
 
 def _object_rect(scene: Scene, obj: SceneObject) -> tuple[int, int, int, int]:
     """Conservative pixel rectangle (r0, r1, c0, c1) covering the object's bounding cylinder."""
-    radius, height = _half_extents(obj.cls, obj.size)
+    radius, height = _bounding_cylinder(obj.cls, obj.size)
     ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     # a 16-gon circumscribing the circle (radius / cos(pi / 16)) at the bottom and top of the bounding cylinder
     rr = radius / math.cos(math.pi / 16)
@@ -451,7 +463,7 @@ def _trace(scene: Scene, rows: np.ndarray, cols: np.ndarray, cull: bool = True):
     shape = rows.shape
     d_cam = _pixel_rays(scene, rows, cols).reshape(-1, 3)
     R = scene.rotation
-    d_world = d_cam @ R  # R^T d for each row
+    d_world = _rotate(d_cam, R.T)
     depth, normal, label = _room(scene, d_world)
     obj_index = np.full(len(depth), -1, np.int32)
     flat_rows, flat_cols = rows.reshape(-1), cols.reshape(-1)
@@ -470,15 +482,15 @@ def _trace(scene: Scene, rows: np.ndarray, cols: np.ndarray, cull: bool = True):
         rot = _yaw_matrix(obj.yaw)
         base = np.array([obj.position[0], 0.0, obj.position[1]])
         o_local = (scene.center - base) @ rot
-        t, n_local = _shape_hit(obj.cls, obj.size, o_local, d_world[sel] @ rot)
+        t, n_local = _shape_hit(obj.cls, obj.size, o_local, _rotate(d_world[sel], rot.T))
         closer = t < depth[sel]
         idx = sel[closer]
         depth[idx] = t[closer]
-        n_world = n_local[closer] @ rot.T
+        n_world = _rotate(n_local[closer], rot)
         normal[idx] = n_world / np.linalg.norm(n_world, axis=1, keepdims=True)
         label[idx] = SEMSEG_CLASSES.index(obj.cls)
         obj_index[idx] = i
-    normal = normal @ R.T  # world -> camera frame
+    normal = _rotate(normal, R)  # world -> camera frame
     return (depth.reshape(shape), normal.reshape(*shape, 3), label.reshape(shape), obj_index.reshape(shape), d_world)
 
 
@@ -513,7 +525,9 @@ def _shade(scene: Scene, depth, normal_cam, label, obj_index, d_world) -> np.nda
     floor = np.flatnonzero(flat_label == FLOOR_ID)
     p = scene.center + flat_depth[floor, None] * d_world[floor]
     albedo[floor] = _floor_albedo(scene.floor, p[:, 0], p[:, 2])
-    lambert = np.maximum(normal_cam.reshape(-1, 3) @ (scene.rotation @ scene.light), 0).astype(np.float32)
+    light = scene.rotation @ scene.light
+    n = normal_cam.reshape(-1, 3)
+    lambert = np.maximum(n[:, 0] * light[0] + n[:, 1] * light[1] + n[:, 2] * light[2], 0).astype(np.float32)
     # a room light: the far wall is a little darker than the foreground
     falloff = 1.0 / (1.0 + 0.02 * flat_depth.astype(np.float32) ** 2)
     radiance = albedo * (0.25 + 0.9 * lambert * falloff)[:, None]
