@@ -138,6 +138,11 @@ def test_generate_is_deterministic_resumable_and_seeded(tmp_path):
     assert kept.stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="world.json"):
         world.generate(str(tmp_path / "a"), num=3, size=SIZE, seed=9)
+    # worker processes write the same bytes
+    w = world.generate(str(tmp_path / "w"), num=3, size=SIZE, seed=7, workers=2)
+    for m in WORLD_MODALITIES:
+        names = sorted(p.name for p in (a / m).iterdir())
+        assert filecmp.cmpfiles(a / m, w / m, names, shallow=False)[0] == names
     # val scenes differ from train scenes of the same seed
     v = world.generate(str(tmp_path / "a"), num=1, size=SIZE, seed=7, split="val")
     assert not filecmp.cmp(v / "rgb" / "000000.png", a / "rgb" / "000000.png", shallow=False)
