@@ -44,6 +44,7 @@ import yaml
 from tqdm import tqdm
 
 from fourm.runs import atomic_write_json, find_runs
+from results import block_yaml
 
 try:  # libyaml is ~20x faster than the pure-Python loader; fall back so a build without it still works
     _YamlLoader = yaml.CSafeLoader
@@ -210,10 +211,10 @@ def _atomic_to(path: Path, write) -> None:
             tmp.unlink()
 
 
-def _read_env(path: Path) -> dict[str, Any]:
+def _read_env(path: str) -> dict[str, Any]:
     try:
-        with open(path / "env.json") as f:
-            env = json.load(f)
+        with open(os.path.join(path, "env.json"), "rb") as f:
+            env = json.loads(f.read())
     except FileNotFoundError:
         return {}
     if not isinstance(env, dict):
@@ -226,18 +227,30 @@ def _read_env(path: Path) -> dict[str, Any]:
     return row
 
 
-def _read_done_run(path: Path, selection: Selection):
-    """(config row, metrics dict, source dict, eval_step, applied rule) or raise ValueError with the reason."""
+def read_config(path: str | os.PathLike) -> dict:
+    """A run's config.yaml as ``yaml.safe_load`` reads it (fast path: :mod:`results.block_yaml`); ValueError if broken."""
     try:
-        with open(path / "config.yaml", "rb") as f:
-            config = yaml.load(f, Loader=_YamlLoader)
-    except yaml.YAMLError as e:
-        raise ValueError(f"config.yaml does not parse: {str(e).splitlines()[0]}") from None
+        with open(os.path.join(path, "config.yaml"), "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config.yaml is not UTF-8: {e}") from None
+    config = block_yaml.load(text)
+    if config is None:
+        try:
+            config = yaml.load(text, Loader=_YamlLoader)
+        except yaml.YAMLError as e:
+            raise ValueError(f"config.yaml does not parse: {' '.join(str(e).split())}") from None
     if not isinstance(config, dict):
         raise ValueError(f"config.yaml holds a {type(config).__name__}, not a mapping")
+    return config
+
+
+def _read_done_run(path: str, selection: Selection):
+    """(config row, metrics dict, source dict, eval_step, applied rule) or raise ValueError with the reason."""
+    config = read_config(path)
     try:
-        with open(path / "metrics.json", "rb") as f:
-            metrics = json.load(f)
+        with open(os.path.join(path, "metrics.json"), "rb") as f:
+            metrics = json.loads(f.read())
     except FileNotFoundError:
         raise ValueError("DONE but no metrics.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -260,18 +273,19 @@ def _read_done_run(path: Path, selection: Selection):
     return flatten_config(config), values, sources, step, rule
 
 
-def _scalar_kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, (int, float)):
-        return "num"
-    return "str"
+def _kinds(column: list) -> set[str]:
+    """The kinds ("bool", "num", "str") of the non-null values of a column; type-level so 10k runs stay cheap."""
+    kinds = set()
+    for t in set(map(type, column)):
+        if t is type(None):
+            continue
+        kinds.add("bool" if t is bool else "num" if issubclass(t, (int, float)) else "str")
+    return kinds
 
 
 def _harmonise(column: list) -> list:
     """A column mixing kinds (e.g. 3 and "3") becomes all strings, so CSV and parquet round-trip the same."""
-    kinds = {_scalar_kind(v) for v in column if v is not None and not (isinstance(v, float) and math.isnan(v))}
-    if len(kinds) <= 1:
+    if len(_kinds(column)) <= 1:
         return column
     return [None if v is None else str(v) for v in column]
 
@@ -300,14 +314,14 @@ def collect(
     metric_source: list[str] = []
     show = progress if progress is not None else len(runs) > 2000
     for run in tqdm(runs, desc="collect", unit="run", disable=not show, mininterval=0.5):
-        path = run.path
-        if not (path / "DONE").exists():
-            result.partial.append(str(path))
+        path = str(run.path)  # plain strings: pathlib costs more than the reads at 10k runs
+        if not os.path.exists(os.path.join(path, "DONE")):
+            result.partial.append(path)
             continue
         try:
             config, values, sources, step, rule = _read_done_run(path, selection)
         except (ValueError, OSError) as e:
-            result.corrupt.append((str(path), str(e)))
+            result.corrupt.append((path, str(e)))
             continue
         try:
             env = _read_env(path)
@@ -315,9 +329,9 @@ def collect(
             env = {}
             result.warnings.append(f"{path}: env.json unreadable ({e})")
         if rule.startswith("last(no"):
-            result.fallbacks.append(str(path))
+            result.fallbacks.append(path)
         index = len(run_rows)
-        row = {"run_id": run.id, "eval_step": step, "select": rule, "path": str(path)}
+        row = {"run_id": run.id, "eval_step": step, "select": rule, "path": path}
         for k, v in config.items():
             row[f"config.{k}" if k in BASE_COLUMNS else k] = v
         row.update(env)
@@ -352,17 +366,19 @@ def _build_table(run_rows, metric_run, metric_name, metric_value, metric_source)
     }
     for k in config_keys + env_keys:
         column = _harmonise([r.get(k) for r in run_rows])
-        data[k] = pd.Series(column, dtype=_dtype_of(column)).to_numpy()[take]
+        data[k] = pd.Series(column, dtype=_dtype_of(column)).take(take).reset_index(drop=True)
     return pd.DataFrame(data)
 
 
 def _dtype_of(column: list):
-    kinds = {_scalar_kind(v) for v in column if v is not None}
+    kinds = _kinds(column)
     if kinds == {"num"}:
-        return float if any(isinstance(v, float) for v in column) or None in column else "int64"
+        if any(isinstance(v, float) for v in column):
+            return float
+        return "Int64" if None in column else "int64"  # nullable ints: a seed missing in one run stays an int
     if kinds == {"bool"} and None not in column:
         return bool
-    return object
+    return None if kinds == {"str"} else object  # strings: let pandas pick its string dtype
 
 
 def load_collected(path: str | os.PathLike) -> pd.DataFrame:
