@@ -1,0 +1,130 @@
+"""Tokenizer checkpoints: weights as safetensors, resumable training state beside them.
+
+Weights follow the official 4M convention: the model config sits in the safetensors ``__metadata__`` with every value
+stored as ``str(value)`` and parsed back with :func:`ast.literal_eval`. The training state (optimizer, step, RNG) is a
+``torch.save`` file next to the weights: ``step_000120.safetensors`` + ``step_000120.state.pt``. Both are written
+atomically, weights first, so a checkpoint counts only once its state file exists.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
+
+_STEP_RE = re.compile(r"^step_(\d+)\.state\.pt$")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Temp file in the same folder + fsync + os.replace: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def metadata_from_config(config: dict) -> dict[str, str]:
+    return {str(k): str(v) for k, v in config.items()}
+
+
+def config_from_metadata(metadata: dict[str, str]) -> dict:
+    """Inverse of ``str(value)``: literals are parsed, anything else (e.g. ``depth``) stays a string."""
+    out = {}
+    for k, v in metadata.items():
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
+def save_tokenizer(model: VQVAE, path: str | os.PathLike) -> None:
+    """Write the weights (every tensor of the state dict, contiguous) with the config as metadata, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata_from_config(model.config.to_dict())))
+
+
+def load_tokenizer(path: str | os.PathLike, map_location: str = "cpu") -> VQVAE:
+    """Rebuild a :class:`VQVAE` from a safetensors checkpoint (or a run folder holding ``tokenizer.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"tokenizer checkpoint {path} does not exist; train one with `fourm-bench tokenize train` "
+            "and pass its run folder or its tokenizer.safetensors"
+        )
+    try:
+        with safe_open(str(path), framework="pt", device=map_location) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"{path}: not a readable safetensors tokenizer checkpoint ({e})") from e
+    try:
+        config = VQVAEConfig.from_dict(config_from_metadata(metadata))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: __metadata__ is not a tokenizer config ({e})") from e
+    model = VQVAE(config)
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
+
+
+# --- resumable training state --------------------------------------------------------------------------
+def checkpoint_paths(folder: str | os.PathLike, step: int) -> tuple[Path, Path]:
+    folder = Path(folder)
+    return folder / f"step_{step:06d}.safetensors", folder / f"step_{step:06d}.state.pt"
+
+
+def save_training_checkpoint(folder, model: VQVAE, optimizer: torch.optim.Optimizer, step: int, extra: dict) -> Path:
+    """Weights, then optimizer/step/RNG state: the state file marks the checkpoint complete."""
+    weights, state_path = checkpoint_paths(folder, step)
+    save_tokenizer(model, weights)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), **extra}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(state_path, buf.getvalue())
+    return weights
+
+
+def latest_step(folder: str | os.PathLike) -> int | None:
+    """Highest step whose weights and state both exist, or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    steps = []
+    for name in os.listdir(folder):
+        m = _STEP_RE.match(name)
+        if m and checkpoint_paths(folder, int(m.group(1)))[0].exists():
+            steps.append(int(m.group(1)))
+    return max(steps) if steps else None
+
+
+def load_training_checkpoint(folder, step: int) -> tuple[VQVAE, dict]:
+    weights, state_path = checkpoint_paths(folder, step)
+    model = load_tokenizer(weights)
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    return model, state
+
+
+def list_steps(folder: str | os.PathLike) -> list[int]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for m in map(_STEP_RE.match, os.listdir(folder)) if m)

@@ -1,0 +1,269 @@
+"""Train one VQ-VAE tokenizer on one modality folder of a 4M-layout dataset.
+
+The run folder (``<out>/<run id>``, :mod:`fourm.runs`) holds ``config.yaml``, ``log.jsonl`` (step losses, one
+``epoch`` record with validation metrics per epoch), ``checkpoints/step_*.{safetensors,state.pt}``, and once finished
+``tokenizer.safetensors``, ``metrics.json`` and ``DONE``. Training is deterministic given the config: the epoch
+permutation and flips are drawn from generators seeded by (seed, epoch/step) and the global torch RNG (model init,
+dead-code restarts) is saved in every checkpoint, so a resumed run ends bit-identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from fourm.runs import Run, open_run
+from fourm.tokenizers.checkpoint import (
+    checkpoint_paths,
+    latest_step,
+    list_steps,
+    load_training_checkpoint,
+    save_tokenizer,
+    save_training_checkpoint,
+)
+from fourm.tokenizers.metrics import ReconstructionMeter, constant_prediction, fit_constant, image_mean_depth
+from fourm.tokenizers.modality_io import list_stems, load_modality, split_root
+from fourm.tokenizers.quantizer import codebook_perplexity
+from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def compose_config(name: str, overrides: list[str]) -> dict:
+    """Compose ``configs/<name>.yaml`` with hydra overrides (``key=value``, ``group=option``) into a plain dict."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name=name, overrides=list(overrides))
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ValueError(
+                f"{CONFIG_DIR / (name + '.yaml')}: required keys {missing} are not set; pass them as key=value"
+            )
+        return OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ValueError(f"{CONFIG_DIR / (name + '.yaml')} with overrides {list(overrides)}: {e}") from None
+
+
+def model_config(cfg: dict) -> VQVAEConfig:
+    """The tokenizer's :class:`VQVAEConfig` from a composed train config (``model`` + ``modality`` groups)."""
+    fields = {f.name for f in dataclasses.fields(VQVAEConfig)}
+    mod = cfg["modality"]
+    d = {k: v for k, v in cfg["model"].items() if k in fields}
+    d.update({k: v for k, v in mod.items() if k in fields})
+    d["modality"] = mod["name"]
+    try:
+        return VQVAEConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"tokenizer config (model={cfg['model']}, modality={mod}): {e}") from None
+
+
+def lr_at(step: int, total: int, cfg: dict) -> float:
+    """Linear warmup, then cosine decay to ``lr * min_lr_ratio``."""
+    lr, warm = cfg["lr"], cfg["warmup_steps"]
+    if step < warm:
+        return lr * (step + 1) / warm
+    t = (step - warm) / max(total - warm, 1)
+    floor = lr * cfg["min_lr_ratio"]
+    return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def load_splits(cfg: dict, mcfg: VQVAEConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and validation tensors of the modality at the tokenizer's image size (held in memory)."""
+    mod = mcfg.modality
+    train_root = split_root(cfg["data"], cfg["split"])
+    stems = list_stems(train_root, [mod])
+    val_root = Path(cfg["data"]) / cfg["val_split"] if cfg.get("val_split") else None
+    if val_root is not None and (val_root / mod).is_dir():
+        val_stems = list_stems(val_root, [mod])
+    else:
+        n_val = max(1, int(round(len(stems) * cfg["val_fraction"])))
+        if len(stems) - n_val < 1:
+            raise ValueError(f"{train_root}: {len(stems)} samples are too few to hold out {n_val} for validation")
+        val_root, val_stems, stems = train_root, stems[-n_val:], stems[:-n_val]
+    if cfg.get("max_train_samples"):
+        stems = stems[: cfg["max_train_samples"]]
+    if cfg.get("max_val_samples"):
+        val_stems = val_stems[: cfg["max_val_samples"]]
+    train_x = load_modality(train_root, mod, mcfg.image_size, stems, desc=f"load train {mod}")
+    val_x = load_modality(val_root, mod, mcfg.image_size, val_stems, desc=f"load val {mod}")
+    return train_x, val_x
+
+
+@torch.no_grad()
+def evaluate(model: VQVAE, val_x: torch.Tensor, batch_size: int = 32) -> dict:
+    """Validation reconstruction metrics (through the tokens) and token statistics."""
+    c = model.config
+    was_training = model.training
+    model.eval()
+    meter = ReconstructionMeter(c.modality, c.num_classes, c.ignore_index)
+    tokens = []
+    for i in range(0, len(val_x), batch_size):
+        x = val_x[i : i + batch_size]
+        t = model.encode(x)
+        tokens.append(t)
+        meter.update(model.decode(t), x)
+    model.train(was_training)
+    tokens = torch.cat(tokens)
+    return {
+        **meter.compute(),
+        "token_perplexity": codebook_perplexity(tokens, c.codebook_size),
+        "codes_used": int(torch.unique(tokens).numel()),
+    }
+
+
+def baselines(mcfg: VQVAEConfig, train_x: torch.Tensor, val_x: torch.Tensor) -> dict:
+    """Metrics of trivial predictors on the validation set (see :mod:`fourm.tokenizers.metrics`)."""
+    const = fit_constant(mcfg.modality, train_x, mcfg.num_classes, mcfg.ignore_index)
+    meter = ReconstructionMeter(mcfg.modality, mcfg.num_classes, mcfg.ignore_index)
+    meter.update(constant_prediction(const, val_x), val_x)
+    out = {"constant": meter.compute()}
+    if mcfg.modality == "depth":
+        oracle = ReconstructionMeter("depth")
+        oracle.update(image_mean_depth(val_x), val_x)
+        out["image_mean"] = oracle.compute()
+    return out
+
+
+def _prune(run: Run, folder: Path, keep: int) -> None:
+    steps = list_steps(folder)
+    old = steps[: max(len(steps) - keep, 0)] if keep > 0 else []
+    for s in old:
+        for p in checkpoint_paths(folder, s):
+            p.unlink(missing_ok=True)
+    if old:
+        run.log(event="prune_checkpoints", removed_steps=old, kept=steps[len(old):])
+
+
+def train(cfg: dict, progress: bool = True) -> Run:
+    """Train (or resume, or skip if DONE) the tokenizer run of a composed config; returns its run."""
+    cfg = dict(cfg)
+    out = cfg.pop("out")
+    cfg["data"] = str(Path(cfg["data"]).resolve())
+    if not Path(cfg["data"]).is_dir():
+        raise FileNotFoundError(f"data={cfg['data']}: no such folder; pass a 4M-layout dataset (e.g. from `fourm-bench world`)")
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    mcfg = model_config(cfg)
+    run = open_run(out, cfg)
+    if run.done:
+        print(f"tokenizer run {run.path} is already DONE; nothing to do")
+        return run
+
+    train_x, val_x = load_splits(cfg, mcfg, progress)
+    bs = cfg["batch_size"]
+    steps_per_epoch = len(train_x) // bs
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size={bs} is larger than the {len(train_x)} training samples; lower batch_size")
+    total = cfg["epochs"] * steps_per_epoch
+
+    ckdir = run.path / "checkpoints"
+    last = latest_step(ckdir)
+    if last is None:
+        torch.manual_seed(cfg["seed"])
+        model = VQVAE(mcfg)
+        state = {"step": 0, "train_seconds": 0.0}
+        run.log(event="start", step=0, train_samples=len(train_x), val_samples=len(val_x), total_steps=total)
+    else:
+        model, state = load_training_checkpoint(ckdir, last)
+        if model.config != mcfg:
+            raise RuntimeError(f"{ckdir}: checkpoint config {model.config} differs from the run config {mcfg}")
+        torch.set_rng_state(state["torch_rng"])
+        run.log(event="resume", step=state["step"])
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if last is not None:
+        opt.load_state_dict(state["optimizer"])
+    step, train_seconds = int(state["step"]), float(state["train_seconds"])
+
+    bar = tqdm(total=total, initial=step, desc=f"tokenizer {mcfg.modality}", unit="step", disable=not progress)
+    t0 = time.perf_counter()
+    while step < total:
+        epoch, i = divmod(step, steps_per_epoch)
+        perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch))
+        x = train_x[perm[i * bs : (i + 1) * bs]]
+        if cfg["flip"]:
+            flips = torch.rand(bs, generator=torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)) < 0.5
+            x = _flip(mcfg.modality, x, flips)
+        lr = lr_at(step, total, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        out_ = model(x)
+        opt.zero_grad(set_to_none=True)
+        out_["loss"].backward()
+        if cfg["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        step += 1
+        bar.update()
+        if step % cfg["log_every"] == 0 or step == total:
+            rec = {k: float(out_[k]) for k in ("loss", "recon_loss", "vq_loss", "perplexity", "usage")}
+            run.log(step=step, epoch=epoch, lr=lr, **rec)
+            bar.set_postfix(loss=f"{rec['recon_loss']:.4f}", usage=f"{rec['usage']:.2f}")
+        if step % steps_per_epoch == 0:
+            metrics = evaluate(model, val_x)
+            run.log(event="epoch", epoch=epoch + 1, step=step, **{f"val/{k}": v for k, v in metrics.items()})
+            if (epoch + 1) % cfg["save_every_epochs"] == 0 or step == total:
+                elapsed = train_seconds + time.perf_counter() - t0
+                save_training_checkpoint(ckdir, model, opt, step, {"train_seconds": elapsed})
+                _prune(run, ckdir, cfg["keep_checkpoints"])
+    bar.close()
+    train_seconds += time.perf_counter() - t0
+
+    final = evaluate(model, val_x)
+    metrics = {
+        "modality": mcfg.modality,
+        "token_modality": mcfg.token_modality,
+        "vocab_size": mcfg.codebook_size,
+        "grid": mcfg.grid,
+        "image_size": mcfg.image_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": step,
+        "train_samples": len(train_x),
+        "val_samples": len(val_x),
+        "train_seconds": round(train_seconds, 2),
+        "val": final,
+        "baselines": baselines(mcfg, train_x, val_x),
+    }
+    save_tokenizer(model, run.path / "tokenizer.safetensors")
+    run.write_metrics(metrics)
+    run.mark_done()
+    return run
+
+
+def _flip(modality: str, x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    if not flips.any():
+        return x
+    x = x.clone()
+    f = x[flips].flip(-1)
+    if modality == "normal":
+        f[:, 0] = -f[:, 0]
+    x[flips] = f
+    return x
+
+
+def cli(argv: list[str]) -> int:
+    """``fourm-bench tokenize train key=value ...`` (hydra overrides of configs/train.yaml)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print(f"config: {CONFIG_DIR / 'train.yaml'}\n\n" + (CONFIG_DIR / "train.yaml").read_text())
+        return 0
+    show = "--cfg" in argv
+    cfg = compose_config("train", [a for a in argv if a != "--cfg"])
+    if show:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    run = train(cfg, progress=os.environ.get("FOURM_NO_PROGRESS") is None)
+    m = run.metrics
+    print(f"tokenizer: {run.path / 'tokenizer.safetensors'}")
+    print(f"val: {m['val']}\nbaselines: {m['baselines']}")
+    return 0

@@ -1,0 +1,300 @@
+"""Spatial VQ-VAE tokenizers for image-like modalities (rgb, depth, normal, semseg).
+
+A conv encoder downsamples by ``2 ** len(channels)`` (224 px with 4 stages -> 14x14 tokens, the 4M grid of patch 16;
+64 px with 3 stages -> 8x8), a :class:`~fourm.tokenizers.quantizer.VectorQuantizer` turns each cell into one token id,
+and a conv decoder maps the codes back to the modality.
+
+Each modality has an adapter that defines the network input, the loss and the decoded output ("modality tensor"):
+
+=======  ==============================  ===================================  ====================================
+name     modality tensor                 network input                        loss
+=======  ==============================  ===================================  ====================================
+rgb      float [B,3,H,W] in [0,1]        pixels scaled to [-1,1]              MSE on the [-1,1] pixels
+depth    float [B,1,H,W] metres, 0=none  log-depth mapped from                L1 on normalised log-depth,
+                                         [depth_min, depth_max] to [-1,1]     valid (depth > 0) pixels only
+normal   float [B,3,H,W] unit vectors    the vectors (zeros where missing)    L1 + (1 - cosine), valid pixels
+semseg   long [B,H,W] class ids          one-hot over num_classes (the        cross-entropy (ignore_index, and
+                                         ignore_index -> all zeros)           ids >= num_classes, are ignored)
+=======  ==============================  ===================================  ====================================
+
+Depth is normalised with *fixed* log bounds rather than per image, so decoded tokens give metric depth back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fourm.tokenizers.quantizer import VectorQuantizer
+
+IGNORE_INDEX = 255
+MODALITIES = ("rgb", "depth", "normal", "semseg")
+
+
+@dataclasses.dataclass
+class VQVAEConfig:
+    """Everything needed to rebuild a tokenizer (stored in the checkpoint's ``__metadata__``)."""
+
+    modality: str = "depth"  # rgb | depth | normal | semseg
+    token_modality: str = "tok_depth@224"  # the 4M modality name its tokens are stored under
+    image_size: int = 64
+    channels: tuple = (32, 64, 128)  # one entry per 2x downsampling stage
+    num_res_blocks: int = 1
+    code_dim: int = 32
+    codebook_size: int = 512
+    beta: float = 0.25
+    ema_decay: float | None = None  # None: learned codebook; float: EMA codebook
+    restart_after: int = 50
+    num_classes: int = 0  # semseg only
+    ignore_index: int = IGNORE_INDEX  # semseg label that is neither input nor loss (world: 0 = void)
+    depth_min: float = 0.1  # metres; log-depth normalisation bounds
+    depth_max: float = 100.0
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        if self.modality not in MODALITIES:
+            raise ValueError(f"VQVAEConfig.modality must be one of {MODALITIES}, got {self.modality!r}")
+        if not self.channels:
+            raise ValueError("VQVAEConfig.channels needs at least one stage")
+        if self.image_size % self.downsample:
+            raise ValueError(
+                f"VQVAEConfig.image_size {self.image_size} is not divisible by the downsampling factor "
+                f"{self.downsample} (2 ** len(channels)); change image_size or channels"
+            )
+        if self.modality == "semseg" and self.num_classes < 2:
+            raise ValueError("VQVAEConfig.num_classes must be set (>= 2) for a semseg tokenizer")
+        if self.modality == "depth" and not 0 < self.depth_min < self.depth_max:
+            raise ValueError(f"VQVAEConfig needs 0 < depth_min < depth_max, got {self.depth_min}, {self.depth_max}")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** len(self.channels)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.downsample
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VQVAEConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown VQVAEConfig keys {sorted(unknown)}; known: {sorted(fields)}")
+        return cls(**d)
+
+
+# --- modality adapters ---------------------------------------------------------------------------------
+class ModalityAdapter:
+    """How one modality enters and leaves the network. Subclasses set ``in_channels`` / ``out_channels``."""
+
+    in_channels: int
+    out_channels: int
+
+    def __init__(self, config: VQVAEConfig):
+        self.config = config
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def from_output(self, out: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RGBAdapter(ModalityAdapter):
+    in_channels = out_channels = 3
+
+    def to_input(self, x):
+        return x.float() * 2 - 1
+
+    def loss(self, out, x):
+        return F.mse_loss(out, self.to_input(x))
+
+    def from_output(self, out):
+        return ((out + 1) / 2).clamp(0, 1)
+
+
+class DepthAdapter(ModalityAdapter):
+    in_channels = out_channels = 1
+
+    def _bounds(self):
+        return math.log(self.config.depth_min), math.log(self.config.depth_max)
+
+    def to_input(self, x):
+        lo, hi = self._bounds()
+        logd = torch.log(x.float().clamp(self.config.depth_min, self.config.depth_max))
+        z = (logd - lo) / (hi - lo) * 2 - 1
+        return torch.where(x > 0, z, torch.zeros_like(z))  # invalid pixels sit at the mid value
+
+    def loss(self, out, x):
+        valid = (x > 0).float()
+        return ((out - self.to_input(x)).abs() * valid).sum() / valid.sum().clamp_min(1)
+
+    def from_output(self, out):
+        lo, hi = self._bounds()
+        return torch.exp((out.clamp(-1, 1) + 1) / 2 * (hi - lo) + lo)
+
+
+class NormalAdapter(ModalityAdapter):
+    in_channels = out_channels = 3
+
+    def to_input(self, x):
+        return x.float()
+
+    def loss(self, out, x):
+        valid = (x.abs().sum(1, keepdim=True) > 0).float()
+        denom = valid.sum().clamp_min(1)
+        l1 = ((out - x).abs() * valid).sum() / (denom * 3)
+        cos = F.cosine_similarity(out, x, dim=1, eps=1e-6).unsqueeze(1)
+        return l1 + ((1 - cos) * valid).sum() / denom
+
+    def from_output(self, out):
+        return F.normalize(out, dim=1, eps=1e-6)
+
+
+class SemsegAdapter(ModalityAdapter):
+    def __init__(self, config):
+        super().__init__(config)
+        self.in_channels = self.out_channels = config.num_classes
+
+    def to_input(self, x):
+        x = x.long()
+        valid = (x != self.config.ignore_index) & (x >= 0) & (x < self.config.num_classes)
+        onehot = F.one_hot(torch.where(valid, x, torch.zeros_like(x)), self.config.num_classes)
+        onehot = onehot * valid.unsqueeze(-1)
+        return onehot.permute(0, 3, 1, 2).float()
+
+    def loss(self, out, x):
+        x = x.long()
+        x = torch.where((x >= 0) & (x < self.config.num_classes), x, torch.full_like(x, self.config.ignore_index))
+        return F.cross_entropy(out, x, ignore_index=self.config.ignore_index)
+
+    def from_output(self, out):
+        return out.argmax(1)
+
+
+ADAPTERS = {"rgb": RGBAdapter, "depth": DepthAdapter, "normal": NormalAdapter, "semseg": SemsegAdapter}
+
+
+# --- network -------------------------------------------------------------------------------------------
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, c), c, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.norm1 = _norm(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = _norm(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Encoder(nn.Module):
+    """Stem conv at full resolution, then per stage a stride-2 conv followed by ``num_res_blocks`` ResBlocks.
+
+    Residual blocks run only at the downsampled resolutions: full-resolution blocks cost most of the compute
+    and buy little for the smooth, piecewise modalities tokenized here.
+    """
+
+    def __init__(self, in_channels: int, channels: tuple, num_res_blocks: int, code_dim: int):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        layers, c = [], channels[0]
+        for cout in channels:
+            layers.append(nn.Conv2d(c, cout, 4, stride=2, padding=1))
+            c = cout
+            layers += [ResBlock(c, c) for _ in range(num_res_blocks)]
+        layers += [_norm(c), nn.SiLU(), nn.Conv2d(c, code_dim, 1)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(self.stem(x))
+
+
+class Decoder(nn.Module):
+    """Mirror of :class:`Encoder`: per stage ResBlocks then nearest 2x upsampling + conv; a 3x3 conv to the output."""
+
+    def __init__(self, out_channels: int, channels: tuple, num_res_blocks: int, code_dim: int):
+        super().__init__()
+        rev = tuple(reversed(channels))
+        c = rev[0]
+        layers = [nn.Conv2d(code_dim, c, 3, padding=1)]
+        for cout in (*rev[1:], channels[0]):
+            layers += [ResBlock(c, c) for _ in range(num_res_blocks)]
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, cout, 3, padding=1)]
+            c = cout
+        layers += [_norm(c), nn.SiLU(), nn.Conv2d(c, out_channels, 3, padding=1)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.body(z)
+
+
+class VQVAE(nn.Module):
+    """A spatial VQ-VAE tokenizer for one modality; ``encode`` gives ``[B, h, w]`` token ids, ``decode`` inverts it."""
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__()
+        self.config = config
+        self.adapter = ADAPTERS[config.modality](config)
+        c = config
+        self.encoder = Encoder(self.adapter.in_channels, c.channels, c.num_res_blocks, c.code_dim)
+        self.quantizer = VectorQuantizer(
+            c.codebook_size, c.code_dim, beta=c.beta, ema_decay=c.ema_decay, restart_after=c.restart_after
+        )
+        self.decoder = Decoder(self.adapter.out_channels, c.channels, c.num_res_blocks, c.code_dim)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.codebook_size
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        size = tuple(x.shape[-2:])
+        if size[0] % self.config.downsample or size[1] % self.config.downsample:
+            raise ValueError(
+                f"{self.config.modality} tokenizer: input {size} is not divisible by {self.config.downsample}; "
+                f"resize to a multiple (trained at {self.config.image_size})"
+            )
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """Training pass on a modality tensor: reconstruction + quantizer losses, tokens and codebook stats."""
+        self._check_input(x)
+        z = self.encoder(self.adapter.to_input(x))
+        z_q, tokens, q_loss, stats = self.quantizer(z)
+        out = self.decoder(z_q)
+        recon = self.adapter.loss(out, x)
+        return {"loss": recon + q_loss, "recon_loss": recon, "vq_loss": q_loss, "tokens": tokens, "out": out, **stats}
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Modality tensor -> token ids ``LongTensor [B, h, w]`` in ``[0, vocab_size)``."""
+        self._check_input(x)
+        z = self.encoder(self.adapter.to_input(x))
+        b, d, h, w = z.shape
+        return self.quantizer.lookup(z.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, h, w]`` -> modality tensor (see the module table)."""
+        if tokens.dim() != 3:
+            raise ValueError(f"decode expects token ids of shape [B, h, w], got {tuple(tokens.shape)}")
+        return self.adapter.from_output(self.decoder(self.quantizer.embed(tokens)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
