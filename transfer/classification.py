@@ -1,0 +1,365 @@
+"""ImageNet-1K fine-tuning of the 4M encoder, MAE fine-tune style, with timm's augmentation, mixup and schedule.
+
+Model: encoder tokens (after its norm) -> mean over tokens -> LayerNorm -> linear head. Optimiser: AdamW over
+layer-wise LR decay groups (:func:`transfer.adapter.layer_decay_param_groups`), cosine schedule with linear warmup,
+stepped per optimizer update. Data: torchvision ImageFolder at ``<data_root>/in1k/{train,val}``.
+
+Resuming: after every epoch ``checkpoint.pt`` in the run folder holds model, optimizer and epoch (tensors, numbers,
+strings only: it loads with ``torch.load(weights_only=True)``). Every epoch reseeds python/numpy/torch from
+(seed, epoch), so a resumed run follows the same data order, augmentations and drop-path draws as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.datasets import ImageFolder
+from tqdm import tqdm
+
+from transfer.adapter import build_encoder, layer_decay_param_groups
+
+CHECKPOINT = "checkpoint.pt"
+MODALITY = "rgb@224"
+
+
+class Classifier(nn.Module):
+    """4M encoder + mean pooling + LayerNorm + linear head (parameters ``backbone.*``, ``fc_norm.*``, ``head.*``)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, head_init_std: float = 2e-5):
+        super().__init__()
+        self.backbone = backbone
+        self.fc_norm = nn.LayerNorm(backbone.dim, eps=1e-6)
+        self.head = nn.Linear(backbone.dim, num_classes)
+        # MAE's fine-tune head init: near-zero logits so the first steps do not wreck the pretrained features
+        nn.init.trunc_normal_(self.head.weight, std=head_init_std)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone.forward_features(x)
+        return self.head(self.fc_norm(tokens.mean(dim=1)))
+
+
+# --- data ---------------------------------------------------------------------------------------------
+class ClassFolder(ImageFolder):
+    """ImageFolder whose label index comes from a given class list (folders may cover only some classes)."""
+
+    def __init__(self, root: str | os.PathLike, classes: list[str], transform=None):
+        self._given_classes = list(classes)
+        super().__init__(str(root), transform=transform, allow_empty=True)
+
+    def find_classes(self, directory):
+        present = sorted(e.name for e in os.scandir(directory) if e.is_dir())
+        unknown = [c for c in present if c not in self._given_classes]
+        if unknown:
+            raise ValueError(f"{directory}: class folders {unknown[:5]} are not in the class list "
+                             f"({len(self._given_classes)} classes, from the train folders or meta.json)")
+        return self._given_classes, {c: i for i, c in enumerate(self._given_classes)}
+
+
+def class_names(in1k_root: Path) -> list[str]:
+    """Class list: ``meta.json``'s ``classes`` when the layout has one (the synthetic world's), else the train folders."""
+    meta = in1k_root / "meta.json"
+    if meta.exists():
+        classes = json.loads(meta.read_text()).get("classes")
+        if classes:
+            return list(classes)
+    train = in1k_root / "train"
+    return sorted(e.name for e in os.scandir(train) if e.is_dir())
+
+
+def posterize(img, bits_to_keep: int, **_):
+    """Posterize that keeps 0 bits as a black image, as Pillow < 11 did.
+
+    timm's RandAugment 'inc1' maps magnitude 10 (reached by m9 + mstd0.5 draws) to 0 bits; Pillow >= 11 raises there.
+    """
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size, 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _fix_posterize(transform) -> int:
+    """Swap :func:`posterize` into every posterize op of timm RandAugment/AutoAugment in a Compose; returns how many."""
+    fixed = 0
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []) or []:
+            if getattr(op, "name", "").startswith("Posterize"):
+                op.aug_fn = posterize
+                fixed += 1
+    return fixed
+
+
+def build_transforms(train_cfg: dict, data_cfg: dict):
+    """timm transforms: RandAugment + random erasing for training; resize + center crop for evaluation."""
+    from timm.data import create_transform
+
+    common = dict(input_size=train_cfg["image_size"], interpolation=train_cfg["interpolation"],
+                  mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]))
+    train_tf = create_transform(is_training=True, auto_augment=train_cfg["auto_augment"], color_jitter=None,
+                                re_prob=train_cfg["reprob"], re_mode=train_cfg["remode"], re_count=train_cfg["recount"],
+                                **common)
+    _fix_posterize(train_tf)
+    eval_tf = create_transform(is_training=False, crop_pct=train_cfg["crop_pct"], **common)
+    return train_tf, eval_tf
+
+
+def build_datasets(config: dict):
+    """(train, val, class names) from ``<data_root>/in1k``; missing folders or a wrong class count raise one clear error."""
+    root = Path(config["data_root"]) / "in1k"
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(
+                f"in1k: no {root / split}; data_root must hold in1k/{{train,val}}/<class>/*.JPEG (ImageNet layout). "
+                f"For the synthetic world: fourm-bench world --out DIR --num N --layouts in1k (then data_root=DIR/layouts)")
+    classes = class_names(root)
+    expected = config["data"].get("num_classes")
+    if expected is not None and expected != len(classes):
+        raise ValueError(f"in1k: {root} has {len(classes)} classes but data.num_classes={expected}; "
+                         f"point data_root at the right dataset or pass data.num_classes=null")
+    train_tf, eval_tf = build_transforms(config["train"], config["data"])
+    train = ClassFolder(root / "train", classes, train_tf)
+    val = ClassFolder(root / "val", classes, eval_tf)
+    for name, ds in (("train", train), ("val", val)):
+        if len(ds) == 0:
+            raise FileNotFoundError(f"in1k: no images under {root / name}/<class>/")
+    return train, val, classes
+
+
+# --- model, optimizer, schedule --------------------------------------------------------------------------
+def peak_lr(train_cfg: dict) -> float:
+    """``train.lr`` if set, else the linear scaling rule ``blr * batch_size / 256``."""
+    return train_cfg["lr"] if train_cfg.get("lr") is not None else train_cfg["blr"] * train_cfg["batch_size"] / 256
+
+
+def per_step_batch(train_cfg: dict) -> int:
+    bs, accum = train_cfg["batch_size"], train_cfg.get("accum_iter", 1)
+    if accum < 1 or bs % accum:
+        raise ValueError(f"train.batch_size={bs} must be a multiple of train.accum_iter={accum}")
+    step = bs // accum
+    if train_cfg.get("mixup", 0) > 0 or train_cfg.get("cutmix", 0) > 0:
+        if step % 2:
+            raise ValueError(f"mixup/cutmix in batch mode needs an even per-step batch; got {step} "
+                             f"(train.batch_size={bs} / train.accum_iter={accum})")
+    return step
+
+
+def resolve_device(config: dict) -> torch.device:
+    want = config.get("_runtime", {}).get("device", "auto")
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"_runtime.device={want!r} but CUDA is not available; pass _runtime.device=cpu or auto")
+    return torch.device(want)
+
+
+def build_model(config: dict, num_classes: int) -> Classifier:
+    t = config["transfer"]
+    encoder = build_encoder(t["init"], t["model"], (MODALITY,), image_size=config["train"]["image_size"],
+                            drop_path_rate=config["train"]["drop_path"])
+    return Classifier(encoder, num_classes, head_init_std=config["train"]["head_init_std"])
+
+
+def build_optimizer(model: Classifier, train_cfg: dict) -> torch.optim.AdamW:
+    """AdamW over layer-decay groups. Each group's ``lr`` is the unscaled peak LR: the scheduler multiplies by ``lr_scale``."""
+    lr = peak_lr(train_cfg)
+    groups = layer_decay_param_groups(model, lr, train_cfg["weight_decay"], train_cfg["layer_decay"], model.backbone.depth)
+    for g in groups:
+        g["lr"] = lr  # timm's scheduler applies lr_scale itself; pre-scaled lrs would be scaled twice
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(train_cfg["betas"]))
+
+
+def build_scheduler(optimizer, train_cfg: dict, updates_per_epoch: int):
+    """timm cosine schedule over optimizer updates: linear warmup from 0 for ``warmup_epochs``, then cosine to min_lr."""
+    from timm.scheduler import CosineLRScheduler
+
+    updates_per_epoch = max(1, updates_per_epoch)
+    warmup = int(round(train_cfg["warmup_epochs"] * updates_per_epoch))
+    total = int(train_cfg["epochs"] * updates_per_epoch)
+    return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=train_cfg["min_lr"],
+                             warmup_t=warmup, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+
+
+def build_mixup(train_cfg: dict, num_classes: int):
+    """timm Mixup (None when mixup and cutmix are off)."""
+    from timm.data import Mixup
+
+    if train_cfg["mixup"] <= 0 and train_cfg["cutmix"] <= 0:
+        return None
+    return Mixup(mixup_alpha=train_cfg["mixup"], cutmix_alpha=train_cfg["cutmix"], prob=train_cfg["mixup_prob"],
+                 switch_prob=train_cfg["mixup_switch_prob"], mode=train_cfg["mixup_mode"],
+                 label_smoothing=train_cfg["smoothing"], num_classes=num_classes)
+
+
+def build_criterion(train_cfg: dict, mixup) -> nn.Module:
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup is not None:
+        return SoftTargetCrossEntropy()  # mixup already folds label smoothing into the soft targets
+    if train_cfg["smoothing"] > 0:
+        return LabelSmoothingCrossEntropy(smoothing=train_cfg["smoothing"])
+    return nn.CrossEntropyLoss()
+
+
+def build(config: dict) -> dict:
+    """Everything a run needs: model (on device), optimizer, scheduler, loaders, mixup, criterion, classes, device."""
+    torch.manual_seed(config["seed"])
+    train_cfg, runtime = config["train"], config.get("_runtime", {})
+    train_set, val_set, classes = build_datasets(config)
+    step_batch = per_step_batch(train_cfg)
+    device = resolve_device(config)
+    workers = runtime.get("num_workers", 0)
+    loader_args = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=step_batch, shuffle=True, drop_last=True, **loader_args)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=step_batch, shuffle=False, drop_last=False, **loader_args)
+    model = build_model(config, len(classes)).to(device)
+    optimizer = build_optimizer(model, train_cfg)
+    updates_per_epoch = len(train_loader) // train_cfg.get("accum_iter", 1)
+    scheduler = build_scheduler(optimizer, train_cfg, updates_per_epoch)
+    mixup = build_mixup(train_cfg, len(classes))
+    return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "train_loader": train_loader,
+            "val_loader": val_loader, "mixup": mixup, "criterion": build_criterion(train_cfg, mixup),
+            "classes": classes, "device": device, "updates_per_epoch": updates_per_epoch}
+
+
+# --- train / evaluate ---------------------------------------------------------------------------------
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Reseed every RNG that touches an epoch (sampler, RandAugment, erasing, mixup, drop path) from (seed, epoch)."""
+    s = (seed * 1_000_003 + epoch) % (2**31)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(parts: dict, config: dict, epoch: int, run=None) -> float:
+    """One epoch of fine-tuning; returns the mean training loss (against the mixed soft targets)."""
+    model, opt, sched, mixup, criterion = (parts[k] for k in ("model", "optimizer", "scheduler", "mixup", "criterion"))
+    train_cfg, device = config["train"], parts["device"]
+    accum, per_epoch = train_cfg.get("accum_iter", 1), parts["updates_per_epoch"]
+    log_every = config.get("_runtime", {}).get("log_every", 50)
+    model.train()
+    total, count = 0.0, 0
+    loader = parts["train_loader"]
+    bar = tqdm(loader, desc=f"in1k epoch {epoch + 1}/{train_cfg['epochs']}", unit="batch", leave=False)
+    opt.zero_grad(set_to_none=True)
+    for i, (images, targets) in enumerate(bar):
+        if i // accum >= per_epoch:
+            break  # a trailing partial accumulation would be a step with fewer samples
+        update = epoch * per_epoch + i // accum
+        if i % accum == 0:
+            sched.step_update(update)
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if mixup is not None:
+            images, targets = mixup(images, targets)
+        with _autocast(device, train_cfg["amp"]):
+            loss = criterion(model(images), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"in1k: loss is {loss.item()} at epoch {epoch}, step {i}; lower train.lr/blr")
+        (loss / accum).backward()
+        if (i + 1) % accum == 0:
+            if train_cfg.get("clip_grad"):
+                nn.utils.clip_grad_norm_(model.parameters(), train_cfg["clip_grad"])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            lr = max(g["lr"] for g in opt.param_groups)
+            if run is not None and (update % log_every == 0 or update == per_epoch * (epoch + 1) - 1):
+                run.log(step=update + 1, epoch=epoch, loss=loss.item(), lr=lr)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+        total += loss.item() * images.shape[0]
+        count += images.shape[0]
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = True) -> dict:
+    """top1/top5 (percent) and mean cross-entropy over the validation set (top-5 is top-k with k = min(5, classes))."""
+    model.eval()
+    correct1 = correct5 = 0
+    loss_sum, n = 0.0, 0
+    for images, targets in tqdm(loader, desc="in1k eval", unit="batch", leave=False):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top == targets[:, None]
+        correct1 += hit[:, 0].sum().item()
+        correct5 += hit.any(dim=1).sum().item()
+        n += targets.numel()
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "val_loss": loss_sum / n}
+
+
+# --- checkpoint ---------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model: nn.Module, optimizer, epoch: int, metrics: dict) -> None:
+    """Atomically write the state after ``epoch`` (0-based, completed); only tensors/numbers/strings (weights_only-safe)."""
+    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "metrics": {k: float(v) for k, v in metrics.items()}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer) -> dict:
+    """Restore model and optimizer in place; returns the checkpoint's epoch and metrics."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return {"epoch": state["epoch"], "metrics": state.get("metrics", {})}
+
+
+def run(config: dict, run) -> dict:
+    """Fine-tune and evaluate; resumes from ``<run>/checkpoint.pt``. Returns top1, top5 (percent), val_loss, ..."""
+    parts = build(config)
+    train_cfg = config["train"]
+    epochs = train_cfg["epochs"]
+    if parts["updates_per_epoch"] == 0:
+        raise ValueError(f"in1k: {len(parts['train_loader'].dataset)} training images are fewer than one optimizer step "
+                         f"(train.batch_size={train_cfg['batch_size']}); lower train.batch_size")
+    ckpt = Path(run.path) / CHECKPOINT
+    start, metrics = 0, {}
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, parts["model"], parts["optimizer"])
+        start, metrics = state["epoch"] + 1, state["metrics"]
+        run.log(event="resume", epoch=start, checkpoint=str(ckpt))
+    else:
+        run.log(event="start", epochs=epochs, train_images=len(parts["train_loader"].dataset),
+                val_images=len(parts["val_loader"].dataset), classes=len(parts["classes"]), device=str(parts["device"]))
+    t0 = time.perf_counter()
+    for epoch in range(start, epochs):
+        seed_epoch(config["seed"], epoch)
+        train_loss = train_one_epoch(parts, config, epoch, run)
+        metrics = {"train_loss": train_loss}
+        if (epoch + 1) % train_cfg["eval_every"] == 0 or epoch + 1 == epochs:
+            metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"]))
+        run.log(epoch=epoch, **metrics)
+        save_checkpoint(ckpt, parts["model"], parts["optimizer"], epoch, metrics)
+    if "top1" not in metrics:  # resumed after the last epoch's checkpoint but before DONE: evaluate what was saved
+        metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"]))
+    metrics.update({"epochs": epochs, "train_time_s": time.perf_counter() - t0,
+                    "train_images": len(parts["train_loader"].dataset), "val_images": len(parts["val_loader"].dataset)})
+    return metrics

@@ -1,0 +1,200 @@
+"""Transfer configs: ``<task>/<profile>.yaml`` composed with hydra, overridden, resolved to a plain dict.
+
+Each YAML starts with ``# @package _global_`` and has the keys ``transfer: {task, init, model, profile}``, ``data_root``,
+``seed``, ``method``, ``train: {...}`` and task-specific sections (``mm:`` for mmseg/mmdet tasks).
+
+Per-size recipes: an optional top-level ``size_recipes: {<size>: {<train key>: value}}`` (size as in the model name,
+``fm_<size>_...``) replaces ``train`` values for that encoder size, e.g. ViT-L's epochs and layer decay; explicit
+``train.<key>=`` overrides still win. The mapping itself is dropped from the resolved config (its effect is in ``train``).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+from fourm.models.factory import SIZES
+
+CONFIG_DIR = Path(__file__).resolve().parent
+PROFILES = ("paper", "tiny")
+# Command-line shortcuts -> config keys. These values are taken verbatim (paths and labels may hold characters
+# that hydra's override grammar would reject, e.g. spaces or parentheses); every other override goes through hydra.
+SHORTCUTS = {
+    "task": "transfer.task",
+    "init": "transfer.init",
+    "model": "transfer.model",
+    "profile": "transfer.profile",
+    "data_root": "data_root",
+    "method": "method",
+    "runs_root": "_runs_root",
+}
+DEFAULT_RUNS_ROOT = "runs/transfer"
+_MODEL_SIZE = re.compile(r"^fm_(?P<size>[a-z]+)_")
+
+
+class ConfigError(ValueError):
+    """A transfer config or override that cannot be used; the message names the file/key and the fix."""
+
+
+def tasks() -> list[str]:
+    """Tasks that have a config folder."""
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+
+
+def config_file(task: str, profile: str) -> Path:
+    """The YAML of a task and profile; unknown ones raise one error listing what exists."""
+    known = tasks()
+    if task not in known:
+        raise ConfigError(f"unknown transfer task {task!r}; configs exist for {known} (under {CONFIG_DIR})")
+    path = CONFIG_DIR / task / f"{profile}.yaml"
+    if not path.exists():
+        have = sorted(p.stem for p in (CONFIG_DIR / task).glob("*.yaml"))
+        raise ConfigError(f"unknown profile {profile!r} for task {task!r}; {CONFIG_DIR / task} has {have}")
+    return path
+
+
+def model_size(model: str) -> str | None:
+    """``fm_large_24e_24d_swiglu_nobias`` -> ``large`` (None if the name does not follow the factory scheme)."""
+    m = _MODEL_SIZE.match(str(model))
+    return m["size"] if m and m["size"] in SIZES else None
+
+
+def _compose(task: str, profile: str, hydra_overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = config_file(task, profile)
+    if GlobalHydra.instance().is_initialized():  # e.g. inside a hydra app or after an interrupted compose
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(CONFIG_DIR), job_name="transfer"):
+            return compose(config_name=f"{task}/{profile}", overrides=hydra_overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"{path}: cannot apply overrides {hydra_overrides}: {e}") from None
+    except Exception as e:  # a YAML syntax error surfaces as yaml.YAMLError
+        if type(e).__module__.startswith("yaml"):
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.append(key)
+        if isinstance(v, dict):
+            out += _flat_keys(v, key + ".")
+    return out
+
+
+def _lookup(d: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            raise KeyError(key)
+        d = d[part]
+    return d
+
+
+def _assign(d: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        d = d.setdefault(part, {})
+    d[last] = value
+
+
+def _check_type(path: Path, key: str, old, new) -> None:
+    """An override may set null, or a value of the default's type (an int where a float is expected is fine)."""
+    if old is None or new is None or (isinstance(old, str) and old.startswith("${")):
+        return
+    if isinstance(old, bool) or isinstance(new, bool):
+        ok = isinstance(old, bool) and isinstance(new, bool)
+    elif isinstance(old, float):
+        ok = isinstance(new, (int, float))
+    elif isinstance(old, (list, tuple)):
+        ok = isinstance(new, (list, tuple))
+    else:
+        ok = isinstance(new, type(old))
+    if not ok:
+        raise ConfigError(f"{path}: override {key}={new!r} has type {type(new).__name__}, but {key} is a "
+                          f"{type(old).__name__} (default {old!r})")
+
+
+def parse_overrides(items: Iterable[str]) -> list[tuple[str, str]]:
+    """``["a.b=1", ...]`` -> ``[("a.b", "1"), ...]``; anything that is not KEY=VALUE is refused."""
+    pairs = []
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE (e.g. task=in1k, train.epochs=2)")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict = ()) -> dict:
+    """The resolved config of ``task``/``profile`` with overrides (``["train.epochs=2", "init=random", ...]`` or a dict).
+
+    Shortcut keys (:data:`SHORTCUTS`) are set verbatim; other keys go through hydra's override grammar and must exist in
+    the YAML (``+key=value`` adds a new one). ``transfer.init`` and ``data_root`` must end up set.
+    """
+    pairs = list(overrides.items()) if isinstance(overrides, dict) else parse_overrides(overrides)
+    path = config_file(task, profile)
+    verbatim, hydra_pairs = {}, []
+    for key, value in pairs:
+        if key in ("task", "profile", "transfer.task", "transfer.profile"):
+            continue  # chosen by the arguments (they pick the file)
+        if key in SHORTCUTS:
+            verbatim[SHORTCUTS[key]] = None if value in (None, "null") else str(value)
+        else:
+            hydra_pairs.append((key, value))
+
+    from omegaconf import OmegaConf, open_dict
+
+    base = OmegaConf.to_container(_compose(task, profile, []), resolve=False)
+    known = set(_flat_keys(base))
+    for key, value in hydra_pairs:
+        if key.startswith(("+", "~")):
+            continue
+        if key not in known:
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            siblings = sorted(k for k in known if (k.rsplit(".", 1)[0] if "." in k else "") == parent)
+            raise ConfigError(f"{path}: unknown override key {key!r}; known keys{' under ' + repr(parent) if parent else ''}: "
+                              f"{siblings}. Fix the spelling, or add a new key with +{key}={value}")
+    node = _compose(task, profile, [f"{k}={v}" for k, v in hydra_pairs])
+    with open_dict(node):
+        for key, value in verbatim.items():
+            OmegaConf.update(node, key, value, force_add=True)
+    cfg = OmegaConf.to_container(node, resolve=True)
+    for key, value in hydra_pairs:
+        if not key.startswith(("+", "~")):
+            _check_type(path, key, _lookup(base, key), _lookup(cfg, key))
+    cfg.setdefault("transfer", {})
+    if cfg["transfer"].get("task") != task or cfg["transfer"].get("profile") != profile:
+        raise ConfigError(f"{path}: transfer.task/profile must be {task!r}/{profile!r} (the file's place), "
+                          f"found {cfg['transfer'].get('task')!r}/{cfg['transfer'].get('profile')!r}")
+
+    recipes = cfg.pop("size_recipes", None) or {}
+    size = model_size(cfg["transfer"].get("model", ""))
+    unknown_sizes = sorted(set(recipes) - set(SIZES))
+    if unknown_sizes:
+        raise ConfigError(f"{path}: size_recipes has unknown sizes {unknown_sizes}; sizes are {sorted(SIZES)}")
+    explicit = {k for k, _ in hydra_pairs}
+    for key, value in (recipes.get(size) or {}).items():
+        if f"train.{key}" not in explicit and f"+train.{key}" not in explicit:
+            cfg.setdefault("train", {})[key] = value
+
+    for key, what in (("transfer.init", "init=<checkpoint.safetensors> or init=random"),
+                      ("data_root", "data_root=<folder holding the dataset layouts>")):
+        value = _lookup(cfg, key)
+        if value in (None, "???", ""):
+            raise ConfigError(f"{path}: {key} is not set; pass {what}")
+    cfg.setdefault("_runs_root", DEFAULT_RUNS_ROOT)
+    if cfg["transfer"]["init"] != "random":
+        cfg["transfer"]["init"] = str(Path(cfg["transfer"]["init"]).expanduser().resolve()) \
+            if Path(cfg["transfer"]["init"]).expanduser().exists() else cfg["transfer"]["init"]
+    cfg["data_root"] = str(Path(cfg["data_root"]).expanduser().resolve())
+    missing = [k for k in _flat_keys(cfg) if _lookup(cfg, k) == "???"]
+    if missing:
+        raise ConfigError(f"{path}: mandatory keys {missing} are not set; pass them as KEY=VALUE")
+    return cfg

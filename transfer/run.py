@@ -1,0 +1,112 @@
+"""`fourm-bench transfer`: resolve a task's config, open its run folder, run the task, record metrics, mark DONE.
+
+    fourm-bench transfer task=in1k init=<checkpoint.safetensors | random> data_root=<dir> [profile=paper|tiny]
+                         [model=fm_base_12e_12d_swiglu_nobias] [seed=0] [method="4M-B"] [runs_root=runs/transfer]
+                         [key.sub=value ...] [--print-config]
+
+A finished run (its folder has DONE) is skipped; an unfinished one resumes from its own checkpoint.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import yaml
+
+from fourm.runs import Run, open_run, run_id
+from transfer.configs import DEFAULT_RUNS_ROOT, PROFILES, ConfigError, parse_overrides, resolve
+
+TASKS = {
+    "in1k": "transfer.classification",
+    "ade20k": "transfer.segmentation",
+    "nyuv2_depth": "transfer.depth",
+    "coco": "transfer.detection",
+    "nyuv2_semseg_rgbd": "transfer.multimodal",
+}
+DEFAULT_PROFILE = "paper"
+
+
+def task_module(task: str):
+    """The module implementing a task (``run(config, run)`` and ``build(config)``)."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown transfer task {task!r}; choose from {sorted(TASKS)}")
+    try:
+        return importlib.import_module(TASKS[task])
+    except ModuleNotFoundError as e:
+        if e.name == TASKS[task]:
+            raise ConfigError(f"transfer task {task!r}: {TASKS[task]} is not in this checkout yet") from None
+        raise
+
+
+def make_config(task: str, profile: str = DEFAULT_PROFILE, overrides=()) -> dict:
+    """The resolved config of a task (see :func:`transfer.configs.resolve`), after checking the task and profile."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown transfer task {task!r}; choose from {sorted(TASKS)}")
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown transfer profile {profile!r}; choose from {list(PROFILES)}")
+    return resolve(task, profile, overrides)
+
+
+def run_transfer(config: dict, runs_root: str | None = None) -> Run:
+    """Open the config's run folder and run its task unless the run is DONE; returns the run (metrics in run.metrics)."""
+    root = runs_root or config.get("_runs_root") or DEFAULT_RUNS_ROOT
+    run = open_run(root, config)
+    if run.done:
+        return run
+    module = task_module(config["transfer"]["task"])
+    metrics = module.run(config, run)
+    run.write_metrics(metrics)
+    run.mark_done()
+    run.log(event="done", **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return run
+
+
+def split_args(argv: list[str]) -> tuple[str, str, list[str], set[str]]:
+    """(task, profile, the other KEY=VALUE overrides, flags) from the command line."""
+    flags = {a for a in argv if a.startswith("--")}
+    pairs = parse_overrides([a for a in argv if not a.startswith("--")])
+    task = profile = None
+    rest = []
+    for key, value in pairs:
+        if key in ("task", "transfer.task"):
+            task = value
+        elif key in ("profile", "transfer.profile"):
+            profile = value
+        else:
+            rest.append(f"{key}={value}")
+    if task is None:
+        raise ConfigError(f"missing task=<{'|'.join(TASKS)}>")
+    return task, profile or DEFAULT_PROFILE, rest, flags
+
+
+def cli(argv: list[str]) -> int:
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        print(f"\ntasks: {', '.join(TASKS)}; profiles: {', '.join(PROFILES)} (default {DEFAULT_PROFILE}); "
+              "configs in transfer/configs/<task>/<profile>.yaml")
+        return 0
+    try:
+        task, profile, overrides, flags = split_args(argv)
+        unknown_flags = flags - {"--print-config"}
+        if unknown_flags:
+            raise ConfigError(f"unknown flag(s) {sorted(unknown_flags)}; the only flag is --print-config")
+        config = make_config(task, profile, overrides)
+    except ConfigError as e:
+        print(f"fourm-bench transfer: {e}", file=sys.stderr)
+        return 2
+    if "--print-config" in flags:
+        print(f"# run id {run_id(config)}")
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+        return 0
+    try:
+        task_module(task)
+    except ConfigError as e:
+        print(f"fourm-bench transfer: {e}", file=sys.stderr)
+        return 2
+    root = config.get("_runs_root") or DEFAULT_RUNS_ROOT
+    was_done = Run(Path(root) / run_id(config)).done
+    run = run_transfer(config)
+    print(f"transfer {task}/{profile}: {'already done (skipped)' if was_done else 'done'}, run {run.path}")
+    print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.metrics.items()))
+    return 0
