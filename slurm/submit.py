@@ -1,0 +1,375 @@
+"""Launch runs as SLURM job arrays (or local processes), generic over what a run does.
+
+A *job* is a run folder, a resolved config and an entry ``"module:function"`` called on the worker as
+``fn(config, run_dir)``. The entry resumes from the latest checkpoint in ``run_dir`` (never from pickled state),
+writes its metrics and DONE through :mod:`fourm.runs`; this module only decides what to submit, where and when::
+
+    jobs = [Job(run_dir, cfg, "fourm.pretrain.loop:run"), Job(eval_dir, cfg2, "transfer.run:run", after=(rid,))]
+    submit("sweeps/s1", jobs, Resources(timeout_min=240, gpus_per_node=1))   # sbatch arrays, afterok deps
+    resubmit("sweeps/s1")     # only runs neither DONE nor queued/running
+    status("sweeps/s1")       # slurm.status
+
+The sweep folder holds ``manifest.json`` (run id -> run folder, config, entry, jobs) and ``logs/<job id>/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import importlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import submitit
+from tqdm import tqdm
+
+from slurm import manifest as mf
+from slurm import scheduler
+from slurm.lock import RunLock
+from slurm.scheduler import JobState
+
+LAUNCHERS = ("slurm", "local")
+MIN_TIMEOUT_MIN = 15  # submitit treats a job with timeout_min <= 10 as timed out at once
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each job of an array asks for. ``extra`` holds more sbatch flags, e.g. {"qos": "high"}."""
+
+    partition: str | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float | None = None
+    timeout_min: int = 60
+    array_parallelism: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.timeout_min < MIN_TIMEOUT_MIN:
+            raise ValueError(f"Resources.timeout_min={self.timeout_min}: use >= {MIN_TIMEOUT_MIN} "
+                             "(submitit treats jobs with timeout_min <= 10 as timed out)")
+
+    def key(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to launch. ``after`` names run ids (in the same sweep) that must succeed first."""
+
+    run_dir: str
+    config: dict
+    entry: str
+    after: tuple[str, ...] = ()
+    resources: Resources | None = None
+
+    @property
+    def run_id(self) -> str:
+        return Path(self.run_dir).name
+
+
+def resolve_entry(entry: str) -> Callable[[dict, str], Any]:
+    """``"package.module:function"`` -> the function; one clear error when it cannot be imported."""
+    module_name, sep, func_name = entry.partition(":")
+    if not sep or not module_name or not func_name:
+        raise ValueError(f"entry {entry!r}: expected 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(f"entry {entry!r}: cannot import {module_name} ({e}); workers import entries from the "
+                          "installed packages, so the module must live in an installed package") from e
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise AttributeError(f"entry {entry!r}: {module_name} has no function {func_name}")
+    return fn
+
+
+class RunEntry(submitit.helpers.Checkpointable):
+    """What a worker runs: take the run folder's lock, then call the entry (unless the run is DONE).
+
+    On preemption or timeout submitit calls ``checkpoint()``, which resubmits this same small object (entry name,
+    config, run folder); the entry itself resumes from the checkpoint on disk.
+    """
+
+    def __init__(self, entry: str, config: dict, run_dir: str):
+        self.entry = entry
+        self.config = config
+        self.run_dir = str(run_dir)
+
+    def __call__(self) -> dict:
+        run_dir = Path(self.run_dir)
+        with RunLock(run_dir) as lock:
+            if not lock.acquired:
+                print(f"[slurm.submit] {run_dir} is locked by live job {lock.holder}: exiting without writing",
+                      flush=True)
+                return {"run_dir": self.run_dir, "skipped": "locked", "holder": lock.holder}
+            if (run_dir / "DONE").exists():
+                print(f"[slurm.submit] {run_dir} is already DONE: nothing to do", flush=True)
+                return {"run_dir": self.run_dir, "skipped": "done"}
+            resolve_entry(self.entry)(self.config, self.run_dir)
+            return {"run_dir": self.run_dir, "done": (run_dir / "DONE").exists()}
+
+
+# --- launchers -----------------------------------------------------------------------------------------------------
+class SlurmLauncher:
+    """sbatch job arrays through submitit, chunked to the cluster's MaxArraySize."""
+
+    name = "slurm"
+
+    def __init__(self, log_dir: str | os.PathLike, python: str | None = None):
+        self.log_dir = Path(log_dir)
+        self.python = python or sys.executable  # the venv's python runs the workers
+
+    def submit_array(self, entries: Sequence[RunEntry], res: Resources, dependency: str | None = None,
+                     name: str = "fourm") -> list[dict]:
+        """Submit one array per chunk; returns one {job_id, array_job_id, array_index, dependency} per entry."""
+        ex = submitit.AutoExecutor(folder=self.log_dir / "%j", cluster="slurm", slurm_python=self.python)
+        extra = dict(res.extra)
+        if dependency:
+            extra.update(dependency=dependency, kill_on_invalid_dep="yes")
+        params: dict[str, Any] = dict(name=name, timeout_min=res.timeout_min, cpus_per_task=res.cpus_per_task,
+                                      slurm_array_parallelism=res.array_parallelism,
+                                      slurm_additional_parameters=extra)
+        if res.partition:
+            params["slurm_partition"] = res.partition
+        if res.gpus_per_node:
+            params["gpus_per_node"] = res.gpus_per_node
+        if res.mem_gb is not None:
+            params["mem_gb"] = res.mem_gb
+        ex.update_parameters(**params)
+        chunk = scheduler.max_array_size()
+        out = []
+        for start in range(0, len(entries), chunk):
+            with ex.batch():
+                jobs = [ex.submit(e) for e in entries[start:start + chunk]]
+            for j in jobs:
+                base, _, index = j.job_id.partition("_")
+                out.append({"job_id": j.job_id, "array_job_id": base if index else None,
+                            "array_index": int(index) if index else None, "dependency": dependency})
+        return out
+
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        return scheduler.job_states(job_ids)
+
+    def cancel(self, job_ids: list[str]) -> None:
+        if job_ids:
+            subprocess.run(["scancel", *job_ids], check=False, capture_output=True, timeout=30)
+
+
+class LocalLauncher:
+    """The same semantics on a laptop: submitit local processes, parents before children, at most N at once.
+
+    ``run()`` blocks until every job has ended (a child whose parent failed is CANCELLED, never started).
+    """
+
+    name = "local"
+
+    def __init__(self, log_dir: str | os.PathLike, python: str | None = None):
+        self.log_dir = Path(log_dir)
+        self.python = python or sys.executable
+
+    def _executor(self, res: Resources) -> submitit.LocalExecutor:
+        ex = submitit.LocalExecutor(folder=self.log_dir / "%j", python=self.python)
+        ex.update_parameters(timeout_min=res.timeout_min, gpus_per_node=res.gpus_per_node,
+                             cpus_per_task=res.cpus_per_task)
+        return ex
+
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        return {j: local_job_state(self.log_dir, j) for j in job_ids}
+
+    def cancel(self, job_ids: list[str]) -> None:
+        for j in job_ids:
+            try:
+                os.kill(int(j), 15)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+def local_job_state(log_dir: Path, job_id: str) -> JobState:
+    """A local job's state from its controller pid and submitit's result file (readable from any process)."""
+    result = Path(log_dir) / job_id / f"{job_id}_0_result.pkl"
+    if result.exists():
+        with open(result, "rb") as f:
+            outcome, _ = pickle.load(f)
+        return JobState(job_id, "COMPLETED" if outcome == "success" else "FAILED")
+    if job_id.startswith("cancelled"):
+        return JobState(job_id, "CANCELLED", "dependency failed")
+    try:
+        os.kill(int(job_id), 0)
+        with open(f"/proc/{job_id}/cmdline", "rb") as f:
+            alive = b"submitit" in f.read()
+    except (ProcessLookupError, FileNotFoundError, ValueError):
+        alive = False
+    return JobState(job_id, "RUNNING") if alive else JobState(job_id, "FAILED", "process gone without a result")
+
+
+def make_launcher(kind: str, log_dir: str | os.PathLike, python: str | None = None):
+    if kind == "slurm":
+        return SlurmLauncher(log_dir, python)
+    if kind == "local":
+        return LocalLauncher(log_dir, python)
+    raise ValueError(f"launcher {kind!r}: choose one of {', '.join(LAUNCHERS)}")
+
+
+# --- submission ----------------------------------------------------------------------------------------------------
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
+def _levels(rids: list[str], runs: dict) -> list[list[str]]:
+    """Topological levels of the runs to submit: a run comes after those of its parents also being submitted."""
+    todo, levels = set(rids), []
+    while todo:
+        level = sorted(r for r in todo if not set(runs[r]["after"]) & todo)
+        if not level:
+            raise ValueError(f"dependency cycle among runs {sorted(todo)} (check Job.after)")
+        levels.append(level)
+        todo -= set(level)
+    return levels
+
+
+def _is_done(entry: dict) -> bool:
+    return (Path(entry["run_dir"]) / "DONE").exists()
+
+
+def _plan(data: dict, launcher) -> tuple[list[str], dict[str, JobState]]:
+    """Runs to (re)submit: not DONE and their latest job not queued/running. Also returns the latest jobs' states."""
+    runs = data["runs"]
+    latest = {rid: mf.latest_job(e) for rid, e in runs.items() if not _is_done(e) and mf.latest_job(e)}
+    states = launcher.states([j["job_id"] for j in latest.values()])
+    todo = [rid for rid, e in runs.items() if not _is_done(e)
+            and not (rid in latest and states[latest[rid]["job_id"]].active)]
+    return sorted(todo), states
+
+
+def _submit_planned(sweep_dir: Path, data: dict, todo: list[str], states: dict[str, JobState], launcher) -> list[str]:
+    runs = data["runs"]
+    if launcher.name == "local":
+        return _run_local(sweep_dir, data, todo, launcher)
+    new_ids: dict[str, str] = {}
+    for level in _levels(todo, runs):
+        groups: dict[tuple[str, str | None], list[str]] = defaultdict(list)
+        for rid in level:
+            deps = []
+            for parent in runs[rid]["after"]:
+                if _is_done(runs[parent]):
+                    continue
+                deps.append(new_ids.get(parent) or mf.latest_job(runs[parent])["job_id"])
+            groups[(json.dumps(runs[rid]["resources"], sort_keys=True),
+                    "afterok:" + ":".join(deps) if deps else None)].append(rid)
+        for (res_json, dependency), rids in groups.items():
+            res = Resources(**json.loads(res_json))
+            entries = [RunEntry(runs[r]["entry"], runs[r]["config"], runs[r]["run_dir"]) for r in rids]
+            for rid, rec in zip(rids, launcher.submit_array(entries, res, dependency, name=sweep_dir.name)):
+                rec["submitted"] = _now()
+                runs[rid]["jobs"].append(rec)
+                new_ids[rid] = rec["job_id"]
+        mf.save(sweep_dir, data)  # after each level: what was submitted is never forgotten
+    return sorted(new_ids)
+
+
+def _run_local(sweep_dir: Path, data: dict, todo: list[str], launcher: LocalLauncher) -> list[str]:
+    """Run the planned jobs as local processes, parents first, at most ``array_parallelism`` at once; blocks."""
+    runs = data["runs"]
+    waiting = list(todo)
+    running: dict[str, Any] = {}
+    with tqdm(total=len(todo), desc=f"local {sweep_dir.name}", unit="run") as bar:
+        while waiting or running:
+            for rid, job in list(running.items()):
+                if job.done():
+                    del running[rid]
+                    bar.update(1)
+            for rid in list(waiting):
+                parents = [p for p in runs[rid]["after"] if not _is_done(runs[p])]
+                if any(p in running or p in waiting for p in parents):
+                    continue
+                waiting.remove(rid)
+                if parents:  # a parent ended without DONE: the child never starts, as with afterok
+                    runs[rid]["jobs"].append({"job_id": f"cancelled-{rid}", "array_job_id": None, "array_index": None,
+                                              "dependency": "afterok:" + ":".join(parents), "submitted": _now()})
+                    bar.update(1)
+                    continue
+                res = Resources(**runs[rid]["resources"])
+                if len(running) >= res.array_parallelism:
+                    waiting.insert(0, rid)
+                    break
+                job = launcher._executor(res).submit(RunEntry(runs[rid]["entry"], runs[rid]["config"],
+                                                              runs[rid]["run_dir"]))
+                running[rid] = job
+                runs[rid]["jobs"].append({"job_id": job.job_id, "array_job_id": None, "array_index": None,
+                                          "dependency": None, "submitted": _now()})
+                mf.save(sweep_dir, data)
+            time.sleep(0.2)
+    mf.save(sweep_dir, data)
+    return sorted(todo)
+
+
+def submit(sweep_dir: str | os.PathLike, jobs: Sequence[Job], resources: Resources | None = None,
+           launcher: str = "slurm", python: str | None = None) -> list[str]:
+    """Add jobs to the sweep's manifest, then submit every run of the sweep that is neither DONE nor queued/running.
+
+    Returns the run ids submitted now (runs already queued or DONE are left alone: submitting twice is safe). With ``launcher="local"`` it returns once every job has ended.
+    """
+    sweep_dir = Path(sweep_dir)
+    resources = resources or Resources()
+    with mf.locked(sweep_dir):
+        path = mf.manifest_path(sweep_dir)
+        data = mf.load(path) if path.exists() else mf.empty(sweep_dir, launcher)
+        if data["launcher"] != launcher:
+            raise ValueError(f"{path}: this sweep was launched with launcher={data['launcher']!r}, not {launcher!r}")
+        ids = {j.run_id for j in jobs} | set(data["runs"])
+        for j in jobs:
+            resolve_entry(j.entry)  # fail here, not on a worker
+            missing = [p for p in j.after if p not in ids]
+            if missing:
+                raise ValueError(f"job {j.run_id}: after={missing} are not runs of this sweep ({sweep_dir})")
+            res = dataclasses.asdict(j.resources or resources)
+            old = data["runs"].get(j.run_id)
+            if old and old["config"] != json.loads(json.dumps(j.config, default=str)):
+                raise ValueError(f"{path}: run {j.run_id} is already in this sweep with a different config; "
+                                 "a run folder holds one config")
+            Path(j.run_dir).mkdir(parents=True, exist_ok=True)
+            data["runs"][j.run_id] = {"run_dir": str(Path(j.run_dir).resolve()), "entry": j.entry,
+                                      "config": j.config, "after": list(j.after), "resources": res,
+                                      "jobs": old["jobs"] if old else []}
+        mf.save(path, data)
+        runner = make_launcher(launcher, data["log_dir"], python)
+        todo, states = _plan(data, runner)
+        return _submit_planned(sweep_dir, data, todo, states, runner)
+
+
+def resubmit(sweep_dir_or_manifest: str | os.PathLike, python: str | None = None) -> list[str]:
+    """Submit again every run that is neither DONE nor queued/running; returns the run ids submitted."""
+    path = mf.manifest_path(sweep_dir_or_manifest)
+    with mf.locked(path.parent):
+        data = mf.load(path)
+        launcher = make_launcher(data["launcher"], data["log_dir"], python)
+        todo, states = _plan(data, launcher)
+        return _submit_planned(path.parent, data, todo, states, launcher)
+
+
+def wait(sweep_dir_or_manifest: str | os.PathLike, poll_s: float = 2.0, timeout_s: float | None = None) -> dict:
+    """Block (with a progress bar) until no run of the sweep has an active job; returns the final states by run."""
+    from slurm.status import status
+
+    t0 = time.monotonic()
+    with tqdm(desc="waiting for jobs", unit="run") as bar:
+        while True:
+            table = status(sweep_dir_or_manifest)
+            active = [r for r in table.rows if r.active]
+            bar.total = len(table.rows)
+            bar.n = len(table.rows) - len(active)
+            bar.refresh()
+            if not active:
+                return {r.run_id: r.state for r in table.rows}
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"{len(active)} runs still active after {timeout_s:.0f} s: "
+                                   + ", ".join(f"{r.run_id}={r.state}" for r in active))
+            time.sleep(poll_s)
