@@ -144,6 +144,7 @@ def cmd_plot(argv: list[str]) -> int:
     p.add_argument("--logy", action="store_true")
     args = p.parse_args(argv)
     df = _load(args)
+    existed = {p for p in Path(args.out).glob("*")} if Path(args.out).is_dir() else set()
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
     metric = {"avg_loss": "loss"}.get(args.y, args.y)
     if args.bars:
@@ -156,7 +157,7 @@ def cmd_plot(argv: list[str]) -> int:
                               tasks=tasks, where=_where(args.where), logy=args.logy)
     print(result.data.to_string(index=False))
     for path in result.paths.values():
-        print(f"wrote {path}")
+        print(f"{'replaced' if path in existed else 'wrote'} {path}")
     return 0
 
 

@@ -3,7 +3,7 @@
 ``scaling_plot``: x is ``model_size``, ``data_size``, ``train_tokens`` (aliases resolved to the first config key present,
 see :data:`X_ALIASES`) or any config key; y is ``avg_loss`` (the ablation average of per-task validation losses) or a
 metric name; one line per value of ``series``; error bars are the std over seeds. Numeric x spanning a decade or more
-gets a log axis; model sizes given as letters (T/S/B/L/XL/H) are placed in that order.
+gets a log axis; model sizes given as letters or names (N/T/S/B/L/XL/H, fm_base_..., vit_large) are placed in that order.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ X_ALIASES = {
     "data_size": ("data.size", "data.num_samples", "data_size", "pretrain.data_size", "data.samples"),
     "train_tokens": ("pretrain.train_tokens", "train_tokens", "pretrain.total_tokens", "pretrain.tokens", "tokens"),
 }
-_SIZE_ORDER = ["T", "S", "B", "L", "XL", "H"]
+_SIZE_ORDER = ["N", "T", "S", "B", "L", "XL", "H"]
 Y_ALIASES = {"avg_loss": "loss"}
 
 
@@ -35,6 +35,7 @@ class PlotResult:
 
     paths: dict[str, Path]
     data: pd.DataFrame
+    xscale: str = "linear"
 
 
 def resolve_x(df: pd.DataFrame, x: str) -> str:
@@ -80,6 +81,17 @@ def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None, bool]
     return np.array([order.index(value_text(v)) for v in values], dtype=float), order, False
 
 
+def _series_order(labels) -> list[str]:
+    """Sizes as N < T < S < B < L < XL < H, numbers numerically, anything else alphabetically."""
+    labels = list(labels)
+    if all(size_from_name(x) for x in labels):
+        return sorted(labels, key=lambda x: _SIZE_ORDER.index(size_from_name(x)))
+    num = pd.to_numeric(pd.Series(labels), errors="coerce")
+    if num.notna().all():
+        return [labels[i] for i in np.argsort(num.to_numpy(), kind="stable")]
+    return sorted(labels)
+
+
 def scaling_plot(long_df: pd.DataFrame, *, x: str, y: str = "avg_loss", series: str | None = None,
                  out: str | os.PathLike, name: str | None = None, tasks: Sequence[str] | None = None,
                  where: Mapping[str, Any] | None = None, title: str | None = None, logy: bool = False) -> PlotResult:
@@ -103,8 +115,8 @@ def scaling_plot(long_df: pd.DataFrame, *, x: str, y: str = "avg_loss", series: 
     data["x_pos"] = xs
     fig = Figure(figsize=(5.0, 3.6))
     ax = fig.add_subplot()
-    for label, g in data.groupby("series", sort=True):
-        g = g.sort_values("x_pos")
+    for label in _series_order(data["series"].unique()):
+        g = data[data["series"] == label].sort_values("x_pos")
         yerr = g["std"].where(g["std"].notna(), 0.0).to_numpy(dtype=float)
         ax.errorbar(g["x_pos"], g["mean"], yerr=yerr, marker="o", capsize=3, linewidth=1.5,
                     label=f"{series}={label}" if series else None)
@@ -123,7 +135,7 @@ def scaling_plot(long_df: pd.DataFrame, *, x: str, y: str = "avg_loss", series: 
     if title:
         ax.set_title(title)
     paths = _save(fig, Path(out), name or f"scaling_{x}_{y}".replace("/", "_"))
-    return PlotResult(paths, data)
+    return PlotResult(paths, data, "log" if logx else "linear")
 
 
 def ablation_bars(long_df: pd.DataFrame, *, out: str | os.PathLike, name: str = "ablation_bars", column: str = "avg",

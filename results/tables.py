@@ -12,8 +12,8 @@ Layouts (``table(long_df, layout=...)``):
 * ``custom`` — a pivot: ``index`` keys x ``columns`` keys, cells "mean ± std" over the runs in each cell.
 
 Metric lookup: a metric ``name`` of a run is, in order of preference, the selected eval's (``source="eval"``) before
-the final one, then ``name`` itself, ``val/name``, ``test/name``, ``coco/name`` (mmdet's prefix), and last any
-``<prefix>/name`` other than ``train/name``.
+the final one, then ``name`` itself, ``val/name``, ``val_name`` (what ``transfer`` writes: ``loss`` finds ``val_loss``),
+``test/name``, ``coco/name`` (mmdet's prefix), and last any ``<prefix>/name`` other than ``train/name``.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ TRANSFER_COLUMNS = (
 
 METHOD_KEYS = ("method", "transfer.method")
 SIZE_KEYS = ("size", "model.size", "transfer.size", "model.name", "model.arch", "transfer.model", "transfer.encoder", "model")
-_SIZE_TOKENS = {"tiny": "T", "t": "T", "small": "S", "s": "S", "base": "B", "b": "B", "large": "L", "l": "L",
+_SIZE_TOKENS = {"nano": "N", "n": "N", "tiny": "T", "t": "T", "small": "S", "s": "S", "base": "B", "b": "B", "large": "L", "l": "L",
                 "xlarge": "XL", "xl": "XL", "huge": "H", "h": "H"}
 _LOCATOR_HINTS = ("init", "path", "dir", "ckpt", "checkpoint", "output", "root")
 
@@ -218,7 +218,7 @@ def lookup_metric(df: pd.DataFrame, name: str) -> pd.DataFrame:
     if df.empty:
         return df
     metric = df["metric"].astype(str)
-    preferred = [name, f"val/{name}", f"test/{name}", f"coco/{name}"]
+    preferred = [name, f"val/{name}", f"val_{name}", f"test/{name}", f"coco/{name}"]
     rank = pd.Series(np.inf, index=df.index)
     for i, cand in enumerate(reversed(preferred)):
         rank[metric == cand] = len(preferred) - 1 - i
@@ -256,8 +256,6 @@ def value_text(v: Any) -> str:
     """A config value as a table shows it: integers without .0, JSON lists as a+b, long paths as their last two parts."""
     if _blank(v):
         return "–"
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(int(v))
     s = str(v)
     if s.startswith("[") and s.endswith("]"):  # compact JSON list from collect: show as a+b+c
         s = "+".join(x.strip().strip('"') for x in s[1:-1].split(",") if x.strip())
@@ -324,7 +322,7 @@ def published_transfer(path: str | os.PathLike = PUBLISHED_TRANSFER) -> pd.DataF
 
 def split_size(label: str) -> tuple[str, str | None]:
     """``"4M-B (RGB→RGB only)"`` -> ``("4M (RGB→RGB only)", "B")``; a label without a size suffix is returned as is."""
-    m = re.match(r"^(.*?)[-\s](T|S|B|L|XL|H)\b(.*)$", label.strip())
+    m = re.match(r"^(.*?)[-\s](N|T|S|B|L|XL|H)\b(.*)$", label.strip())
     if not m:
         return label.strip(), None
     return (m.group(1) + m.group(3)).strip(), m.group(2)
@@ -335,7 +333,7 @@ def size_from_name(name: Any) -> str | None:
     if _blank(name):
         return None
     for tok in re.split(r"[_\-\s@/.]+", str(name).lower()):
-        m = re.match(r"^(tiny|small|base|large|xlarge|huge|xl|t|s|b|l|h)\d*$", tok)
+        m = re.match(r"^(nano|tiny|small|base|large|xlarge|huge|xl|n|t|s|b|l|h)\d*$", tok)
         if m:
             return _SIZE_TOKENS[m.group(1)]
     return None
@@ -392,9 +390,9 @@ def transfer_table(long_df: pd.DataFrame | None = None, *, published: str | os.P
             lookup[(_norm(p["method"]), str(p["size"]))] = i
     for rec in ours:
         records.append(rec)
-        m, s = rec["method"], rec["size"]
+        m, s = split_size(rec["method"])  # a label like "4M-B" names its size; otherwise the config's size
         if s is None:
-            m, s = split_size(m)
+            m, s = rec["method"], rec["size"]
         match = lookup.get((_norm(m), s)) if s else None
         if match is not None:
             p = pub.loc[match]
