@@ -69,7 +69,7 @@ def to_tensor(modality: str, array: np.ndarray) -> torch.Tensor:
     if modality == "normal":
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
     if modality == "semseg":
-        return torch.from_numpy(np.ascontiguousarray(array)).long()
+        return torch.from_numpy(np.array(array, dtype=np.int64))
     raise KeyError(f"{modality!r} is not an image modality; tokenizers exist for {IMAGE_MODALITIES}")
 
 

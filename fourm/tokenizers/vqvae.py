@@ -178,6 +178,10 @@ class SemsegAdapter(ModalityAdapter):
         return F.cross_entropy(out, x, ignore_index=self.config.ignore_index)
 
     def from_output(self, out):
+        if 0 <= self.config.ignore_index < self.config.num_classes:
+            # the ignored id gets no gradient, so its logit is meaningless: never predict it
+            out = out.clone()
+            out[:, self.config.ignore_index] = float("-inf")
         return out.argmax(1)
 
 

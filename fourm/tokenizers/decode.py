@@ -1,0 +1,120 @@
+"""Decode shard tokens back to images and write an original-vs-reconstruction PNG grid for people to look at.
+
+``fourm-bench tokenize decode shards=<out>/val-{000000..000003}.tar data=<dataset> out=grid.png num=8``: one row per
+sample (crop 0, the full image), per token modality two columns: the original from ``data`` (resized like the
+encoder saw it) and the decoded tokens. Tokenizers default to the paths recorded in the shard header.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw
+
+from fourm.tokenizers.checkpoint import atomic_write_bytes, load_tokenizer
+from fourm.tokenizers.modality_io import center_box, crop_resize_flip, read_raw, split_root, to_tensor
+from fourm.tokenizers.shards import TokenShardDataset, read_header
+
+
+def to_rgb(modality: str, x: torch.Tensor, *, depth_range: tuple[float, float] = (0.5, 12.0), num_classes: int = 256) -> np.ndarray:
+    """A modality tensor (no batch dim) as a uint8 HxWx3 picture: depth via a colormap on log-depth, normals as
+    (n + 1) / 2, semseg with a fixed palette."""
+    if modality == "rgb":
+        a = x.permute(1, 2, 0).clamp(0, 1).numpy()
+    elif modality == "depth":
+        import matplotlib
+
+        d = x[0].numpy()
+        lo, hi = np.log(depth_range[0]), np.log(depth_range[1])
+        t = (np.log(np.clip(d, *depth_range)) - lo) / (hi - lo)
+        a = matplotlib.colormaps["turbo"](1 - t)[..., :3]
+        a[d <= 0] = 0
+    elif modality == "normal":
+        a = ((x.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy()
+    elif modality == "semseg":
+        palette = np.random.default_rng(3).integers(40, 256, (max(num_classes, 256), 3))
+        palette[0] = 0
+        return palette[x.numpy().clip(0, len(palette) - 1)].astype(np.uint8)
+    else:
+        raise KeyError(f"cannot draw modality {modality!r}")
+    return (a * 255).round().astype(np.uint8)
+
+
+def grid_image(rows: list[list[np.ndarray]], labels: list[str], tile: int = 128) -> Image.Image:
+    """Tiles (uint8 HxWx3, nearest-upscaled to ``tile``) in rows, with a label strip on top."""
+    pad, head = 2, 14
+    ncols = len(labels)
+    img = Image.new("RGB", (ncols * (tile + pad) + pad, head + len(rows) * (tile + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for c, label in enumerate(labels):
+        draw.text((pad + c * (tile + pad) + 2, 1), label, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for c, a in enumerate(row):
+            if a is None:
+                continue
+            im = Image.fromarray(a).resize((tile, tile), Image.NEAREST)
+            img.paste(im, (pad + c * (tile + pad), head + pad + r * (tile + pad)))
+    return img
+
+
+@torch.no_grad()
+def decode_grid(cfg: dict) -> Path:
+    """Write the grid PNG (atomically) and return its path."""
+    ds = TokenShardDataset(cfg["shards"], crop=0, shuffle=False)
+    header = read_header(ds.shards[0])
+    token_mods = header["modalities"]
+    given = {k: v for k, v in (cfg.get("tokenizers") or {}).items() if v is not None}
+    models = {}
+    for name, info in token_mods.items():
+        path = given.get(info["source"], info["tokenizer"])
+        models[name] = load_tokenizer(path)
+    root = split_root(cfg["data"], cfg.get("split") or header.get("split")) if cfg.get("data") else None
+
+    labels, rows = [], []
+    for name in token_mods:
+        src = token_mods[name]["source"]
+        labels += [f"{src} original", f"{name} decoded"]
+    for i, sample in enumerate(ds):
+        if i >= cfg["num"]:
+            break
+        row = []
+        for name, model in models.items():
+            c = model.config
+            kw = {"num_classes": max(c.num_classes, 1)}
+            original = None
+            if root is not None:
+                x = to_tensor(c.modality, read_raw(root, c.modality, sample["__key__"]))
+                x = crop_resize_flip(c.modality, x, center_box(*x.shape[-2:]), c.image_size, False)
+                original = to_rgb(c.modality, x, **kw)
+            recon = model.decode(sample[name][None])[0]
+            row += [original, to_rgb(c.modality, recon, **kw)]
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"shards {cfg['shards']!r} hold no samples")
+    out = Path(cfg["out"])
+    buf = io.BytesIO()
+    grid_image(rows, labels, cfg.get("tile", 128)).save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def cli(argv: list[str]) -> int:
+    """``fourm-bench tokenize decode key=value ...`` (hydra overrides of configs/decode.yaml)."""
+    from fourm.tokenizers.train import CONFIG_DIR, compose_config
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print((CONFIG_DIR / "decode.yaml").read_text())
+        return 0
+    cfg = compose_config("decode", [a for a in argv if a != "--cfg"])
+    if "--cfg" in argv:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    print(f"wrote {decode_grid(cfg)}")
+    return 0

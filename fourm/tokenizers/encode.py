@@ -1,0 +1,262 @@
+"""Pretokenize a 4M-layout dataset into token shards (format: :mod:`fourm.tokenizers.shards`).
+
+``fourm-bench tokenize encode data=<dataset> split=train out=<folder> tokenizers.depth=<run> tokenizers.semseg=<run>
+crops=4`` writes ``<out>/<split>-000000.tar ...`` and, last, the index ``<out>/<split>.json`` (shards, sample counts,
+bytes, modalities, the pattern to pass to :class:`~fourm.tokenizers.shards.TokenShardDataset`).
+
+Idempotent and resumable: each shard records the hash of the encode config (``encode_id``); a rerun keeps shards
+whose header matches and rewrites only missing ones. Shards or an index written with a different config are never
+replaced unless ``overwrite=true``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from fourm import modalities as registry
+from fourm.runs import atomic_write_json, canonical_json
+from fourm.tokenizers.checkpoint import load_tokenizer
+from fourm.tokenizers.modality_io import (
+    IMAGE_MODALITIES,
+    center_box,
+    crop_boxes,
+    crop_resize_flip,
+    list_stems,
+    random_box,
+    read_raw,
+    split_root,
+    to_tensor,
+)
+from fourm.tokenizers.shards import ShardError, read_header, token_dtype, write_shard
+from fourm.tokenizers.vqvae import VQVAE
+
+RGB_NAME = "rgb@224"  # the 4M name of the raw RGB input
+
+
+def crop_plan(stem: str, height: int, width: int, cfg: dict) -> list[tuple[int, int, int, int, bool]]:
+    """The crops of one image: crop 0 is the full image (centre square); the rest are seeded by (seed, stem)."""
+    plan = [(*center_box(height, width), False)]
+    gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + zlib.crc32(stem.encode()))
+    for _ in range(cfg["crops"] - 1):
+        box = random_box(height, width, gen, tuple(cfg["crop_scale"]), tuple(cfg["crop_ratio"]))
+        flip = bool(cfg["flip"]) and bool(torch.rand(1, generator=gen) < 0.5)
+        plan.append((*box, flip))
+    return plan
+
+
+def load_tokenizers(spec: dict) -> dict[str, VQVAE]:
+    """``{modality folder: run folder or .safetensors}`` (null entries skipped) -> loaded tokenizers."""
+    out = {}
+    for mod, path in spec.items():
+        if path is None:
+            continue
+        if mod not in IMAGE_MODALITIES:
+            raise ValueError(f"tokenizers.{mod}: no tokenizer kind for {mod!r}; image modalities are {IMAGE_MODALITIES}")
+        model = load_tokenizer(path)
+        if model.config.modality != mod:
+            raise ValueError(f"tokenizers.{mod}={path} is a {model.config.modality!r} tokenizer, not {mod!r}")
+        out[mod] = model
+    if not out:
+        raise ValueError("no tokenizers given; pass e.g. tokenizers.depth=<run folder or tokenizer.safetensors>")
+    return out
+
+
+def _check_registry(model: VQVAE, path) -> None:
+    name = model.config.token_modality
+    try:
+        mod = registry.get(name)
+    except KeyError:
+        raise ValueError(
+            f"tokenizer {path} writes tokens as {name!r}, which is not a registered modality; "
+            "register it with fourm.modalities.register or set token_modality when training"
+        ) from None
+    if mod.vocab_size is None or model.config.codebook_size > mod.vocab_size:
+        raise ValueError(
+            f"tokenizer {path}: codebook_size {model.config.codebook_size} exceeds {name}'s vocab_size {mod.vocab_size}"
+        )
+
+
+def encode_id(cfg: dict, models: dict[str, VQVAE]) -> str:
+    """Hash of what decides shard contents: the config and the tokenizers' weights."""
+    h = hashlib.sha256(canonical_json({k: v for k, v in cfg.items() if k not in ("overwrite", "threads", "out")}).encode())
+    for mod in sorted(models):
+        for k, v in models[mod].state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def encode_dataset(cfg: dict, progress: bool = True) -> dict:
+    """Write the token shards of one split; returns the index (also written to ``<out>/<split>.json``)."""
+    cfg = dict(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    if cfg["crops"] < 1:
+        raise ValueError(f"crops={cfg['crops']}: need at least 1 (crop 0 is the full image)")
+    cfg["data"] = str(Path(cfg["data"]).resolve())
+    root = split_root(cfg["data"], cfg["split"])
+    spec = {k: (str(Path(v).resolve()) if v is not None else None) for k, v in cfg["tokenizers"].items()}
+    cfg["tokenizers"] = spec
+    models = load_tokenizers(spec)
+    for mod, model in models.items():
+        _check_registry(model, spec[mod])
+    text_mods = [m for m in cfg["text"] if (root / m).is_dir()]
+    stems = list_stems(root, [*models, *(["rgb"] if cfg["store_rgb"] else [])])
+    if cfg.get("max_samples"):
+        stems = stems[: cfg["max_samples"]]
+    rgb_size = cfg.get("rgb_size") or max(m.config.image_size for m in models.values())
+    eid = encode_id(cfg, models)
+
+    out = Path(cfg["out"])
+    index_path = out / f"{cfg['split']}.json"
+    if index_path.exists():
+        old = json.loads(index_path.read_text())
+        if old.get("encode_id") == eid:
+            print(f"{index_path}: already encoded with this config; nothing to do")
+            return old
+        if not cfg["overwrite"]:
+            raise ValueError(
+                f"{index_path} was written by a different encode config (encode_id {old.get('encode_id')} != {eid}); "
+                "use another out= or pass overwrite=true to replace those shards"
+            )
+
+    modalities = {
+        m.config.token_modality: {
+            "vocab_size": m.config.codebook_size,
+            "grid": m.config.grid,
+            "image_size": m.config.image_size,
+            "source": mod,
+            "tokenizer": spec[mod],
+        }
+        for mod, m in models.items()
+    }
+    header = {"encode_id": eid, "crops": cfg["crops"], "modalities": modalities, "split": cfg["split"]}
+    if cfg["store_rgb"]:
+        header["rgb"] = {"name": RGB_NAME, "size": rgb_size}
+
+    per = cfg["samples_per_shard"]
+    chunks = [stems[i : i + per] for i in range(0, len(stems), per)]
+    names = [f"{cfg['split']}-{i:06d}.tar" for i in range(len(chunks))]
+    shards, t0, written = [], time.perf_counter(), 0
+    bar = tqdm(total=len(stems), desc=f"encode {cfg['split']}", unit="img", disable=not progress)
+    for name, chunk in zip(names, chunks):
+        path = out / name
+        if path.exists():
+            try:
+                existing = read_header(path)
+            except ShardError:
+                existing = {}
+            if existing.get("encode_id") == eid and existing.get("samples") == len(chunk):
+                shards.append({"file": name, "samples": len(chunk), "bytes": path.stat().st_size})
+                bar.update(len(chunk))
+                continue
+            if not cfg["overwrite"]:
+                raise ValueError(
+                    f"{path} exists and was not written by this encode config; "
+                    "use another out= or pass overwrite=true to replace it"
+                )
+        samples = _encode_chunk(root, chunk, models, text_mods, cfg, rgb_size, bar)
+        size = write_shard(path, header, samples)
+        shards.append({"file": name, "samples": len(chunk), "bytes": size})
+        written += 1
+    bar.close()
+
+    index = {
+        "encode_id": eid,
+        "pattern": f"{out.resolve()}/{cfg['split']}-{{{0:06d}..{len(chunks) - 1:06d}}}.tar",
+        "samples": len(stems),
+        "crops": cfg["crops"],
+        "modalities": modalities,
+        "rgb": header.get("rgb"),
+        "text": text_mods,
+        "shards": shards,
+        "bytes": sum(s["bytes"] for s in shards),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "shards_written": written,
+        "config": cfg,
+    }
+    atomic_write_json(index_path, index)
+    return index
+
+
+def _encode_chunk(root, stems, models, text_mods, cfg, rgb_size, bar) -> list[dict]:
+    """Samples of one shard: every crop of every image through every tokenizer, in batches."""
+    samples, pending = [], []
+    for stem in stems:
+        raws = {mod: to_tensor(mod, read_raw(root, mod, stem)) for mod in models}
+        rgb = to_tensor("rgb", read_raw(root, "rgb", stem)) if cfg["store_rgb"] else None
+        first = next(iter(raws.values()))
+        h, w = first.shape[-2:]
+        for mod, x in raws.items():
+            if x.shape[-2:] != (h, w):
+                raise ValueError(f"{root}/{mod}/{stem}: size {tuple(x.shape[-2:])} differs from {(h, w)} of the other modalities")
+        plan = crop_plan(stem, h, w, cfg)
+        sample = {"__key__": stem, "crops.json": {"size": [int(h), int(w)], "crops": [list(p) for p in plan]}}
+        for mod, x in raws.items():
+            size = models[mod].config.image_size
+            sample[f"_in.{mod}"] = torch.stack([crop_resize_flip(mod, x, p[:4], size, p[4]) for p in plan])
+        if rgb is not None:
+            crops = torch.stack([crop_resize_flip("rgb", rgb, p[:4], rgb_size, p[4]) for p in plan])
+            sample[f"{RGB_NAME}.npy"] = (crops.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        if "caption" in text_mods:
+            sample["caption.txt"] = read_raw(root, "caption", stem)
+        if "det" in text_mods:
+            boxes = read_raw(root, "det", stem)
+            sample["det.json"] = [crop_boxes(boxes, p[:4], p[4]) for p in plan]
+        samples.append(sample)
+        pending.append(sample)
+        if len(pending) * cfg["crops"] >= cfg["batch_size"]:
+            _tokenize(pending, models)
+            bar.update(len(pending))
+            pending = []
+    if pending:
+        _tokenize(pending, models)
+        bar.update(len(pending))
+    return samples
+
+
+@torch.no_grad()
+def _tokenize(samples: list[dict], models: dict[str, VQVAE]) -> None:
+    for mod, model in models.items():
+        x = torch.cat([s.pop(f"_in.{mod}") for s in samples])
+        tokens = model.encode(x).numpy()
+        vocab = model.config.codebook_size
+        if tokens.min() < 0 or tokens.max() >= vocab:  # cannot happen with argmax over the codebook; cheap to check
+            raise RuntimeError(f"{mod} tokenizer produced ids outside [0, {vocab})")
+        tokens = tokens.astype(token_dtype(vocab))
+        i = 0
+        for s in samples:
+            n = len(s["crops.json"]["crops"])
+            s[f"{model.config.token_modality}.npy"] = tokens[i : i + n]
+            i += n
+
+
+def cli(argv: list[str]) -> int:
+    """``fourm-bench tokenize encode key=value ...`` (hydra overrides of configs/encode.yaml)."""
+    from fourm.tokenizers.train import CONFIG_DIR, compose_config
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print((CONFIG_DIR / "encode.yaml").read_text())
+        return 0
+    cfg = compose_config("encode", [a for a in argv if a != "--cfg"])
+    if "--cfg" in argv:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    index = encode_dataset(cfg, progress=os.environ.get("FOURM_NO_PROGRESS") is None)
+    mb = index["bytes"] / 2**20
+    print(
+        f"{index['samples']} samples x {index['crops']} crops -> {len(index['shards'])} shards, {mb:.2f} MiB "
+        f"({index['bytes'] / max(index['samples'], 1) / 1024:.1f} KiB/sample) in {index['seconds']} s\n"
+        f"modalities: {', '.join(index['modalities'])}\npattern: {index['pattern']}"
+    )
+    return 0
