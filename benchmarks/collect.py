@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--runs", type=int, default=10_000)
     p.add_argument("--baseline-runs", type=int, default=1_000)
     p.add_argument("--dir", help="where to build the run store (default: a temp dir, removed after)")
-    args = p.parse_args(argv)
+    args = p.parse_args([] if argv is None else argv)  # main() from another script must not read its sys.argv
     tmp = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_collect_"))
     root = tmp / "runs"
     try:
@@ -119,4 +119,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

@@ -203,7 +203,10 @@ def filter_rows(df: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFra
                     continue
                 except (TypeError, ValueError):
                     pass
-            hit |= col.astype(str) == str(w)
+            if pd.api.types.is_bool_dtype(col):  # --where flag=true must match True
+                hit |= col.astype(str).str.lower() == str(w).lower()
+            else:
+                hit |= col.astype(str) == str(w)
         mask &= hit
     return df[mask]
 
@@ -451,9 +454,10 @@ def _transfer_ours(long_df, where, method_key, size_key, columns, ignore_keys, n
     for (label, size, task), g in runs.groupby(["_label", "_size", TASK_KEY], dropna=False):
         diff = varying_keys(g.drop(columns=["_label", "_size"]), None, exclude=ignore)
         if diff:
+            values = {k: sorted(set(g[k].map(value_text)))[:3] for k in diff[:3]}
             raise ValueError(
-                f"transfer table: runs labelled {label!r} (size {size}) on {task} differ in {diff} beyond the seed; "
-                f"give them distinct `method` values in their configs, or filter with --where KEY=VALUE"
+                f"transfer table: runs labelled {label!r} (size {size}) on {task} differ beyond the seed in {values}; "
+                f"give them distinct `method` values in their configs (e.g. method=...), or keep one with --where KEY=VALUE"
             )
     out: dict[tuple, dict] = {}
     for c in columns:

@@ -74,7 +74,7 @@ def test_transfer_table_refuses_to_average_different_configs(tmp_path):
     cfg["transfer"]["epochs"] = 50
     finished(tmp_path, cfg, {"top1": 85.0})
     df = collect(tmp_path).table
-    with pytest.raises(ValueError, match=r"differ in \['transfer.epochs'\]"):
+    with pytest.raises(ValueError, match=r"differ beyond the seed in \{'transfer.epochs': \['1', '50'\]\}"):
         transfer_table(df)
     # filtering to one config resolves it
     r = transfer_table(df, where={"transfer.epochs": "50"})
