@@ -144,7 +144,7 @@ def ablation_bars(long_df: pd.DataFrame, *, out: str | os.PathLike, name: str = 
     frame, keys, tasks, info = ablation_frame(long_df, metric=metric, **ablation_kwargs)
     if column not in frame.columns:
         raise KeyError(f"column {column!r} is not in the ablation; choose avg or one of {tasks}")
-    labels = [", ".join(f"{k.rsplit('.', 1)[-1]}={value_text(r[k])}" for k in keys) or "all" for _, r in frame.iterrows()]
+    labels = [", ".join(f"{k.rsplit('.', 1)[-1]}={value_text(r[k])}" for k in keys) or "all" for r in frame.to_dict("records")]
     means = frame[column].to_numpy(dtype=float)
     stds = np.nan_to_num(frame[f"{column}_std"].to_numpy(dtype=float))
     direction = (next(iter(set(info["direction"].values()))) if column == "avg" else info["direction"][column])

@@ -346,10 +346,10 @@ def _norm(s: str) -> str:
     return re.sub(r"[\s\-_]+", "", s.lower())
 
 
-def _our_label(run: pd.Series, method_key: str | None) -> str:
+def _our_label(run: Mapping[str, Any], method_key: str | None) -> str:
     keys = [method_key] if method_key else list(METHOD_KEYS)
     for k in keys:
-        if k in run.index and not _blank(run[k]):
+        if k in run and not _blank(run[k]):
             return str(run[k])
     init = run.get("transfer.init")
     if _blank(init):
@@ -363,9 +363,9 @@ def _our_label(run: pd.Series, method_key: str | None) -> str:
     return f"init {parent}" if re.fullmatch(r"[0-9a-f]{12}", parent) else f"init {p.stem or p.name}"
 
 
-def _our_size(run: pd.Series, size_key: str | None) -> str | None:
+def _our_size(run: Mapping[str, Any], size_key: str | None) -> str | None:
     for k in ([size_key] if size_key else list(SIZE_KEYS)):
-        if k in run.index:
+        if k in run:
             s = size_from_name(run[k])
             if s:
                 return s
@@ -446,8 +446,9 @@ def _transfer_ours(long_df, where, method_key, size_key, columns, ignore_keys, n
     if df.empty:
         return []
     runs = runs_frame(df)
-    runs["_label"] = [_our_label(r, method_key) for _, r in runs.iterrows()]
-    runs["_size"] = [_our_size(r, size_key) for _, r in runs.iterrows()]
+    run_records = runs.to_dict("records")  # per-column types survive (iterrows would turn ints into floats)
+    runs["_label"] = [_our_label(r, method_key) for r in run_records]
+    runs["_size"] = [_our_size(r, size_key) for r in run_records]
     label_of = dict(zip(runs["run_id"], zip(runs["_label"], runs["_size"])))
     # seeds of one config aggregate; anything else differing inside a (label, size, task) cell is a labelling error
     ignore = set(ignore_keys) | set(METHOD_KEYS) | {"_label", "_size"}
@@ -540,22 +541,30 @@ def ablation_frame(long_df: pd.DataFrame, *, metric: str | Mapping[str, str] = "
     seed_cols = [c for c in runs.columns if _is_seed(c)]
     point_of = {}
     points: dict[tuple, dict] = {}
-    for _, r in runs.iterrows():
+    for r in runs.to_dict("records"):
         point = tuple(r[k] if not _blank(r[k]) else None for k in keys)
         point_key = tuple(value_text(v) for v in point)
         points.setdefault(point_key, dict(zip(keys, point)))
         seed = tuple(value_text(r[c]) for c in seed_cols)
         point_of[r["run_id"]] = (point_key, seed)
     values: dict[tuple, dict[str, dict[tuple, list[float]]]] = {}
-    for t in tasks:
+    notes = []
+    for t in list(tasks):
         vals = lookup_metric(df[df[task_key].astype(str) == t], per_task[t])
+        if vals.empty:  # e.g. coco has no validation loss: a column of dashes would also blank every avg
+            tasks.remove(t)
+            notes.append(f"{t} left out: none of its runs reports {per_task.pop(t)!r} (pick one with --metric {t}=NAME)")
+            continue
         for rid, v in zip(vals["run_id"], vals["value"]):
             pk, seed = point_of[rid]
             values.setdefault(pk, {}).setdefault(t, {}).setdefault(seed, []).append(float(v))
+    if not tasks:
+        raise ValueError(f"ablation table: no run reports the metric {metric!r}; metrics present include "
+                         f"{sorted(set(df['metric'].astype(str)))[:10]}")
     directions = {default_direction(m) for m in per_task.values()}
     with_avg = len(directions) == 1
     info = {"metric": per_task, "direction": {t: default_direction(m) for t, m in per_task.items()},
-            "avg": with_avg, "reference": None, "notes": []}
+            "avg": with_avg, "reference": None, "notes": notes}
     if not with_avg and len(tasks) > 1:
         info["notes"].append("no avg column: the per-task metrics point in different directions (min vs max)")
     order = sorted(points, key=lambda pk: [_sort_key(points[pk][k]) for k in keys])
@@ -574,7 +583,7 @@ def ablation_frame(long_df: pd.DataFrame, *, metric: str | Mapping[str, str] = "
             info["reference"] = {k: frame.loc[ref, k] for k in keys}
         denom = {t: (frame.loc[ref, t] if ref is not None else 1.0) for t in tasks}
         avg, avg_std, avg_n = [], [], []
-        for pk, (_, rec) in zip(order, frame.iterrows()):
+        for pk, rec in zip(order, frame.to_dict("records")):
             task_means = [rec[t] / denom[t] for t in tasks]
             avg.append(float(np.mean(task_means)) if all(math.isfinite(x) for x in task_means) else math.nan)
             # per-seed averages over seeds that ran every task: the spread the avg column's ± shows
@@ -610,7 +619,7 @@ def _reference_row(frame: pd.DataFrame, keys: list[str], reference) -> int:
         mask &= frame[k].map(value_text) == value_text(_coerce_like(frame[k], v))
     hits = list(frame.index[mask])
     if len(hits) != 1:
-        rows = [", ".join(f"{k}={value_text(r[k])}" for k in keys) for _, r in frame.iterrows()]
+        rows = [", ".join(f"{k}={value_text(r[k])}" for k in keys) for r in frame.to_dict("records")]
         raise ValueError(f"reference {ref} matches {len(hits)} grid rows (need exactly 1); rows: {rows}")
     return hits[0]
 
@@ -648,7 +657,7 @@ def ablation_table(long_df: pd.DataFrame, *, metric: str | Mapping[str, str] = "
     avg_header = "avg (rel. to ref)" if info["reference"] else "avg"
     header = [*(keys or ["runs"]), *[task_header[t] for t in tasks], *([avg_header] if show_avg else [])]
     rows = []
-    for i, rec in frame.iterrows():
+    for i, rec in zip(frame.index, frame.to_dict("records")):
         row = [Cell(value_text(rec[k])) for k in keys] or [Cell("all")]
         for c in value_cols:
             row.append(Cell(format_mean_std(rec[c], rec[f"{c}_std"], int(rec[f"{c}_n"]), decimals),

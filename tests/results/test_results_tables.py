@@ -169,3 +169,18 @@ def test_unknown_layout_and_where_key():
     import pandas as pd
     with pytest.raises(KeyError, match="no column 'nope'"):
         transfer_table(pd.DataFrame({"run_id": ["a"], "metric": ["m"], "value": [1.0]}), where={"nope": 1})
+
+
+def test_ablation_leaves_out_a_task_without_the_metric(tmp_path):
+    for a in (1, 2):
+        finished(tmp_path, {"a": a, "transfer": {"task": "in1k"}, "seed": 0}, {"val_loss": float(a)})
+        finished(tmp_path, {"a": a, "transfer": {"task": "coco"}, "seed": 0}, {"bbox_mAP": 0.1 * a, "train_loss": 1.0})
+    df = collect(tmp_path).table
+    r = ablation_table(df)
+    assert r.markdown.splitlines()[0] == "| a | in1k |"
+    assert any("coco left out" in n for n in r.notes)
+    mixed = ablation_table(df, metric={"in1k": "loss", "coco": "bbox_mAP"})
+    assert mixed.markdown.splitlines()[0] == "| a | coco bbox_mAP | in1k loss |"  # no avg: min and max mixed
+    assert mixed.markdown.splitlines()[3] == "| 2 | **0.200** | 2.000 |"
+    with pytest.raises(ValueError, match="no run reports the metric 'top1'"):
+        ablation_table(df, metric="top1")
