@@ -107,9 +107,16 @@ def _model(config: dict, num_classes: int) -> dict:
     ch, roi, rpn = mm["neck"]["out_channels"], mm["roi"], mm["rpn"]
     strides = [int(16 / s) for s in mm["neck"]["scales"]]
     strides += [strides[-1] * 2 ** (k + 1) for k in range(mm["neck"]["num_outs"] - len(strides))]
+    if len(roi["stage_iou"]) != len(STAGE_TARGET_STDS) or len(roi["stage_loss_weights"]) != len(STAGE_TARGET_STDS):
+        raise ValueError(f"mm.roi.stage_iou / stage_loss_weights: Cascade R-CNN here has {len(STAGE_TARGET_STDS)} "
+                         f"stages, got {roi['stage_iou']} / {roi['stage_loss_weights']}")
     dim = _encoder_dim(t["init"], t["model"])
+    if roi["bbox_convs"] == 4:
+        head_type = dict(type="Shared4Conv1FCBBoxHead")
+    else:  # the same head with another conv count
+        head_type = dict(type="ConvFCBBoxHead", num_shared_convs=roi["bbox_convs"], num_shared_fcs=1)
     bbox_heads = [dict(
-        type="Shared4Conv1FCBBoxHead", num_shared_convs=roi["bbox_convs"], in_channels=ch,
+        **head_type, in_channels=ch,
         conv_out_channels=roi["conv_out_channels"], fc_out_channels=roi["fc_out_channels"], roi_feat_size=7,
         num_classes=num_classes, norm_cfg=norm, reg_class_agnostic=True,
         bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=stds),
