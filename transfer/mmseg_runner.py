@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.config import ConfigDict
 from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
 from tqdm import tqdm
@@ -64,7 +65,7 @@ class RunStoreHook(Hook):
         self.bar.update(1)
         if step % self.interval and step != self.total:
             return
-        losses = {k: float(v) for k, v in (outputs or {}).items() if "loss" in k}
+        losses = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in (outputs or {}).items() if "loss" in k}
         lr = max(runner.optim_wrapper.get_lr()["lr"])
         self.bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}")
         self.run.log(step=step, lr=lr, **losses)
@@ -130,13 +131,13 @@ def runner_kwargs(config: dict, *, model: dict, train_dataset: dict, val_dataset
     workers = int(train.get("num_workers", 0))
     seed = int(config.get("seed", 0))
     if by_epoch:
-        loop = dict(type="EpochBasedTrainLoop", max_epochs=int(train["epochs"]), val_interval=int(train.get("val_interval", train["epochs"])))
-        ckpt = dict(type="CheckpointHook", by_epoch=True, interval=int(train.get("checkpoint_interval", 1)), max_keep_ckpts=2)
+        loop = dict(type="EpochBasedTrainLoop", max_epochs=int(train["epochs"]), val_interval=int(train.get("val_interval") or train["epochs"]))
+        ckpt = dict(type="CheckpointHook", by_epoch=True, interval=int(train.get("checkpoint_interval") or 1), max_keep_ckpts=2)
     else:
-        loop = dict(type="IterBasedTrainLoop", max_iters=int(train["iters"]), val_interval=int(train.get("val_interval", train["iters"])))
-        ckpt = dict(type="CheckpointHook", by_epoch=False, interval=int(train.get("checkpoint_interval", train["iters"])), max_keep_ckpts=2)
+        loop = dict(type="IterBasedTrainLoop", max_iters=int(train["iters"]), val_interval=int(train.get("val_interval") or train["iters"]))
+        ckpt = dict(type="CheckpointHook", by_epoch=False, interval=int(train.get("checkpoint_interval") or train["iters"]), max_keep_ckpts=2)
     kw = dict(
-        model=model,
+        model=ConfigDict(model),  # mmseg reads test_cfg.mode etc. as attributes
         work_dir=str(work_dir),
         train_dataloader=dataloader(train_dataset, int(train["batch_size"]), True, workers, seed),
         val_dataloader=dataloader(val_dataset, 1, False, workers),
@@ -174,24 +175,27 @@ def _total_iters(runner) -> int:
     return int(loop.max_iters)
 
 
-def build_runner(kw: dict, run=None, resume: bool = True):
-    """A Runner for ``kw`` under the mmseg scope; resumes from ``work_dir``'s latest checkpoint when there is one."""
+def build_runner(kw: dict, resume: bool = True):
+    """A Runner for ``kw``; resumes from ``work_dir``'s latest checkpoint when there is one.
+
+    Call it inside ``DefaultScope.overwrite_default_scope("mmseg")`` and keep using the runner there: leaving that
+    context drops the scope the runner registered (which is what keeps mmseg and mmdet apart in one process).
+    """
     from mmengine.runner import Runner
     from mmengine.runner.checkpoint import find_latest_checkpoint
 
     kw = copy.deepcopy(kw)
     kw["resume"] = bool(resume and find_latest_checkpoint(kw["work_dir"]))
-    with DefaultScope.overwrite_default_scope(SCOPE):
-        return Runner(**kw)
+    return Runner(**kw)
 
 
 def train_and_test(kw: dict, run=None, desc: str = "transfer") -> dict:
     """Train (resuming if ``work_dir`` holds a checkpoint), then test; returns the test metrics as plain floats."""
-    runner = build_runner(kw, run)
-    if run is not None:
-        interval = int(kw["default_hooks"]["logger"]["interval"])
-        runner.register_hook(RunStoreHook(run, total=_total_iters(runner), interval=interval, desc=desc))
     with DefaultScope.overwrite_default_scope(SCOPE), torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+        runner = build_runner(kw)
+        if run is not None:
+            interval = int(kw["default_hooks"]["logger"]["interval"])
+            runner.register_hook(RunStoreHook(run, total=_total_iters(runner), interval=interval, desc=desc))
         runner.train()
         metrics = runner.test()
     return {k: float(v) for k, v in metrics.items()}

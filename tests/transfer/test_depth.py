@@ -1,0 +1,84 @@
+"""NYUv2 depth transfer through mmseg's DepthEstimator: protocol numbers, head and loss maths, dry run, tiny end-to-end."""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("mmseg")
+pytest.importorskip("mmcv.ops")
+
+from mmseg_testdata import fake_paper_layouts, official_fixture, world_layouts  # noqa: E402
+
+from transfer import depth  # noqa: E402
+from transfer.configs import resolve  # noqa: E402
+from transfer.mmseg_modules import BerHuLoss, DepthDPTHead  # noqa: E402
+from transfer.run import run_transfer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    return world_layouts(tmp_path_factory.mktemp("depth_world"))
+
+
+def test_paper_config_is_the_multimae_dpt_protocol(tmp_path):
+    c = resolve("nyuv2_depth", "paper", {"data_root": str(tmp_path), "init": "random"})
+    t, mm = c["train"], c["mm"]
+    assert (t["epochs"], t["batch_size"], t["lr"], t["weight_decay"], t["layer_decay"]) == (2000, 64, 1e-4, 1e-4, 0.75)
+    assert (t["warmup_epochs"], t["warmup_start_factor"], t["schedule"], t["image_size"], t["drop_path"]) == (100, 0.01, "cosine", 256, 0.0)
+    assert mm["decode_head"]["type"] == "DepthDPTHead" and mm["decode_head"]["loss_decode"]["type"] == "BerHuLoss"
+    assert mm["decode_head"]["post_process_channels"] == [96, 192, 384, 768] and mm["decode_head"]["channels"] == 256
+    assert mm["out_indices"] == [2, 5, 8, 11]
+    assert mm["evaluator"] == {"min_depth": 1e-3, "max_depth": 10.0, "crop_type": "nyu_crop"}
+
+
+def test_berhu_is_l1_below_the_threshold_and_scaled_l2_above():
+    loss = BerHuLoss(threshold=0.2)
+    target = torch.tensor([[[[1.0, 2.0, 3.0, 0.0]]]])  # last pixel has no depth: ignored
+    pred = torch.tensor([[[[1.1, 2.0, 8.0, 5.0]]]])
+    # errors 0.1, 0, 5 on valid pixels; c = 0.2 * 5 = 1 -> 0.1, 0, (25 + 1) / 2
+    assert float(loss(pred, target)) == pytest.approx((0.1 + 0.0 + 13.0) / 3)
+    assert float(loss(pred, torch.zeros_like(target))) == 0.0
+
+
+def test_dpt_head_predicts_positive_bounded_depth_at_input_resolution():
+    head = DepthDPTHead(embed_dims=16, post_process_channels=[4, 8, 8, 16], channels=8, max_depth=10.0)
+    feats = tuple(torch.randn(2, 16, 4, 4) for _ in range(4))
+    out = head(feats)
+    assert out.shape == (2, 1, 64, 64)
+    assert (out > 0).all() and (out < 10).all()
+
+
+def test_paper_dry_run_builds_model_optimizer_and_data(tmp_path):
+    root = fake_paper_layouts(tmp_path / "data", size=(120, 160))
+    c = resolve("nyuv2_depth", "paper", {"data_root": str(root), "init": "random"})
+    built = depth.build(c)
+    model, optim = built["model"], built["optimizer"]
+    assert type(model).__name__ == "DepthEstimator" and model.backbone.out_indices == [2, 5, 8, 11]
+    lrs = {g["layer_id"]: g["lr"] for g in optim.optimizer.param_groups}
+    assert lrs[13] == pytest.approx(1e-4) and lrs[0] == pytest.approx(1e-4 * 0.75**13)
+    assert {g["weight_decay"] for g in optim.optimizer.param_groups} == {0.0, 1e-4}
+    warm, cos = built["param_scheduler"]
+    assert (warm["type"], warm["end"], warm["by_epoch"], cos["type"], cos["end"]) == ("LinearLR", 100, True, "CosineAnnealingLR", 2000)
+    assert built["train_dataloader"].batch_size == 64
+    sample = built["train_dataloader"].dataset[0]
+    gt = sample["data_samples"].gt_depth_map.data
+    assert sample["inputs"].shape[1:] == (256, 256) and gt.shape[-2:] == (256, 256)
+    assert 0.5 <= float(gt[gt > 0].min()) and float(gt.max()) <= 9.0  # millimetres -> metres
+
+
+@pytest.mark.parametrize("init", ["official", "random"])
+def test_tiny_trains_and_evaluates_end_to_end(layouts, tmp_path, init):
+    path = str(official_fixture()) if init == "official" else "random"
+    c = resolve("nyuv2_depth", "tiny", {"data_root": str(layouts), "init": path, "runs_root": str(tmp_path / "runs")})
+    t0 = time.perf_counter()
+    run = run_transfer(c)
+    print(f"nyuv2_depth tiny init={init}: {time.perf_counter() - t0:.1f}s metrics={run.metrics}")
+    m = run.metrics
+    assert {"delta1", "delta2", "delta3", "abs_rel", "rmse", "val_loss"} <= set(m)
+    assert 0.0 <= m["delta1"] <= m["delta2"] <= m["delta3"] <= 1.0
+    assert m["abs_rel"] > 0 and m["rmse"] > 0 and math.isfinite(m["val_loss"])
+    steps = [r for r in run.read_log() if "loss" in r]
+    assert steps[-1]["step"] == c["train"]["iters"] and steps[-1]["loss"] < steps[0]["loss"]
