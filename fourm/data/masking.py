@@ -223,20 +223,24 @@ def sample_dirichlet(alphas: torch.Tensor, generator: torch.Generator | None = N
     a = alphas.to(torch.float64)
     boost = a < 1
     shape = torch.where(boost, a + 1, a)
-    d = shape - 1.0 / 3.0
+    d = (shape - 1.0 / 3.0)[..., None]
     c = 1.0 / torch.sqrt(9.0 * d)
+    # several proposals per variate at once (each accepted with p > 0.95); the loop only runs for the rare rest
     log_g = torch.empty_like(a)
     todo = torch.ones_like(a, dtype=torch.bool)
-    while todo.any():
-        idx = todo.nonzero(as_tuple=True)
-        dd, cc = d[idx], c[idx]
-        x = torch.randn(dd.shape, generator=generator, dtype=torch.float64)
-        u = torch.rand(dd.shape, generator=generator, dtype=torch.float64)
-        v = (1 + cc * x) ** 3
-        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + dd - dd * v + dd * torch.log(v.clamp_min(1e-300)))
-        acc = tuple(i[ok] for i in idx)
-        log_g[acc] = torch.log(dd[ok] * v[ok])
-        todo[acc] = False
+    proposals = 4
+    while True:
+        x = torch.randn((*a.shape, proposals), generator=generator, dtype=torch.float64)
+        u = torch.rand((*a.shape, proposals), generator=generator, dtype=torch.float64)
+        v = (1 + c * x) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        first = ok.to(torch.uint8).argmax(-1, keepdim=True)
+        value = torch.log(d * v.clamp_min(1e-300)).gather(-1, first).squeeze(-1)
+        take = todo & ok.any(-1)
+        log_g = torch.where(take, value, log_g)
+        todo = todo & ~take
+        if not todo.any():
+            break
     u = torch.rand(a.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)
     log_g = torch.where(boost, log_g + torch.log(u) / a.clamp_min(1e-300), log_g)
     log_g = torch.where(a > 0, log_g, torch.full_like(log_g, -math.inf))
@@ -393,12 +397,13 @@ class UnifiedMasking:
         n_in = torch.randint(self.input_range[0], self.input_range[1] + 1, (B,), generator=g)
         n_tg = torch.randint(self.target_range[0], self.target_range[1] + 1, (B,), generator=g)
         a_in, a_tg = self.in_alpha[comp], self.tg_alpha[comp]
+        p_in, p_tg = sample_dirichlet(torch.stack([a_in, a_tg]), g).unbind(0)
         cap = self.max_tokens.expand(B, -1)
-        in_b = _allocate(n_in, sample_dirichlet(a_in, g), a_in > 0, cap, self.min_tokens, g)
+        in_b = _allocate(n_in, p_in, a_in > 0, cap, self.min_tokens, g)
         # image positions used as input cannot also be targets; a sequence's target is a separate sequence
         room = torch.where(self.is_image, cap - in_b, cap)
         room = torch.maximum(room, torch.where(a_tg > 0, self.min_tokens, 0))
-        tg_b = _allocate(n_tg, sample_dirichlet(a_tg, g), a_tg > 0, room, self.min_tokens, g)
+        tg_b = _allocate(n_tg, p_tg, a_tg > 0, room, self.min_tokens, g)
         return Budgets(comp, n_in, n_tg, in_b, tg_b)
 
     # masking ---------------------------------------------------------------------------------------------------
@@ -416,33 +421,57 @@ class UnifiedMasking:
             budgets = self.sample_budgets(B, generator)
         elif budgets.input.shape != (B, len(self.names)) or budgets.target.shape != (B, len(self.names)):
             raise ValueError(f"UnifiedMasking: budgets must be [{B}, {len(self.names)}] in the order {self.names}")
+        comp = budgets.component.long()
         out = {}
+        # modalities of the same shape are masked together: fewer, larger tensor ops
+        groups: dict[tuple, list[int]] = {}
         for j, mod in enumerate(self.mods):
-            in_b, tg_b = budgets.input[:, j].long(), budgets.target[:, j].long()
-            if mod.kind == "sequence":
-                keep = self.keep_codes[budgets.component.long(), j]
-                out[mod.name] = self._sequence(batch[mod.name], mod, int(self.max_tokens[j]), in_b, tg_b, keep, generator)
+            key = ("seq", int(self.max_tokens[j])) if mod.kind == "sequence" else ("img", mod.grid)
+            groups.setdefault(key, []).append(j)
+        for (kind, size), js in groups.items():
+            in_b, tg_b = budgets.input[:, js].long().T, budgets.target[:, js].long().T  # [n, B]
+            if kind == "img":
+                results = self._images([batch[self.names[j]] for j in js], [self.mods[j] for j in js], in_b, tg_b, generator)
             else:
-                out[mod.name] = self._image(batch[mod.name], mod, in_b, tg_b, generator)
-        return out
+                keep = self.keep_codes[comp][:, js].T
+                results = self._sequences([batch[self.names[j]] for j in js], [self.mods[j] for j in js], size,
+                                          in_b, tg_b, keep, generator)
+            out.update(zip((self.names[j] for j in js), results))
+        return {n: out[n] for n in self.names}
 
-    def _image(self, x: torch.Tensor, mod, in_b, tg_b, g) -> dict:
-        B, N = in_b.shape[0], mod.grid * mod.grid
-        if not torch.is_tensor(x):
-            raise TypeError(f"batch[{mod.name!r}] must be a tensor, got {type(x).__name__}")
-        if mod.kind == "image_tokens" and x[0].numel() != N:
-            raise ValueError(
-                f"batch[{mod.name!r}] has shape {tuple(x.shape)}; expected [B, {mod.grid}, {mod.grid}] token ids"
-            )
-        # a uniformly random permutation: position j is input if its rank < input budget, target if in the next slice
-        rank = torch.rand(B, N, generator=g).argsort(dim=1)
-        is_input = rank < in_b[:, None]
-        is_target = (rank >= in_b[:, None]) & (rank < (in_b + tg_b)[:, None])
-        count = is_target.sum(1, dtype=torch.int32)
-        first = is_target.to(torch.uint8).argmax(1)  # first target position (0 if none: then the count is 0)
-        dam = torch.zeros(B, N, dtype=torch.int32)
-        dam.scatter_(1, first[:, None], count[:, None])
-        return {"tensor": x, "input_mask": ~is_input, "target_mask": ~is_target, "decoder_attention_mask": dam}
+    def _images(self, xs: list, mods: list, in_b, tg_b, g) -> list[dict]:
+        """Masks for ``n`` image modalities with the same grid; budgets ``[n, B]``."""
+        n, B = in_b.shape
+        N = mods[0].grid * mods[0].grid
+        for x, mod in zip(xs, mods):
+            if not torch.is_tensor(x):
+                raise TypeError(f"batch[{mod.name!r}] must be a tensor, got {type(x).__name__}")
+            if mod.kind == "image_tokens" and x[0].numel() != N:
+                raise ValueError(
+                    f"batch[{mod.name!r}] has shape {tuple(x.shape)}; expected [B, {mod.grid}, {mod.grid}] token ids"
+                )
+        # a uniformly random permutation per row (int32 keys: ties are ~1e-5 per row, rarer than with float32
+        # noise, and int keys sort faster); position j is input if its rank < input budget, target if in the next slice
+        keys = torch.randint(0, 2**31 - 1, (n, B, N), generator=g, dtype=torch.int32)
+        rank = keys.argsort(dim=-1)
+        lo, hi = in_b[..., None], (in_b + tg_b)[..., None]
+        input_mask = rank >= lo
+        target_mask = (rank < lo) | (rank >= hi)
+        first = target_mask.to(torch.uint8).argmin(-1, keepdim=True)  # first target (0 if none: its count is 0)
+        dam = torch.zeros(n, B, N, dtype=torch.int32)
+        count = (in_b + tg_b).clamp(max=N) - in_b.clamp(max=N)
+        dam.scatter_(-1, first, count.to(torch.int32)[..., None])
+        return [
+            {"tensor": x, "input_mask": input_mask[i], "target_mask": target_mask[i], "decoder_attention_mask": dam[i]}
+            for i, x in enumerate(xs)
+        ]
+
+    def _encode(self, strings: list[str]):
+        # encode_batch_fast skips character offsets, which masking never needs
+        fast = getattr(self.tokenizer, "encode_batch_fast", None)
+        if fast is not None:
+            return fast(strings, add_special_tokens=False)
+        return self.tokenizer.encode_batch(strings, add_special_tokens=False)
 
     def _tokenize(self, texts: Sequence, mod, max_tokens: int):
         """Token ids ``[B, L]``, unit index per token (a unit is a token, or a chunk for chunked sequences), valid mask."""
@@ -459,7 +488,7 @@ class UnifiedMasking:
                 owner.extend((i, k) for k in range(len(t)))
             else:
                 raise TypeError(f"batch[{mod.name!r}][{i}] must be a string or a list of strings, got {type(t).__name__}")
-        encoded = self.tokenizer.encode_batch(flat_strs, add_special_tokens=False) if flat_strs else []
+        encoded = self._encode(flat_strs) if flat_strs else []
         seqs: list[list[int]] = [[] for _ in texts]
         units: list[list[int]] = [[] for _ in texts]
         chunked = [not isinstance(t, str) for t in texts]
@@ -489,23 +518,24 @@ class UnifiedMasking:
     def _span_masks(self, unit, valid, in_b, keep, g) -> torch.Tensor:
         """Which tokens are masked; keep probability lowered by ``keep_prob_decay`` until the input fits its budget.
 
-        The retries are evaluated ``K`` at a time for all unfinished samples at once; each retry draws fresh random
+        The retries are evaluated 8, then 56 at a time for all unfinished samples at once; each retry draws fresh random
         numbers, so taking the first retry that fits is the same distribution as retrying one by one.
         """
         B, L = valid.shape
         U = int(unit.max()) + 1 if L else 1
-        u = torch.rand(B, generator=g, dtype=torch.float64)
-        coin = (torch.rand(B, generator=g) < 0.5).to(torch.float64)
+        u = torch.rand(B, generator=g)
+        coin = (torch.rand(B, generator=g) < 0.5).float()
         keep_prob = torch.where(keep == 0, u, torch.where(keep == 1, torch.ones_like(u), coin))
         masked = valid.clone()  # input budget 0: everything goes to the target
         todo = (in_b > 0).nonzero().flatten()
-        K, step = 8, 0
+        step = 0
         while todo.numel():
             T = todo.numel()
-            kp = keep_prob[todo, None] * self.keep_prob_decay ** torch.arange(step, step + K, dtype=torch.float64)
+            K = 8 if step == 0 else 56  # most samples fit at once; the rest need many decays, so try many at a time
+            kp = keep_prob[todo, None] * self.keep_prob_decay ** torch.arange(step, step + K, dtype=torch.float32)
             if step >= 400:  # keep nothing: the input is then one sentinel, which always fits
                 kp = torch.zeros_like(kp)
-            r = torch.rand(T, K, U, generator=g, dtype=torch.float64)
+            r = torch.rand(T, K, U, generator=g)
             m_unit = r > kp[:, :, None]  # the official rule: a unit is kept when rand <= keep_prob
             v = valid[todo][:, None, :]
             m = m_unit.gather(2, unit[todo][:, None, :].expand(T, K, L)) & v
@@ -519,33 +549,33 @@ class UnifiedMasking:
             step += K
         return masked
 
-    def _sequence(self, texts, mod, max_tokens: int, in_b, tg_b, keep, g) -> dict:
+    def _sequences(self, texts: list, mods: list, max_tokens: int, in_b, tg_b, keep, g) -> list[dict]:
+        """Span-mask ``n`` sequence modalities with the same ``max_tokens`` as one ``n * B`` batch; budgets ``[n, B]``."""
+        n, B = in_b.shape
+        parts = [self._tokenize(t, mod, max_tokens) for t, mod in zip(texts, mods)]
+        L = max(p[0].shape[1] for p in parts)
+        ids, unit, valid = (
+            torch.cat([torch.nn.functional.pad(p[i], (0, L - p[i].shape[1]), value=v) for p in parts])
+            for i, v in ((0, self.specials.pad), (1, 0), (2, False))
+        )
+        out = self._sequence(ids, unit, valid, max_tokens, in_b.reshape(-1), tg_b.reshape(-1), keep.reshape(-1), g)
+        return [{k: v[i * B : (i + 1) * B] for k, v in out.items()} for i in range(n)]
+
+    def _sequence(self, ids, unit, valid, max_tokens: int, in_b, tg_b, keep, g) -> dict:
         B = in_b.shape[0]
-        ids, unit, valid = self._tokenize(texts, mod, max_tokens)
         L = ids.shape[1]
         masked = self._span_masks(unit, valid, in_b, keep, g)
         pad = self.specials.pad
         sent = self.sentinel_table
         start = masked & ~torch.nn.functional.pad(masked[:, :-1], (1, 0))
         span = start.cumsum(1)  # span number (1-based) of each masked token
-        nspans = span[:, -1] if L else torch.zeros(B, dtype=torch.long)
+        nspans = span[:, -1]
         rows = torch.arange(B)[:, None]
 
-        # input sequence: kept tokens, and the span's sentinel in place of each masked span
-        W = 2 * L + 3
-        in_emit = (valid & ~masked) | start
-        in_pos = torch.where(in_emit, in_emit.cumsum(1) - 1, W - 1)
-        in_buf = torch.full((B, W), pad, dtype=torch.long)
-        in_buf[rows, in_pos] = torch.where(masked, sent[span], ids)
-        in_len = torch.where(in_b > 0, in_emit.sum(1), 0)
-
-        # target sequence: per span its sentinel then its tokens, and one closing sentinel
+        # where each token / sentinel sits in the full target: per span its sentinel then its tokens, then a closing
+        # sentinel at `total`
         tg_end = (masked.long() + start.long()).cumsum(1)
-        total = tg_end[:, -1] if L else torch.zeros(B, dtype=torch.long)
-        tg_buf = torch.full((B, W), pad, dtype=torch.long)
-        tg_buf[rows, torch.where(masked, tg_end - 1, W - 1)] = ids
-        tg_buf[rows, torch.where(start, tg_end - 2, W - 1)] = sent[span]
-        tg_buf[torch.arange(B), total] = sent[nspans + 1]
+        total = tg_end[:, -1]
         tg_len = total + 1
 
         # over budget: start at a random sentinel (never the closing one) and cut, or start at the earliest sentinel
@@ -563,15 +593,26 @@ class UnifiedMasking:
         t_start = torch.where(over, torch.where(cut_at_k, pos_k, pos_e), 0)
         t_len = torch.where(over, torch.where(cut_at_k, tg_b, tg_len - pos_e), tg_len)
 
-        # the official layout: input at [0, in_len), target at [in_budget, in_budget + t_len)
+        # the official layout: input at [0, in_len), target at [in_budget, in_budget + t_len); PAD elsewhere.
+        # Everything is scattered straight into place; writes that fall outside go to a spare last column.
         width = 2 * (max_tokens + 1)
+        tensor = torch.full((B, width + 1), pad, dtype=torch.int32)
+        in_emit = ((valid & ~masked) | start) & (in_b > 0)[:, None]
+        in_len = in_emit.sum(1)
+        tensor[rows, torch.where(in_emit, in_emit.cumsum(1) - 1, width)] = torch.where(masked, sent[span], ids).int()
+
+        def place(pos, ok):  # target position -> output column (or the spare one)
+            keep_ = ok & (pos >= t_start[:, None]) & (pos < (t_start + t_len)[:, None])
+            return torch.where(keep_, pos - t_start[:, None] + in_b[:, None], width)
+
+        tensor[rows, place(tg_end - 1, masked)] = ids.int()
+        tensor[rows, place(tg_end - 2, start)] = sent[span].int()
+        tensor[rows, place(total[:, None], torch.ones_like(total[:, None], dtype=torch.bool))] = sent[nspans + 1][:, None].int()
+        tensor = tensor[:, :width]
         p = torch.arange(width)[None, :]
         is_in = p < in_len[:, None]
         j = p - in_b[:, None]
         is_tg = (j >= 0) & (j < t_len[:, None])
-        src_in = in_buf.gather(1, p.clamp(max=W - 1).expand(B, -1))
-        src_tg = tg_buf.gather(1, (t_start[:, None] + j).clamp(0, W - 1))
-        tensor = torch.where(is_in, src_in, torch.where(is_tg, src_tg, pad)).to(torch.int32)
         return {
             "tensor": tensor,
             "input_mask": ~is_in,
