@@ -55,7 +55,47 @@ done
 exec 9>/run/lock/fourm-bench-slurm.lock
 flock -w 300 9 || die "another start.sh/stop.sh holds /run/lock/fourm-bench-slurm.lock for over 5 min"
 
-if cluster_up; then
+CPUS=$(nproc)
+MEM_MB=$(awk '/MemTotal/ { print int($2 / 1024) }' /proc/meminfo)
+REAL_MEM=$(( MEM_MB * 95 / 100 ))   # a bit below the total: more than the node has would make it INVALID
+slurm_conf() {
+cat <<CONF
+# written by slurm/cluster/start.sh
+ClusterName=$CLUSTER
+SlurmctldHost=$HOST
+AuthType=auth/munge
+AuthInfo=cred_expire=$REQUEUE_DELAY
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+MpiDefault=none
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurm/slurmctld.pid
+SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmctldLogFile=$LOG_DIR/slurmctld.log
+SlurmdLogFile=$LOG_DIR/slurmd.log
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+JobAcctGatherType=jobacct_gather/linux
+JobCompType=jobcomp/none
+MaxArraySize=$MAX_ARRAY
+MaxJobCount=100000
+MinJobAge=300
+# seconds between SIGTERM (ignored by submitit workers) and SIGKILL when a job is cancelled or requeued
+KillWait=5
+# no DefMemPerCPU: a job that asks for no memory gets the whole node, which is honest on one node
+NodeName=$HOST CPUs=$CPUS RealMemory=$REAL_MEM State=UNKNOWN
+PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+CONF
+}
+
+if cluster_up && slurm_conf | cmp -s - /etc/slurm/slurm.conf; then
   say "already up: node $HOST up in partition $PARTITION, accounting answers ($(elapsed)s)"
   exit 0
 fi
@@ -107,43 +147,7 @@ write_conf() {  # write_conf PATH MODE: stdin -> PATH atomically; prints "change
   cat >"$tmp"; chmod "$mode" "$tmp"
   if cmp -s "$tmp" "$path"; then rm -f "$tmp"; else mv -f "$tmp" "$path"; echo changed; fi
 }
-CPUS=$(nproc)
-MEM_MB=$(awk '/MemTotal/ { print int($2 / 1024) }' /proc/meminfo)
-REAL_MEM=$(( MEM_MB * 95 / 100 ))   # a bit below the total: more than the node has would make it INVALID
-conf_changed=$(write_conf /etc/slurm/slurm.conf 644 <<CONF
-# written by slurm/cluster/start.sh
-ClusterName=$CLUSTER
-SlurmctldHost=$HOST
-AuthType=auth/munge
-AuthInfo=cred_expire=$REQUEUE_DELAY
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-ReturnToService=2
-MpiDefault=none
-SlurmUser=root
-SlurmdUser=root
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
-SlurmctldPidFile=/run/slurm/slurmctld.pid
-SlurmdPidFile=/run/slurm/slurmd.pid
-SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-JobAcctGatherType=jobacct_gather/linux
-JobCompType=jobcomp/none
-MaxArraySize=$MAX_ARRAY
-MaxJobCount=100000
-MinJobAge=300
-KillWait=10
-# no DefMemPerCPU: a job that asks for no memory gets the whole node, which is honest on one node
-NodeName=$HOST CPUs=$CPUS RealMemory=$REAL_MEM State=UNKNOWN
-PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
-CONF
-)
+conf_changed=$(slurm_conf | write_conf /etc/slurm/slurm.conf 644)
 pid_of() { local p; p=$(cat "/run/slurm/$1.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && echo "$p"; }
 if [ -n "$conf_changed" ]; then
   for d in slurmd slurmctld; do
