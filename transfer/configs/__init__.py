@@ -152,6 +152,9 @@ def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict =
     from omegaconf import OmegaConf, open_dict
 
     base = OmegaConf.to_container(_compose(task, profile, []), resolve=False)
+    if list(base) == [task]:
+        raise ConfigError(f"{path}: make '# @package _global_' its first line; without it hydra nests the whole file "
+                          f"under '{task}.' and no key is where the transfer command looks for it")
     known = set(_flat_keys(base))
     for key, value in hydra_pairs:
         if key.startswith(("+", "~")):
