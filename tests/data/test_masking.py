@@ -516,3 +516,27 @@ def test_masking_config_errors(tok):
         m({"rgb@224": torch.zeros(2, 3, 8, 8)}, torch.Generator())
     with pytest.raises(ValueError, match=r"expected \[B, 14, 14\]"):
         m({"rgb@224": torch.zeros(2, 3, 8, 8), "tok_depth@224": torch.zeros(2, 7, 7, dtype=torch.long)}, torch.Generator())
+
+
+def test_span_masking_matches_the_per_sample_reference_in_distribution(tok):
+    """Batched retries (8, then 56 decays at a time) give the same keep/decay statistics as one-by-one retries."""
+    import random
+
+    from benchmarks.masking import PerSampleMasking
+
+    caption = CAPTIONS[3]
+    cfg = one_component({"caption": 1.0}, {"caption": 1.0})
+    B, in_b = 2000, 5
+    ref = PerSampleMasking(["caption"], cfg, in_b, 256, tok)
+    random.seed(0)
+    torch.manual_seed(0)
+    ref_len = torch.tensor([int((~ref._sequence(caption, 256, in_b, 256, "random")["input_mask"]).sum()) for _ in range(B)])
+    m = UnifiedMasking(["caption"], cfg, in_b, 256, tok)
+    budgets = Budgets(torch.zeros(B, dtype=torch.long), torch.full((B,), in_b), torch.full((B,), 256),
+                      torch.full((B, 1), in_b), torch.full((B, 1), 256))
+    out = m({"caption": [caption] * B}, torch.Generator().manual_seed(16), budgets)["caption"]
+    ours = (~out["input_mask"]).sum(1).double()
+    # input lengths 1..5: compare the histograms
+    h_ref = torch.bincount(ref_len, minlength=6)[1:6].double() / B
+    h_ours = torch.bincount(ours.long(), minlength=6)[1:6].double() / B
+    assert torch.allclose(h_ref, h_ours, atol=0.04), (h_ref, h_ours)  # ~3.5 sigma of a difference of two
