@@ -302,7 +302,9 @@ class Budgets(NamedTuple):
 def _token_range(value, what: str) -> tuple[int, int]:
     lo, hi = (value, value) if isinstance(value, int) else tuple(value)
     if not (0 <= lo <= hi):
-        raise ValueError(f"UnifiedMasking: {what} must be an int >= 0 or a range (lo, hi) with 0 <= lo <= hi, got {value}")
+        raise ValueError(
+            f"UnifiedMasking: {what} must be an int >= 0 or a range (lo, hi) with 0 <= lo <= hi, got {value}"
+        )
     return int(lo), int(hi)
 
 
@@ -346,7 +348,8 @@ class UnifiedMasking:
         self.target_range = _token_range(num_target_tokens, "num_target_tokens")
         self.in_alpha = self.alphas.input_matrix(self.names)  # [C, M]
         self.tg_alpha = self.alphas.target_matrix(self.names)
-        for key, mat, rng in (("input_alphas", self.in_alpha, self.input_range), ("target_alphas", self.tg_alpha, self.target_range)):
+        checks = (("input_alphas", self.in_alpha, self.input_range), ("target_alphas", self.tg_alpha, self.target_range))
+        for key, mat, rng in checks:
             dead = [c for c in range(mat.shape[0]) if rng[1] > 0 and not (mat[c] > 0).any()]
             if dead:
                 raise ValueError(
@@ -365,23 +368,27 @@ class UnifiedMasking:
             if not 0 < mx <= limit:
                 raise ValueError(f"UnifiedMasking: max_tokens[{m.name!r}]={mx} must be in 1..{limit}")
         self.is_image = torch.tensor([m.kind != "sequence" for m in self.mods])
+        keep = [self.alphas.alphas[n].keep for n in self.names]
         self.keep_codes = torch.tensor(
-            [[KEEP_SCHEMES.index(self.alphas.alphas[n].keep[c]) for n in self.names] for c in range(self.alphas.num_components)]
-        )
-        self.weights = (
-            None if self.alphas.sampling_weights is None else torch.tensor(self.alphas.sampling_weights, dtype=torch.float64)
-        )
+            [[KEEP_SCHEMES.index(k[c]) for k in keep] for c in range(self.alphas.num_components)]
+        )  # [C, M]
+        weights = self.alphas.sampling_weights
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
         self.keep_prob_decay = keep_prob_decay
         self.tokenizer = text_tokenizer
         self.specials = None
         if any(m.kind == "sequence" for m in self.mods):
             if text_tokenizer is None:
                 seqs = [m.name for m in self.mods if m.kind == "sequence"]
-                raise ValueError(f"UnifiedMasking: sequence modalities {seqs} need text_tokenizer= (fourm.data.text.load_tokenizer)")
+                raise ValueError(
+                    f"UnifiedMasking: sequence modalities {seqs} need text_tokenizer= (fourm.data.text.load_tokenizer)"
+                )
             self.specials = special_ids(text_tokenizer)
             need = max(int(mx) for m, mx in zip(self.mods, self.max_tokens) if m.kind == "sequence") // 2 + 2
             if len(self.specials.sentinels) < need:
-                raise ValueError(f"text tokenizer has {len(self.specials.sentinels)} sentinels; sequences of this length need {need}")
+                raise ValueError(
+                    f"text tokenizer has {len(self.specials.sentinels)} sentinels; sequences this long need {need}"
+                )
             self.sentinel_table = torch.tensor(self.specials.sentinels, dtype=torch.long)
 
     # budgets ---------------------------------------------------------------------------------------------------
@@ -408,7 +415,9 @@ class UnifiedMasking:
 
     # masking ---------------------------------------------------------------------------------------------------
 
-    def __call__(self, batch: Mapping[str, Any], generator: torch.Generator | None = None, budgets: Budgets | None = None) -> dict:
+    def __call__(
+        self, batch: Mapping[str, Any], generator: torch.Generator | None = None, budgets: Budgets | None = None
+    ) -> dict:
         """Mask ``batch`` (modality -> tensor ``[B, ...]`` or list of B strings / lists of chunk strings)."""
         missing = [n for n in self.names if n not in batch]
         if missing:
@@ -430,12 +439,12 @@ class UnifiedMasking:
             groups.setdefault(key, []).append(j)
         for (kind, size), js in groups.items():
             in_b, tg_b = budgets.input[:, js].long().T, budgets.target[:, js].long().T  # [n, B]
+            xs, mods = [batch[self.names[j]] for j in js], [self.mods[j] for j in js]
             if kind == "img":
-                results = self._images([batch[self.names[j]] for j in js], [self.mods[j] for j in js], in_b, tg_b, generator)
+                results = self._images(xs, mods, in_b, tg_b, generator)
             else:
                 keep = self.keep_codes[comp][:, js].T
-                results = self._sequences([batch[self.names[j]] for j in js], [self.mods[j] for j in js], size,
-                                          in_b, tg_b, keep, generator)
+                results = self._sequences(xs, mods, size, in_b, tg_b, keep, generator)
             out.update(zip((self.names[j] for j in js), results))
         return {n: out[n] for n in self.names}
 
@@ -474,7 +483,7 @@ class UnifiedMasking:
         return self.tokenizer.encode_batch(strings, add_special_tokens=False)
 
     def _tokenize(self, texts: Sequence, mod, max_tokens: int):
-        """Token ids ``[B, L]``, unit index per token (a unit is a token, or a chunk for chunked sequences), valid mask."""
+        """Token ids ``[B, L]``, unit index per token (a token, or its chunk for chunked sequences), valid mask."""
         eos = self.specials.eos
         if not isinstance(texts, (list, tuple)):
             raise TypeError(f"batch[{mod.name!r}] must be a list of strings (or of lists of chunk strings)")
@@ -607,7 +616,8 @@ class UnifiedMasking:
 
         tensor[rows, place(tg_end - 1, masked)] = ids.int()
         tensor[rows, place(tg_end - 2, start)] = sent[span].int()
-        tensor[rows, place(total[:, None], torch.ones_like(total[:, None], dtype=torch.bool))] = sent[nspans + 1][:, None].int()
+        closing = total[:, None]
+        tensor[rows, place(closing, torch.ones_like(closing, dtype=torch.bool))] = sent[nspans + 1][:, None].int()
         tensor = tensor[:, :width]
         p = torch.arange(width)[None, :]
         is_in = p < in_len[:, None]
