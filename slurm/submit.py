@@ -19,6 +19,7 @@ import importlib
 import json
 import os
 import pickle
+import shlex
 import subprocess
 import sys
 import time
@@ -130,7 +131,7 @@ class SlurmLauncher:
     def submit_array(self, entries: Sequence[RunEntry], res: Resources, dependency: str | None = None,
                      name: str = "fourm") -> list[dict]:
         """Submit one array per chunk; returns one {job_id, array_job_id, array_index, dependency} per entry."""
-        ex = submitit.AutoExecutor(folder=self.log_dir / "%j", cluster="slurm", slurm_python=self.python)
+        ex = submitit.AutoExecutor(folder=self.log_dir / "%j", cluster="slurm", slurm_python=shlex.quote(self.python))
         extra = dict(res.extra)
         if dependency:
             extra.update(dependency=dependency, kill_on_invalid_dep="yes")
@@ -176,7 +177,7 @@ class LocalLauncher:
         self.python = python or sys.executable
 
     def _executor(self, res: Resources) -> submitit.LocalExecutor:
-        ex = submitit.LocalExecutor(folder=self.log_dir / "%j", python=self.python)
+        ex = submitit.LocalExecutor(folder=self.log_dir / "%j", python=shlex.quote(self.python))
         ex.update_parameters(timeout_min=res.timeout_min, gpus_per_node=res.gpus_per_node,
                              cpus_per_task=res.cpus_per_task)
         return ex

@@ -15,6 +15,7 @@ from fourm.runs import Run, run_id
 from slurm import scheduler
 from slurm import submit as sub
 from slurm.regression_job import train
+from slurm.lock import RunLock
 from slurm.status import status
 from slurm.submit import Job, Resources, RunEntry, SlurmLauncher, resubmit, submit, wait
 
@@ -60,6 +61,12 @@ def test_worker_python_is_the_venv(slurm_cluster, job_dir):
     launcher = SlurmLauncher(job_dir / "logs")
     assert Path(launcher.python) == Path(sys.executable)
     assert scheduler.max_array_size() >= 2
+
+
+def test_lock_of_a_job_slurm_no_longer_runs_is_stale(slurm_cluster, job_dir):
+    (job_dir / ".lock").write_text(json.dumps({"job_id": "999999_0", "host": "another-node", "pid": 1, "time": 0}))
+    with RunLock(job_dir, job_id="5") as lock:
+        assert lock.acquired
 
 
 def test_array_chunks_and_dependency(slurm_cluster, job_dir, monkeypatch):

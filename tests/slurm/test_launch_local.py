@@ -1,0 +1,90 @@
+"""The local launcher (no SLURM): same manifest, dependencies, status and resubmit semantics; and the run lock."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from fourm.runs import Run, run_id
+from slurm.lock import RunLock
+from slurm.regression_job import train
+from slurm.status import cli as status_cli
+from slurm.status import status
+from slurm.submit import Job, Resources, resubmit, submit
+
+ENTRY = "slurm.regression_job:train"
+
+
+def job_for(root, config, **kw):
+    return Job(str(root / "runs" / run_id(config)), config, ENTRY, **kw)
+
+
+@pytest.mark.slow  # six local worker processes, each importing torch
+def test_local_sweep_dependencies_failures_and_resubmit(tmp_path, capsys):
+    ok = {"seed": 0, "steps": 10}
+    bad = {"seed": 1, "steps": 10, "fail_at_step": 3}
+    child_ok = {"seed": 2, "steps": 5, "init_from": str(tmp_path / "runs" / run_id(ok))}
+    child_bad = {"seed": 3, "steps": 5, "init_from": str(tmp_path / "runs" / run_id(bad))}
+    jobs = [job_for(tmp_path, ok), job_for(tmp_path, bad),
+            job_for(tmp_path, child_ok, after=(run_id(ok),)), job_for(tmp_path, child_bad, after=(run_id(bad),))]
+    sweep = tmp_path / "sweep"
+    submitted = submit(sweep, jobs, Resources(timeout_min=15, array_parallelism=2), launcher="local")
+    assert sorted(submitted) == sorted(j.run_id for j in jobs)
+
+    rows = status(sweep).by_run()
+    assert rows[run_id(ok)].state == "DONE" and rows[run_id(child_ok)].state == "DONE"
+    assert rows[run_id(bad)].state == "FAILED"
+    assert "fail_at_step=3" in rows[run_id(bad)].log_tail  # the worker's traceback
+    assert rows[run_id(child_bad)].state == "CANCELLED"  # never started: its parent failed
+    assert not (tmp_path / "runs" / run_id(child_bad)).joinpath("log.jsonl").exists()
+    assert status(sweep).counts == {"CANCELLED": 1, "DONE": 2, "FAILED": 1}
+    assert Run(tmp_path / "runs" / run_id(ok)).metrics == train(ok, str(tmp_path / "ref" / run_id(ok)))
+
+    assert status_cli([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "counts: CANCELLED 1, DONE 2, FAILED 1 (total 4)" in out and "fail_at_step=3" in out
+
+    # resubmit retries only the failed run and its cancelled child (which fail again: the config asks for it)
+    assert resubmit(sweep) == sorted([run_id(bad), run_id(child_bad)])
+    manifest = json.loads((sweep / "manifest.json").read_text())["runs"]
+    assert len(manifest[run_id(ok)]["jobs"]) == 1 and len(manifest[run_id(bad)]["jobs"]) == 2
+
+
+def test_status_cli_names_a_missing_manifest(tmp_path, capsys):
+    assert status_cli([str(tmp_path)]) == 2
+    assert "no sweep manifest" in capsys.readouterr().out
+
+
+def test_timeout_below_15_min_is_refused():
+    with pytest.raises(ValueError, match="timeout_min=10"):
+        Resources(timeout_min=10)
+
+
+def test_lock_excludes_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".lock").write_text(json.dumps({"job_id": f"local-{holder.pid}", "host": socket.gethostname(),
+                                                    "pid": holder.pid, "time": 0}))
+        with RunLock(tmp_path) as lock:
+            assert not lock.acquired and lock.holder["pid"] == holder.pid
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == holder.pid  # not removed by the loser
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(tmp_path) as lock:  # the holder is dead: its lock is stale
+        assert lock.acquired
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+        with RunLock(tmp_path, job_id="other") as second:
+            assert not second.acquired  # this process is alive and holds it
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_lock_of_the_same_job_restarted_is_taken_over(tmp_path):
+    # SLURM runs one job id once at a time: a lock naming our own job was left by our previous incarnation
+    (tmp_path / ".lock").write_text(json.dumps({"job_id": "77_3", "host": "elsewhere", "pid": 1, "time": 0}))
+    with RunLock(tmp_path, job_id="77_3") as lock:
+        assert lock.acquired
