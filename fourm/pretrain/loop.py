@@ -1,0 +1,223 @@
+"""The 4M pretraining loop: `fourm-bench pretrain <hydra overrides>`.
+
+Deterministic by construction: every step draws its batch, masks, dropout and decoder order from seeds derived
+from (seed, step, micro-step), so a run resumed from a checkpoint continues bit-exactly on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fourm import runs
+from fourm.models import FourM, config_for
+from fourm.pretrain import distributed as D
+from fourm.pretrain.checkpoints import latest_checkpoint, load_state, save_state
+from fourm.pretrain.schedule import lr_at, scaled_lr
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradients became NaN/inf; the last good checkpoint is kept."""
+
+
+def step_seed(seed: int, step: int, micro: int = 0, stream: int = 0) -> int:
+    """A 63-bit seed for (run seed, step, micro-step, stream): independent streams, stable across resumes."""
+    x = (seed * 1_000_003 + step) * 1_009 + micro
+    x = (x * 97 + stream) & 0x7FFF_FFFF_FFFF_FFFF
+    # splitmix64 finaliser: nearby inputs give unrelated seeds
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & 0xFFFF_FFFF_FFFF_FFFF
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFF_FFFF_FFFF_FFFF
+    return (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def build_model(cfg: dict) -> FourM:
+    m = dict(cfg["model"])
+    name = m.pop("name")
+    return FourM.from_config(config_for(name, **m))
+
+
+def param_groups(model: FourM, weight_decay: float) -> list[dict]:
+    skip = model.weight_decay_exclusions()
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and n not in skip]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and n in skip]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def tokens_per_step(cfg: dict) -> int:
+    return cfg["batch_size"] * (cfg["budget"]["num_input_tokens"] + cfg["budget"]["num_target_tokens"])
+
+
+def total_steps(cfg: dict) -> int:
+    return max(1, math.ceil(cfg["schedule"]["total_tokens"] / tokens_per_step(cfg)))
+
+
+def _autocast(cfg: dict, device: torch.device):
+    precision = cfg.get("precision", "auto")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to(mod_dict: dict, device) -> dict:
+    return {m: {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in d.items()} for m, d in mod_dict.items()}
+
+
+@torch.no_grad()
+def validate(model, data, cfg, device, env) -> dict[str, float]:
+    """Mean loss per modality over fixed validation batches (fixed masks: seeds depend only on the batch index)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    n = cfg["val"]["batches"]
+    for i in range(n):
+        mod_dict = data.val_batch(i, step_seed(cfg["seed"], i, stream=7))
+        with _autocast(cfg, device):
+            loss, mod_loss = model(_to(mod_dict, device), cfg["budget"]["num_input_tokens"],
+                                   cfg["budget"]["num_target_tokens"], loss_type=cfg["loss_type"],
+                                   rng=random.Random(step_seed(cfg["seed"], i, stream=8)))
+        for k, v in {"loss": loss, **mod_loss}.items():
+            sums[k] = sums.get(k, 0.0) + float(D.all_reduce_mean(v.detach().float().reshape(()), env))
+    model.train(was_training)
+    return {f"val/{k}": v / n for k, v in sums.items()}
+
+
+def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: bool = True, data=None) -> dict:
+    """Train until the token budget is spent (or ``stop_after`` steps); returns the final metrics.
+
+    ``data`` replaces the shard-backed :class:`PretrainData` (same interface), e.g. in-memory samples.
+    """
+    from fourm.pretrain.data import PretrainData
+
+    env = D.detect()
+    D.init(env)
+    device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg).to(device)
+    n_steps = total_steps(cfg)
+    lr = scaled_lr(cfg["optim"]["blr"], cfg["batch_size"])
+    opt = torch.optim.AdamW(param_groups(model, cfg["optim"]["weight_decay"]), lr=lr, betas=tuple(cfg["optim"]["betas"]))
+
+    start_step, tokens_seen = 0, 0
+    ckpt_dir = run.path / "checkpoints"
+    latest = latest_checkpoint(ckpt_dir) if cfg.get("resume", "auto") == "auto" else None
+    if latest is not None:
+        state = load_state(latest, model, opt)
+        start_step, tokens_seen = state["step"], state["tokens_seen"]
+        if env.is_main:
+            run.log(event="resume", step=start_step, checkpoint=str(latest))
+
+    train_model = model
+    if env.distributed:
+        if cfg["distributed"]["strategy"] == "fsdp":
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            train_model = FSDP(model)
+        else:
+            train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if device.type == "cuda" else None)
+
+    data = data if data is not None else PretrainData(cfg, env)
+    n_in, n_tg = cfg["budget"]["num_input_tokens"], cfg["budget"]["num_target_tokens"]
+    accum = cfg["accum_steps"]
+    last = n_steps if stop_after is None else min(n_steps, stop_after)
+    bar = tqdm(range(start_step, last), initial=start_step, total=last, desc="pretrain", disable=not (progress and env.is_main))
+    metrics: dict = {}
+    t0 = time.perf_counter()
+    for step in bar:
+        cur_lr = lr_at(tokens_seen, lr, cfg["schedule"]["warmup_tokens"], cfg["schedule"]["total_tokens"], cfg["optim"]["min_lr"])
+        for g in opt.param_groups:
+            g["lr"] = cur_lr
+        opt.zero_grad(set_to_none=True)
+        step_loss, step_mod = 0.0, {}
+        for micro in range(accum):
+            torch.manual_seed(step_seed(cfg["seed"], step, micro, stream=1 + env.rank))
+            mod_dict = _to(data.train_batch(step, micro, step_seed(cfg["seed"], step, micro, stream=2)), device)
+            sync = contextlib.nullcontext() if (micro == accum - 1 or not env.distributed) else train_model.no_sync()
+            with sync, _autocast(cfg, device):
+                loss, mod_loss = train_model(mod_dict, n_in, n_tg, loss_type=cfg["loss_type"],
+                                             rng=random.Random(step_seed(cfg["seed"], step, micro, stream=3)))
+                (loss / accum).backward()
+            step_loss += loss.detach().float().item() / accum
+            for k, v in mod_loss.items():
+                step_mod[k] = step_mod.get(k, 0.0) + v.detach().float().item() / accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["clip_grad"] or float("inf"))
+        loss_t = D.all_reduce_mean(torch.tensor(step_loss), env)
+        if not (math.isfinite(float(loss_t)) and math.isfinite(float(grad_norm))):
+            good = latest_checkpoint(ckpt_dir)
+            if env.is_main:
+                run.log(event="diverged", step=step, loss=float(loss_t), grad_norm=float(grad_norm))
+            raise TrainingDiverged(
+                f"step {step}: loss {float(loss_t)} / grad norm {float(grad_norm)} is not finite; nothing was saved for this step. "
+                f"Last good checkpoint: {good or 'none'} (resume=auto continues from it); lower optim.blr or raise warmup."
+            )
+        opt.step()
+        tokens_seen += tokens_per_step(cfg)
+        done_step = step + 1
+        if env.is_main:
+            rec = {"step": done_step, "tokens": tokens_seen, "lr": cur_lr, "loss": float(loss_t), "grad_norm": float(grad_norm),
+                   **{f"loss/{k}": v for k, v in step_mod.items()}}
+            run.log(**rec)
+            bar.set_postfix(loss=f"{float(loss_t):.3f}", lr=f"{cur_lr:.2e}")
+        if done_step % cfg["val"]["every_steps"] == 0 or done_step == n_steps:
+            val = validate(model, data, cfg, device, env)
+            if env.is_main:
+                run.log(step=done_step, **val)
+            metrics.update(val)
+        if done_step % cfg["checkpoint"]["every_steps"] == 0 or done_step in (last, n_steps):
+            if env.is_main:
+                save_state(ckpt_dir, model, opt, step=done_step, tokens_seen=tokens_seen, keep=cfg["checkpoint"]["keep"])
+            if env.distributed:
+                torch.distributed.barrier()
+    elapsed = time.perf_counter() - t0
+    final_step = last
+    metrics.update({"step": final_step, "tokens_seen": tokens_seen, "train/loss": step_loss if last > start_step else None,
+                    **{f"train/{k}": v for k, v in step_mod.items()}, "seconds": elapsed,
+                    "tokens_per_second": tokens_per_step(cfg) * (final_step - start_step) / max(elapsed, 1e-9)})
+    D.shutdown(env)
+    return metrics
+
+
+def resolve(overrides: list[str]) -> dict:
+    """Compose the hydra config (fourm/pretrain/configs) with overrides into a plain dict."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(Path(__file__).parent / "configs"), version_base=None):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_from_config(cfg: dict, run_dir: str | None = None, **kwargs) -> dict:
+    """Open (or reopen) the run folder of ``cfg``, train, write metrics and DONE. Skips a DONE run."""
+    identity = {k: v for k, v in cfg.items() if k not in ("runs_root", "resume")}
+    run = runs.Run(run_dir) if run_dir else runs.open_run(cfg["runs_root"], identity)
+    if run_dir:
+        run.path.mkdir(parents=True, exist_ok=True)
+        if not (run.path / "config.yaml").exists():
+            runs.atomic_write_text(run.path / "config.yaml", __import__("yaml").safe_dump(identity, sort_keys=True))
+        run.write_env()
+    if run.done:
+        return run.metrics
+    metrics = train(cfg, run, **kwargs)
+    if kwargs.get("stop_after") is None and D.detect().is_main:
+        from fourm.models import save_checkpoint  # noqa: F401  (the final weights are the last checkpoint)
+
+        final = latest_checkpoint(run.path / "checkpoints")
+        metrics["checkpoint"] = str(final / "model.safetensors") if final else None
+        run.write_metrics(metrics)
+        run.mark_done()
+    return metrics
+
+
+def cli(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: fourm-bench pretrain [hydra overrides, e.g. model=micro budget=paper optim.blr=1e-4 batch_size=16]\n"
+              f"config groups in {Path(__file__).parent / 'configs'}: model data alphas budget optim schedule")
+        return 0
+    cfg = resolve(argv)
+    metrics = run_from_config(cfg)
+    print({k: v for k, v in metrics.items() if k.startswith("val/") or k in ("step", "tokens_seen", "checkpoint")})
+    return 0

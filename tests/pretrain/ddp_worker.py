@@ -1,0 +1,25 @@
+"""Run under torchrun by test_loop.py: 4 DDP steps on in-memory samples; rank 0 writes the losses."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pretrain_samples import make_samples, tiny_config  # noqa: E402
+
+from fourm import runs  # noqa: E402
+from fourm.pretrain.data import PretrainData  # noqa: E402
+from fourm.pretrain.distributed import detect  # noqa: E402
+from fourm.pretrain.loop import train  # noqa: E402
+
+tokenizer, root, out = sys.argv[1:4]
+torch.set_num_threads(1)
+cfg = tiny_config(tokenizer)
+env = detect()
+run = runs.open_run(root, cfg)
+data = PretrainData(cfg, env, make_samples(12, 0), make_samples(4, 1))
+train(cfg, run, stop_after=4, progress=False, data=data)
+if env.rank == 0:
+    losses = [r["loss"] for r in run.read_log() if "loss" in r and "step" in r]
+    Path(out).write_text(json.dumps({"losses": losses, "world_size": env.world_size}))
