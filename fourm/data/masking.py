@@ -299,6 +299,13 @@ class Budgets(NamedTuple):
     target: torch.Tensor
 
 
+def _is_ids(x) -> bool:
+    """Already-tokenized ids: a 1-D integer tensor or a non-empty list/tuple of ints."""
+    if torch.is_tensor(x):
+        return x.dim() == 1 and not x.is_floating_point()
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+
+
 def _token_range(value, what: str) -> tuple[int, int]:
     lo, hi = (value, value) if isinstance(value, int) else tuple(value)
     if not (0 <= lo <= hi):
@@ -483,38 +490,49 @@ class UnifiedMasking:
         return self.tokenizer.encode_batch(strings, add_special_tokens=False)
 
     def _tokenize(self, texts: Sequence, mod, max_tokens: int):
-        """Token ids ``[B, L]``, unit index per token (a token, or its chunk for chunked sequences), valid mask."""
+        """Token ids ``[B, L]``, unit index per token (a token, or its chunk for chunked sequences), valid mask.
+
+        A sample is a string, a list of chunk strings (one per box), or already-tokenized ids (a list of ints or a
+        1-D int tensor, or a list of those as chunks); EOS is appended here in every case.
+        """
         eos = self.specials.eos
         if not isinstance(texts, (list, tuple)):
             raise TypeError(f"batch[{mod.name!r}] must be a list of strings (or of lists of chunk strings)")
         flat_strs, owner = [], []
+        pieces: list[list] = []  # per sample: its chunks (a plain sequence is one chunk), ids or None until encoded
+        chunked = []
         for i, t in enumerate(texts):
-            if isinstance(t, str):
-                flat_strs.append(t)
-                owner.append((i, -1))
-            elif isinstance(t, (list, tuple)) and all(isinstance(c, str) for c in t):
-                flat_strs.extend(t)
-                owner.extend((i, k) for k in range(len(t)))
-            else:
-                raise TypeError(f"batch[{mod.name!r}][{i}] must be a string or a list of strings, got {type(t).__name__}")
-        encoded = self._encode(flat_strs) if flat_strs else []
-        seqs: list[list[int]] = [[] for _ in texts]
-        units: list[list[int]] = [[] for _ in texts]
-        chunked = [not isinstance(t, str) for t in texts]
-        full = [False] * len(texts)
-        for (i, k), enc in zip(owner, encoded):
-            if k < 0:
-                ids = (enc.ids + [eos])[:max_tokens]
-                seqs[i], units[i] = ids, list(range(len(ids)))
-            elif not full[i] and len(seqs[i]) + len(enc.ids) <= max_tokens - 1:  # whole chunks, room for EOS
-                units[i].extend([k] * len(enc.ids))
-                seqs[i].extend(enc.ids)
-            else:  # a prefix of the boxes, as the official truncation
-                full[i] = True
-        for i, t in enumerate(texts):
-            if chunked[i]:
-                units[i].append(units[i][-1] + 1 if units[i] else 0)
-                seqs[i].append(eos)
+            single = isinstance(t, str) or _is_ids(t)
+            parts = [t] if single else t
+            if not isinstance(parts, (list, tuple)) or not all(isinstance(c, str) or _is_ids(c) for c in parts):
+                raise TypeError(
+                    f"batch[{mod.name!r}][{i}] must be a string, a list of chunk strings, or token ids; "
+                    f"got {type(t).__name__}"
+                )
+            chunked.append(not single)
+            pieces.append([None if isinstance(c, str) else [int(v) for v in c] for c in parts])
+            for k, c in enumerate(parts):
+                if isinstance(c, str):
+                    flat_strs.append(c)
+                    owner.append((i, k))
+        for (i, k), enc in zip(owner, self._encode(flat_strs) if flat_strs else []):
+            pieces[i][k] = enc.ids
+        seqs: list[list[int]] = []
+        units: list[list[int]] = []
+        for i, chunks in enumerate(pieces):
+            if not chunked[i]:
+                ids = (chunks[0] + [eos])[:max_tokens]
+                seqs.append(ids)
+                units.append(list(range(len(ids))))
+                continue
+            ids, unit = [], []
+            for k, c in enumerate(chunks):  # whole chunks while they fit with room for EOS: a prefix of the boxes
+                if len(ids) + len(c) > max_tokens - 1:
+                    break
+                ids.extend(c)
+                unit.extend([k] * len(c))
+            seqs.append(ids + [eos])
+            units.append(unit + [unit[-1] + 1 if unit else 0])
         lens = torch.tensor([len(s) for s in seqs])
         L = int(lens.max())
         valid = torch.arange(L)[None, :] < lens[:, None]

@@ -540,3 +540,21 @@ def test_span_masking_matches_the_per_sample_reference_in_distribution(tok):
     h_ref = torch.bincount(ref_len, minlength=6)[1:6].double() / B
     h_ours = torch.bincount(ours.long(), minlength=6)[1:6].double() / B
     assert torch.allclose(h_ref, h_ours, atol=0.04), (h_ref, h_ours)  # ~3.5 sigma of a difference of two
+
+
+def test_pretokenized_sequences_mask_like_strings(tok):
+    names = ["caption", "det"]
+    m = UnifiedMasking(names, one_component({n: 1.0 for n in names}, {n: 1.0 for n in names}), 30, 30, tok)
+    B = 12
+    strings = make_batch(names, B, torch.Generator().manual_seed(0))
+    ids = {
+        "caption": [torch.tensor(tok.encode(c).ids) if i % 2 else tok.encode(c).ids for i, c in enumerate(strings["caption"])],
+        "det": [[tok.encode(c).ids for c in chunks] for chunks in strings["det"]],
+    }
+    a = m(strings, torch.Generator().manual_seed(17))
+    b = m(ids, torch.Generator().manual_seed(17))
+    for n in names:
+        for k in a[n]:
+            assert torch.equal(a[n][k], b[n][k]), (n, k)
+    with pytest.raises(TypeError, match=r"batch\['caption'\]\[0\]"):
+        m({"caption": [[1.5, 2.5]] * B, "det": ids["det"]}, torch.Generator())
