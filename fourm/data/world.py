@@ -136,7 +136,7 @@ def _halfspaces(o, d, normals, offsets):
     normals = np.asarray(normals, dtype=np.float64)
     norm = np.linalg.norm(normals, axis=1)
     normals, offsets = normals / norm[:, None], np.asarray(offsets, dtype=np.float64) / norm
-    nd = d @ normals.T  # (N, K); only on the pixels of one object
+    nd = _rotate(d, normals)  # (N, K) = d @ normals.T
     slack = offsets - normals @ o  # (K,), >= 0 where the origin is inside plane k
     with np.errstate(divide="ignore", invalid="ignore"):
         t = slack / nd
