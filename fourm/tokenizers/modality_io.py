@@ -102,11 +102,13 @@ def center_box(height: int, width: int) -> tuple[int, int, int, int]:
     return (height - s) // 2, (width - s) // 2, s, s
 
 
-def load_modality(root: str | os.PathLike, modality: str, size: int, stems: list[str] | None = None, desc: str = "") -> torch.Tensor:
+def load_modality(
+    root: str | os.PathLike, modality: str, size: int, stems: list[str] | None = None, desc: str = "", progress: bool = True
+) -> torch.Tensor:
     """Every sample of one modality folder, centre-cropped and resized to ``size``, stacked in memory (tiny datasets)."""
     stems = stems if stems is not None else list_stems(root, [modality])
     out = []
-    for stem in tqdm(stems, desc=desc or f"load {modality}", unit="img", leave=False):
+    for stem in tqdm(stems, desc=desc or f"load {modality}", unit="img", leave=False, disable=not progress):
         x = to_tensor(modality, read_raw(root, modality, stem))
         out.append(crop_resize_flip(modality, x, center_box(*x.shape[-2:]), size, False))
     return torch.stack(out)

@@ -106,8 +106,8 @@ def load_splits(cfg: dict, mcfg: VQVAEConfig, progress: bool = True) -> tuple[to
         stems = stems[: cfg["max_train_samples"]]
     if cfg.get("max_val_samples"):
         val_stems = val_stems[: cfg["max_val_samples"]]
-    train_x = load_modality(train_root, mod, mcfg.image_size, stems, desc=f"load train {mod}")
-    val_x = load_modality(val_root, mod, mcfg.image_size, val_stems, desc=f"load val {mod}")
+    train_x = load_modality(train_root, mod, mcfg.image_size, stems, desc=f"load train {mod}", progress=progress)
+    val_x = load_modality(val_root, mod, mcfg.image_size, val_stems, desc=f"load val {mod}", progress=progress)
     return train_x, val_x
 
 
@@ -218,7 +218,7 @@ def train(cfg: dict, progress: bool = True) -> Run:
         step += 1
         bar.update()
         if step % cfg["log_every"] == 0 or step == total:
-            rec = {k: float(out_[k]) for k in ("loss", "recon_loss", "vq_loss", "perplexity", "usage")}
+            rec = {k: float(torch.as_tensor(out_[k]).detach()) for k in ("loss", "recon_loss", "vq_loss", "perplexity", "usage")}
             run.log(step=step, epoch=epoch, lr=lr, **rec)
             bar.set_postfix(loss=f"{rec['recon_loss']:.4f}", usage=f"{rec['usage']:.2f}")
         if step % steps_per_epoch == 0:
