@@ -212,3 +212,19 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(transfer_data_root, t
     for k, v in full_state["model"].items():
         torch.testing.assert_close(state["model"][k], v, rtol=1e-5, atol=1e-6)
 
+
+
+def test_benchmark_baselines_compute_the_same_step():
+    from benchmarks import transfer as bench
+
+    ours = bench._variant("ours", "fm_nano_2e_2d_swiglu_nobias", 32, 10, bench.TRAIN)
+    naive = bench._variant("naive-pool", "fm_nano_2e_2d_swiglu_nobias", 32, 10, bench.TRAIN)
+    single = bench._variant("single-group", "fm_nano_2e_2d_swiglu_nobias", 32, 10, bench.TRAIN)
+    x = torch.randn(4, 3, 32, 32)
+    for v in (ours, naive, single):
+        v["model"].eval()
+    torch.testing.assert_close(naive["model"](x), ours["model"](x))
+    torch.testing.assert_close(single["model"](x), ours["model"](x))
+    assert len(single["opt"].param_groups) == 1 and len(ours["opt"].param_groups) > 4
+    r = bench.measure("fm_nano_2e_2d_swiglu_nobias", size=32, batch=4, rounds=1, warmup=0, num_classes=10)
+    assert set(r["img_s"]) == {"ours", "single-group", "naive-pool"} and all(v > 0 for v in r["img_s"].values())
