@@ -40,6 +40,7 @@ def _checkpoint_globals() -> list:
         np_core.multiarray._reconstruct, np.ndarray, np.dtype, np_core.multiarray.scalar,  # numpy values in the meta
         type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64)), type(np.dtype(np.int32)),
         type(np.dtype(np.bool_)),
+        getattr,  # numpy 2 pickles dtype classes as getattr(numpy.dtypes, "<Name>DType")
     ]
 
 
@@ -80,6 +81,9 @@ def schedule(train: dict, by_epoch: bool) -> list[dict]:
     total = int(train["epochs"] if by_epoch else train["iters"])
     warm = int(train.get("warmup_epochs" if by_epoch else "warmup_iters", 0) or 0)
     common = dict(by_epoch=by_epoch, convert_to_iter_based=by_epoch) if by_epoch else dict(by_epoch=False)
+    if warm >= total:
+        unit = "epochs" if by_epoch else "iters"
+        raise ValueError(f"train.warmup_{unit}={warm} must be smaller than train.{unit}={total}")
     out = []
     if warm:
         out.append(dict(type="LinearLR", start_factor=float(train.get("warmup_start_factor", 1e-6)), begin=0, end=warm, **common))

@@ -48,7 +48,7 @@ def test_paper_dry_run_builds_model_optimizer_and_data(tmp_path):
     built = segmentation.build(c)
     model, optim = built["model"], built["optimizer"]
     assert model.backbone.out_indices == [3, 5, 7, 11]
-    assert model.backbone.encoder_model.encoder[-1].drop_path.drop_prob == pytest.approx(0.1)
+    assert model.backbone.encoder_model.encoder[-1].drop_path.p == pytest.approx(0.1)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     assert model.decode_head.num_classes == 150 and model.test_cfg["stride"] == (341, 341)
     lrs = {g["layer_id"]: g["lr"] for g in optim.optimizer.param_groups}
