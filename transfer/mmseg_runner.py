@@ -132,7 +132,9 @@ def runner_kwargs(config: dict, *, model: dict, train_dataset: dict, val_dataset
     by_epoch = train.get("epochs") is not None
     if by_epoch == (train.get("iters") is not None):
         raise ValueError("train: set exactly one of train.iters and train.epochs")
-    workers = int(train.get("num_workers", 0))
+    runtime = config.get("_runtime") or {}  # how to run, not part of the run id; train.* is the fallback
+    workers = int(runtime.get("num_workers", train.get("num_workers", 0)))
+    log_interval = int(runtime.get("log_interval", train.get("log_interval", 50)))
     seed = int(config.get("seed", 0))
     if by_epoch:
         loop = dict(type="EpochBasedTrainLoop", max_epochs=int(train["epochs"]), val_interval=int(train.get("val_interval") or train["epochs"]))
@@ -155,7 +157,7 @@ def runner_kwargs(config: dict, *, model: dict, train_dataset: dict, val_dataset
         test_evaluator=evaluator,
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
-            logger=dict(type="LoggerHook", interval=int(train.get("log_interval", 50)), log_metric_by_epoch=by_epoch),
+            logger=dict(type="LoggerHook", interval=log_interval, log_metric_by_epoch=by_epoch),
             param_scheduler=dict(type="ParamSchedulerHook"),
             checkpoint=ckpt,
             sampler_seed=dict(type="DistSamplerSeedHook"),
