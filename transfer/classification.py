@@ -26,6 +26,7 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from transfer.adapter import build_encoder, layer_decay_param_groups
+from transfer.configs import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
 MODALITY = "rgb@224"
@@ -60,7 +61,7 @@ class ClassFolder(ImageFolder):
         present = sorted(e.name for e in os.scandir(directory) if e.is_dir())
         unknown = [c for c in present if c not in self._given_classes]
         if unknown:
-            raise ValueError(f"{directory}: class folders {unknown[:5]} are not in the class list "
+            raise ConfigError(f"{directory}: class folders {unknown[:5]} are not in the class list "
                              f"({len(self._given_classes)} classes, from the train folders or meta.json)")
         return self._given_classes, {c: i for i, c in enumerate(self._given_classes)}
 
@@ -126,7 +127,7 @@ def build_datasets(config: dict):
     classes = class_names(root)
     expected = config["data"].get("num_classes")
     if expected is not None and expected != len(classes):
-        raise ValueError(f"in1k: {root} has {len(classes)} classes but data.num_classes={expected}; "
+        raise ConfigError(f"in1k: {root} has {len(classes)} classes but data.num_classes={expected}; "
                          f"point data_root at the right dataset or pass data.num_classes=null")
     train_tf, eval_tf = build_transforms(config["train"], config["data"])
     train = ClassFolder(root / "train", classes, train_tf)
@@ -146,11 +147,11 @@ def peak_lr(train_cfg: dict) -> float:
 def per_step_batch(train_cfg: dict) -> int:
     bs, accum = train_cfg["batch_size"], train_cfg.get("accum_iter", 1)
     if accum < 1 or bs % accum:
-        raise ValueError(f"train.batch_size={bs} must be a multiple of train.accum_iter={accum}")
+        raise ConfigError(f"train.batch_size={bs} must be a multiple of train.accum_iter={accum}")
     step = bs // accum
     if train_cfg.get("mixup", 0) > 0 or train_cfg.get("cutmix", 0) > 0:
         if step % 2:
-            raise ValueError(f"mixup/cutmix in batch mode needs an even per-step batch; got {step} "
+            raise ConfigError(f"mixup/cutmix in batch mode needs an even per-step batch; got {step} "
                              f"(train.batch_size={bs} / train.accum_iter={accum})")
     return step
 
@@ -160,7 +161,7 @@ def resolve_device(config: dict) -> torch.device:
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"_runtime.device={want!r} but CUDA is not available; pass _runtime.device=cpu or auto")
+        raise ConfigError(f"_runtime.device={want!r} but CUDA is not available; pass _runtime.device=cpu or auto")
     return torch.device(want)
 
 
@@ -338,7 +339,7 @@ def run(config: dict, run) -> dict:
     train_cfg = config["train"]
     epochs = train_cfg["epochs"]
     if parts["updates_per_epoch"] == 0:
-        raise ValueError(f"in1k: {len(parts['train_loader'].dataset)} training images are fewer than one optimizer step "
+        raise ConfigError(f"in1k: {len(parts['train_loader'].dataset)} training images are fewer than one optimizer step "
                          f"(train.batch_size={train_cfg['batch_size']}); lower train.batch_size")
     ckpt = Path(run.path) / CHECKPOINT
     start, metrics = 0, {}

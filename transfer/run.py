@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from fourm.models import CheckpointError
 from fourm.runs import Run, open_run, run_id
 from transfer.configs import DEFAULT_RUNS_ROOT, PROFILES, ConfigError, parse_overrides, resolve
 
@@ -55,7 +56,11 @@ def run_transfer(config: dict, runs_root: str | None = None) -> Run:
     if run.done:
         return run
     module = task_module(config["transfer"]["task"])
-    metrics = module.run(config, run)
+    try:
+        metrics = module.run(config, run)
+    except BaseException as e:  # recorded so `status`/readers see why a partial run stopped; then raised as is
+        run.log(event="error", error=f"{type(e).__name__}: {e}")
+        raise
     run.write_metrics(metrics)
     run.mark_done()
     run.log(event="done", **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -106,7 +111,11 @@ def cli(argv: list[str]) -> int:
         return 2
     root = config.get("_runs_root") or DEFAULT_RUNS_ROOT
     was_done = Run(Path(root) / run_id(config)).done
-    run = run_transfer(config)
+    try:
+        run = run_transfer(config)
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:  # wrong data_root/init/layout: one line, no traceback
+        print(f"fourm-bench transfer: {e}", file=sys.stderr)
+        return 2
     print(f"transfer {task}/{profile}: {'already done (skipped)' if was_done else 'done'}, run {run.path}")
     print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.metrics.items()))
     return 0
