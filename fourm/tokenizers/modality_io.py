@@ -63,11 +63,11 @@ def read_raw(root: str | os.PathLike, modality: str, stem: str):
 def to_tensor(modality: str, array: np.ndarray) -> torch.Tensor:
     """Decoded numpy array -> modality tensor (see module docstring)."""
     if modality == "rgb":
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
+        return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1) / 255.0
     if modality == "depth":
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+        return torch.from_numpy(np.array(array, dtype=np.float32))[None]
     if modality == "normal":
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1)
     if modality == "semseg":
         return torch.from_numpy(np.array(array, dtype=np.int64))
     raise KeyError(f"{modality!r} is not an image modality; tokenizers exist for {IMAGE_MODALITIES}")

@@ -41,3 +41,10 @@ def _tiny_config(modality: str, **kw) -> VQVAEConfig:
 def tiny_config():
     """``tiny_config(modality, **overrides) -> VQVAEConfig`` at 32 px, 8x8 tokens, 64 codes."""
     return _tiny_config
+
+
+@pytest.fixture
+def tiny_train_overrides(tiny_world, tmp_path):
+    """Hydra overrides of a seconds-long tokenizer training run on the tiny world (3 steps per epoch)."""
+    return [f"data={tiny_world}", f"out={tmp_path / 'runs'}", *TINY_MODEL, "batch_size=8", "epochs=2",
+            "warmup_steps=2", "log_every=1"]

@@ -1,0 +1,144 @@
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fourm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
+from fourm.tokenizers.decode import decode_grid
+from fourm.tokenizers.encode import encode_dataset
+from fourm.tokenizers.modality_io import center_box, crop_resize_flip, read_raw, to_tensor
+from fourm.tokenizers.shards import ShardError, TokenShardDataset, iter_shard
+from fourm.tokenizers.train import compose_config
+from fourm.tokenizers.vqvae import VQVAE
+
+
+@pytest.fixture
+def tokenizers(tmp_path, tiny_config):
+    """Freshly initialised (untrained) depth and semseg tokenizers saved as checkpoints: real encoders all the same."""
+    paths = {}
+    for i, mod in enumerate(["depth", "semseg"]):
+        torch.manual_seed(i)
+        paths[mod] = tmp_path / f"{mod}.safetensors"
+        save_tokenizer(VQVAE(tiny_config(mod)).eval(), paths[mod])
+    return paths
+
+
+def _encode(tiny_world, tokenizers, out, *extra):
+    cfg = compose_config("encode", [f"data={tiny_world}", "split=val", f"out={out}", "crops=3",
+                                    "samples_per_shard=3", *[f"tokenizers.{m}={p}" for m, p in tokenizers.items()],
+                                    *extra])
+    return encode_dataset(cfg, progress=False)
+
+
+def test_encode_writes_shards_readable_by_the_dataset(tiny_world, tokenizers, tmp_path):
+    out = tmp_path / "shards"
+    index = _encode(tiny_world, tokenizers, out)
+    assert index["samples"] == 8 and [s["samples"] for s in index["shards"]] == [3, 3, 2]
+    assert (out / "val.json").exists() and index["pattern"].endswith("val-{000000..000002}.tar")
+    assert index["modalities"]["tok_depth@224"]["vocab_size"] == 64
+
+    # raw shard contents: keyed by 4M modality names, uint16 [crops, h, w] ids
+    with tarfile.open(out / "val-000000.tar") as tar:
+        names = tar.getnames()
+        arr = np.load(io.BytesIO(tar.extractfile("000000.tok_depth@224.npy").read()))
+    assert names[0] == "__shard__.json"
+    assert {"000000.tok_semseg@224.npy", "000000.rgb@224.npy", "000000.caption.txt", "000000.det.json",
+            "000000.crops.json"} <= set(names)
+    assert arr.dtype == np.uint16 and arr.shape == (3, 8, 8) and arr.max() < 64
+
+    samples = list(TokenShardDataset(index["pattern"], shuffle=False))
+    assert [s["__key__"] for s in samples] == [f"{i:06d}" for i in range(8)]
+    for s in samples:
+        for m in ("tok_depth@224", "tok_semseg@224"):
+            assert s[m].dtype == torch.int64 and s[m].shape == (8, 8) and 0 <= int(s[m].min()) and int(s[m].max()) < 64
+        assert s["rgb@224"].shape == (3, 32, 32) and s["rgb@224"].dtype == torch.uint8
+        assert isinstance(s["caption"], str) and s["caption"]
+        assert all(0 <= v <= 1 for box in s["det"] for v in box[:4])
+
+    # crop 0 is the full image: its tokens are exactly what the tokenizer gives for the file
+    first = next(iter(TokenShardDataset(index["pattern"], ["tok_depth@224", "det"], crop=0, shuffle=False)))
+    model = load_tokenizer(tokenizers["depth"])
+    x = to_tensor("depth", read_raw(tiny_world / "val", "depth", "000000"))
+    x = crop_resize_flip("depth", x, center_box(*x.shape[-2:]), 32, False)
+    assert torch.equal(first["tok_depth@224"], model.encode(x[None])[0])
+    boxes = read_raw(tiny_world / "val", "det", "000000")
+    assert [b[4] for b in first["det"]] == [b[4] for b in boxes]
+    assert first["det"][0][:4] == pytest.approx([v / 32 for v in boxes[0][:4]], abs=1e-4)
+    # official det text on request
+    text = next(iter(TokenShardDataset(index["pattern"], ["det"], crop=0, shuffle=False, det_format="text")))["det"]
+    assert text.startswith("v0=") and boxes[0][4] in text
+
+
+def test_random_crops_are_aligned_and_reproducible(tiny_world, tokenizers, tmp_path):
+    index = _encode(tiny_world, tokenizers, tmp_path / "a")
+    with tarfile.open(tmp_path / "a" / "val-000000.tar") as tar:
+        crops = json.loads(tar.extractfile("000001.crops.json").read())
+    assert crops["size"] == [32, 32] and len(crops["crops"]) == 3
+    assert crops["crops"][0] == [0, 0, 32, 32, False]
+    assert any(c[:4] != [0, 0, 32, 32] for c in crops["crops"][1:])
+    # same config elsewhere -> identical shard bytes (crops seeded by (seed, stem))
+    _encode(tiny_world, tokenizers, tmp_path / "b")
+    assert (tmp_path / "a" / "val-000001.tar").read_bytes() == (tmp_path / "b" / "val-000001.tar").read_bytes()
+    # random crop choice covers the stored crops
+    ds = TokenShardDataset(index["pattern"], ["tok_depth@224"], seed=1)
+    seen = set()
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        seen |= {s["__crop__"] for s in ds}
+    assert seen == {0, 1, 2}
+
+
+def test_encode_is_idempotent_and_refuses_to_overwrite_other_configs(tiny_world, tokenizers, tmp_path):
+    out = tmp_path / "shards"
+    _encode(tiny_world, tokenizers, out)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    _encode(tiny_world, tokenizers, out)  # same config: nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    (out / "val.json").unlink()
+    (out / "val-000001.tar").unlink()
+    index = _encode(tiny_world, tokenizers, out)  # an interrupted encode: only the missing shard is written
+    assert index["shards_written"] == 1
+    assert (out / "val-000000.tar").stat().st_mtime_ns == mtimes["val-000000.tar"]
+    with pytest.raises(ValueError, match="overwrite=true"):
+        _encode(tiny_world, tokenizers, out, "crops=2")
+
+
+def test_truncated_shard_is_one_clear_error_naming_the_file(tiny_world, tokenizers, tmp_path):
+    index = _encode(tiny_world, tokenizers, tmp_path / "s")
+    shard = tmp_path / "s" / "val-000001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardError, match="val-000001.tar.*truncated or corrupt"):
+        list(TokenShardDataset(index["pattern"], shuffle=False))
+    # cut exactly after a whole member: tar itself cannot tell, the header's sample count does
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+    last_of_first_sample = max((m for m in members if m.name.startswith("000003.")), key=lambda m: m.offset)
+    end = last_of_first_sample.offset_data + -(-last_of_first_sample.size // 512) * 512
+    shard.write_bytes(data[:end])
+    with pytest.raises(ShardError, match=r"val-000001.tar.*promises 3 samples, read 1"):
+        list(iter_shard(shard))
+
+
+def test_dataloader_workers_split_shards(tiny_world, tokenizers, tmp_path):
+    index = _encode(tiny_world, tokenizers, tmp_path / "s")
+    ds = TokenShardDataset(index["pattern"], ["tok_depth@224", "tok_semseg@224"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    keys = [k for batch in loader for k in batch["__key__"]]
+    assert sorted(keys) == [f"{i:06d}" for i in range(8)]
+
+
+def test_decode_writes_a_grid_png(tiny_world, tokenizers, tmp_path):
+    index = _encode(tiny_world, tokenizers, tmp_path / "s")
+    cfg = compose_config("decode", [f"shards={index['pattern']}", f"data={tiny_world}", f"out={tmp_path / 'g.png'}",
+                                    "num=3", "tile=32"])
+    path = decode_grid(cfg)
+    with Image.open(path) as im:
+        w, h = im.size
+        a = np.asarray(im.convert("RGB"))
+    assert (w, h) == (4 * 34 + 2, 14 + 3 * 34 + 2)  # 2 modalities x (original, decoded), 3 rows
+    assert a[16:, :].std() > 10  # not blank

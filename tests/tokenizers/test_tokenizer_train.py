@@ -1,0 +1,81 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fourm.cli import main as fourm_bench
+from fourm.runs import find_runs
+from fourm.tokenizers.train import compose_config, train
+
+
+def test_train_writes_a_complete_run(tiny_train_overrides):
+    cfg = compose_config("train", ["modality=semseg", *tiny_train_overrides])
+    run = train(cfg, progress=False)
+    assert run.done
+    for name in ("config.yaml", "env.json", "log.jsonl", "metrics.json", "DONE", "tokenizer.safetensors"):
+        assert (run.path / name).exists(), name
+    log = run.read_log()
+    epochs = [r for r in log if r.get("event") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(0 <= r["val/pixel_acc"] <= 1 for r in epochs)
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    m = run.metrics
+    assert m["steps"] == 6 and m["train_samples"] == 24 and m["val_samples"] == 8 and m["grid"] == 8
+    assert set(m["val"]) >= {"pixel_acc", "miou", "codes_used", "token_perplexity"}
+    # the majority-class baseline is computed on the same val set
+    assert 0 < m["baselines"]["constant"]["pixel_acc"] < 1
+    assert run.config["modality"]["name"] == "semseg" and "out" not in run.config
+    # rerunning the same command is a no-op on a DONE run
+    before = (run.path / "tokenizer.safetensors").stat().st_mtime_ns
+    again = train(compose_config("train", ["modality=semseg", *tiny_train_overrides]), progress=False)
+    assert again.path == run.path and (run.path / "tokenizer.safetensors").stat().st_mtime_ns == before
+
+
+def test_resume_continues_from_the_saved_step_bit_exactly(tiny_train_overrides, tmp_path):
+    cfg = compose_config("train", ["modality=depth", *tiny_train_overrides])
+    full = train(cfg, progress=False)
+    assert sorted(p.name for p in (full.path / "checkpoints").iterdir()) == [
+        "step_000003.safetensors", "step_000003.state.pt", "step_000006.safetensors", "step_000006.state.pt"]
+
+    # an interrupted copy: only the epoch-1 checkpoint survived
+    other = tmp_path / "other"
+    shutil.copytree(full.path, other / full.path.name)
+    cut = other / full.path.name
+    for name in ("DONE", "metrics.json", "tokenizer.safetensors", "checkpoints/step_000006.safetensors",
+                 "checkpoints/step_000006.state.pt"):
+        (cut / name).unlink()
+    cfg2 = dict(cfg, out=str(other))
+    resumed = train(cfg2, progress=False)
+    assert resumed.path == cut and resumed.done
+    assert [r["step"] for r in resumed.read_log() if r.get("event") == "resume"] == [3]
+    a = load_file(full.path / "tokenizer.safetensors")
+    b = load_file(cut / "tokenizer.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics["val"] == full.metrics["val"]
+
+
+def test_config_errors_name_the_file_and_key(tiny_world, tmp_path):
+    with pytest.raises(ValueError, match=r"train\.yaml.*\['data'\]"):
+        compose_config("train", ["modality=depth"])
+    with pytest.raises(ValueError, match="train.yaml"):
+        compose_config("train", ["modality=lidar", f"data={tiny_world}"])
+    cfg = compose_config("train", [f"data={tiny_world}", f"out={tmp_path}", "batch_size=64", "model.image_size=32",
+                                   "model.channels=[8,8]"])
+    with pytest.raises(ValueError, match="batch_size=64 is larger than the 24 training samples"):
+        train(cfg, progress=False)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        train(dict(cfg, data=str(tmp_path / "missing")), progress=False)
+
+
+def test_cli_trains_and_reports(tiny_train_overrides, capsys):
+    rc = fourm_bench(["tokenize", "train", "modality=depth", *tiny_train_overrides, "epochs=1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "tokenizer.safetensors" in out and "baselines" in out
+    out_root = next(o.split("=", 1)[1] for o in tiny_train_overrides if o.startswith("out="))
+    (run,) = find_runs(out_root)
+    assert run.done and json.loads((run.path / "metrics.json").read_text())["steps"] == 3
+    assert fourm_bench(["tokenize", "train", "modality=depth"]) == 2  # missing data=: one clear line
+    assert "data" in capsys.readouterr().err
