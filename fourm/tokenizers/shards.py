@@ -172,7 +172,8 @@ class TokenShardDataset(IterableDataset):
     det text with ``det_format="text"``); plus ``__key__`` and ``__crop__``.
 
     ``modalities=None`` takes every modality of the shards. Shards are split across DataLoader workers and
-    ``torch.distributed`` ranks; call :meth:`set_epoch` to reshuffle shard order and crops each epoch.
+    ``torch.distributed`` ranks; ``shuffle`` permutes the shard order, ``shuffle_buffer > 1`` also mixes samples
+    through a buffer of that many; call :meth:`set_epoch` to reshuffle shards, buffer and crops each epoch.
     A truncated or corrupt shard, or a token id outside its vocabulary, raises one :class:`ShardError` naming the file.
     """
 
@@ -183,6 +184,7 @@ class TokenShardDataset(IterableDataset):
         *,
         crop: str | int = "random",
         shuffle: bool = True,
+        shuffle_buffer: int = 0,
         seed: int = 0,
         det_format: str = "list",
         check_vocab: bool = True,
@@ -194,7 +196,7 @@ class TokenShardDataset(IterableDataset):
             raise ValueError(f"crop must be 'random' or a crop index, got {crop!r}")
         if det_format not in ("list", "text"):
             raise ValueError(f"det_format must be 'list' or 'text', got {det_format!r}")
-        self.crop, self.shuffle, self.seed = crop, shuffle, seed
+        self.crop, self.shuffle, self.shuffle_buffer, self.seed = crop, shuffle, shuffle_buffer, seed
         self.det_format, self.check_vocab = det_format, check_vocab
         self.epoch = 0
 
@@ -223,9 +225,24 @@ class TokenShardDataset(IterableDataset):
     def __iter__(self):
         shards, slot = self._my_shards()
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 4099 + slot)
+        buf: list[dict] = []
         for path in shards:
             for header, raw in iter_shard(path):
-                yield self._decode(path, header, raw, gen)
+                item = self._decode(path, header, raw, gen)
+                if self.shuffle_buffer <= 1:
+                    yield item
+                    continue
+                buf.append(item)
+                if len(buf) >= self.shuffle_buffer:
+                    yield self._pop_random(buf, gen)
+        while buf:
+            yield self._pop_random(buf, gen)
+
+    @staticmethod
+    def _pop_random(buf: list, gen: torch.Generator):
+        j = int(torch.randint(0, len(buf), (1,), generator=gen))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        return buf.pop()
 
     def _decode(self, path, header: dict, raw: dict, gen: torch.Generator) -> dict:
         token_mods = header["modalities"]

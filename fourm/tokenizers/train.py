@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from fourm.runs import Run, open_run
+from fourm.runs import Run, open_run, run_id
 from fourm.tokenizers.checkpoint import (
     checkpoint_paths,
     latest_step,
@@ -166,10 +166,10 @@ def train(cfg: dict, progress: bool = True) -> Run:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     mcfg = model_config(cfg)
-    run = open_run(out, cfg)
-    if run.done:
-        print(f"tokenizer run {run.path} is already DONE; nothing to do")
-        return run
+    done = Run(Path(out) / run_id(cfg))
+    if done.done:
+        print(f"tokenizer run {done.path} is already DONE; nothing to do")
+        return done
 
     train_x, val_x = load_splits(cfg, mcfg, progress)
     bs = cfg["batch_size"]
@@ -177,6 +177,7 @@ def train(cfg: dict, progress: bool = True) -> Run:
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size={bs} is larger than the {len(train_x)} training samples; lower batch_size")
     total = cfg["epochs"] * steps_per_epoch
+    run = open_run(out, cfg)  # only now: a bad config or dataset leaves no half-made run folder behind
 
     ckdir = run.path / "checkpoints"
     last = latest_step(ckdir)

@@ -90,6 +90,9 @@ def test_random_crops_are_aligned_and_reproducible(tiny_world, tokenizers, tmp_p
         ds.set_epoch(epoch)
         seen |= {s["__crop__"] for s in ds}
     assert seen == {0, 1, 2}
+    # a shuffle buffer mixes samples across shards and still yields each exactly once
+    mixed = [s["__key__"] for s in TokenShardDataset(index["pattern"], ["caption"], shuffle_buffer=5, seed=3)]
+    assert sorted(mixed) == [f"{i:06d}" for i in range(8)] and mixed != sorted(mixed)
 
 
 def test_encode_is_idempotent_and_refuses_to_overwrite_other_configs(tiny_world, tokenizers, tmp_path):

@@ -65,6 +65,7 @@ def test_config_errors_name_the_file_and_key(tiny_world, tmp_path):
                                    "model.channels=[8,8]"])
     with pytest.raises(ValueError, match="batch_size=64 is larger than the 24 training samples"):
         train(cfg, progress=False)
+    assert not list(tmp_path.iterdir())  # no half-made run folder
     with pytest.raises(FileNotFoundError, match="no such folder"):
         train(dict(cfg, data=str(tmp_path / "missing")), progress=False)
 
