@@ -244,30 +244,35 @@ class FourM(nn.Module):
             out[mod] = self.decoder_embeddings[mod].forward_logits(y[sel])
         return out
 
-    def losses(self, y, target_ids, decoder_mod_dict, mod_mask, loss_type="mod"):
-        """'mod': mean of per-modality mean losses; 'tok': mean over all target tokens."""
-        mod_loss, total, count = {}, y.new_zeros(()), 0
-        for mod in decoder_mod_dict:
-            sel = mod_mask == self.modality_info[mod].id
+    def losses(self, y, target_ids, decoder_mod_dict, mod_mask, loss_type="mod", count_reduce=None):
+        """'mod': mean of per-modality mean losses; 'tok': mean over all target tokens.
+
+        ``count_reduce`` (data parallel): sums per-modality token counts over ranks and returns ``(counts, world_size)``;
+        each rank then normalises by the *global* counts (times world size, as DDP averages gradients), so the
+        gradient and the rank-averaged loss equal those of one process on the whole global batch.
+        """
+        mods = list(decoder_mod_dict)
+        sels = [mod_mask == self.modality_info[m].id for m in mods]
+        local = torch.stack([s.sum() for s in sels]).to(y.dtype)
+        counts, world = (local, 1) if count_reduce is None else count_reduce(local.detach())
+        mod_loss, ce_sums = {}, []
+        for j, (mod, sel) in enumerate(zip(mods, sels)):
             logits = self.decoder_embeddings[mod].forward_logits(y[sel])
-            if logits.numel() == 0:
-                mod_loss[mod] = y.new_zeros(1) + 0.0 * y.sum()  # keeps the graph connected for DDP
-                continue
-            ce = F.cross_entropy(logits.float(), target_ids[sel].long(), reduction="none")
-            mod_loss[mod] = ce.mean()
-            total = total + ce.sum()
-            count += ce.numel()
+            ce_sum = F.cross_entropy(logits.float(), target_ids[sel].long(), reduction="sum") if logits.numel() else 0.0 * y.sum()
+            ce_sums.append(ce_sum)
+            # an absent modality contributes 0, as in the official code (and keeps the graph connected for DDP)
+            mod_loss[mod] = (ce_sum * world / counts[j].clamp(min=1)).reshape(1) if logits.numel() else y.new_zeros(1) + ce_sum
         if loss_type in ("mod", "modality"):
-            loss = sum(mod_loss.values()) / len(mod_loss)
+            loss = sum(v.reshape(()) for v in mod_loss.values()) / len(mod_loss)
         elif loss_type in ("tok", "token"):
-            loss = total / max(count, 1)
+            loss = sum(ce_sums) * world / counts.sum().clamp(min=1)
         else:
             raise ValueError(f"loss_type must be 'mod' or 'tok', got {loss_type!r}")
-        return loss, mod_loss
+        return loss, {m: v.reshape(()) for m, v in mod_loss.items()}
 
     # --- forward -----------------------------------------------------------------------------------
     def forward(self, mod_dict: dict, num_encoder_tokens: int, num_decoder_tokens: int, loss_type: str = "mod",
-                return_logits: bool = False, return_all: bool = False, rng=_random):
+                return_logits: bool = False, return_all: bool = False, rng=_random, count_reduce=None):
         """Masked multimodal forward on the official batch format.
 
         Returns ``(loss, mod_loss)``; with ``return_logits`` the per-modality logits dict instead; with ``return_all``
@@ -286,7 +291,7 @@ class FourM(nn.Module):
 
         if return_logits:
             return self.forward_logits(y, dec_dict, dec["mod_mask"])
-        loss, mod_loss = self.losses(y, dec["target_ids"], dec_dict, dec["mod_mask"], loss_type)
+        loss, mod_loss = self.losses(y, dec["target_ids"], dec_dict, dec["mod_mask"], loss_type, count_reduce)
         if return_all:
             return dict(loss=loss, mod_loss=mod_loss, enc_tokens=enc_tokens, enc_emb=enc_emb, enc_mask=enc_mask,
                         enc_mod_mask=enc_mod_mask, enc_ids_keep=enc_ids, enc_output=x, dec_output=y,

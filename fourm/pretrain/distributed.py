@@ -70,6 +70,19 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return value
 
 
+def count_reducer(env: DistEnv):
+    """For FourM.losses: sum per-modality token counts over ranks (None when running alone)."""
+    if not env.distributed:
+        return None
+
+    def reduce(counts: torch.Tensor):
+        counts = counts.clone()
+        dist.all_reduce(counts)
+        return counts, env.world_size
+
+    return reduce
+
+
 def shutdown(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -79,7 +79,7 @@ def validate(model, data, cfg, device, env) -> dict[str, float]:
         with _autocast(cfg, device):
             loss, mod_loss = model(_to(mod_dict, device), cfg["budget"]["num_input_tokens"],
                                    cfg["budget"]["num_target_tokens"], loss_type=cfg["loss_type"],
-                                   rng=random.Random(step_seed(cfg["seed"], i, stream=8)))
+                                   rng=random.Random(step_seed(cfg["seed"], i, stream=8)), count_reduce=D.count_reducer(env))
         for k, v in {"loss": loss, **mod_loss}.items():
             sums[k] = sums.get(k, 0.0) + float(D.all_reduce_mean(v.detach().float().reshape(()), env))
     model.train(was_training)
@@ -117,7 +117,9 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
             train_model = FSDP(model)
         else:
-            train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if device.type == "cuda" else None)
+            # unused: modalities absent from a batch, and the decoder token tables of image targets (official layout)
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[env.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
 
     data = data if data is not None else PretrainData(cfg, env)
     n_in, n_tg = cfg["budget"]["num_input_tokens"], cfg["budget"]["num_target_tokens"]
@@ -138,13 +140,14 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
             sync = contextlib.nullcontext() if (micro == accum - 1 or not env.distributed) else train_model.no_sync()
             with sync, _autocast(cfg, device):
                 loss, mod_loss = train_model(mod_dict, n_in, n_tg, loss_type=cfg["loss_type"],
-                                             rng=random.Random(step_seed(cfg["seed"], step, micro, stream=3)))
+                                             rng=random.Random(step_seed(cfg["seed"], step, micro, stream=3)),
+                                             count_reduce=D.count_reducer(env))
                 (loss / accum).backward()
-            step_loss += loss.detach().float().item() / accum
+            step_loss += float(D.all_reduce_mean(loss.detach().float(), env)) / accum
             for k, v in mod_loss.items():
-                step_mod[k] = step_mod.get(k, 0.0) + v.detach().float().item() / accum
+                step_mod[k] = step_mod.get(k, 0.0) + float(D.all_reduce_mean(v.detach().float(), env)) / accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["clip_grad"] or float("inf"))
-        loss_t = D.all_reduce_mean(torch.tensor(step_loss), env)
+        loss_t = torch.tensor(step_loss)
         if not (math.isfinite(float(loss_t)) and math.isfinite(float(grad_norm))):
             good = latest_checkpoint(ckpt_dir)
             if env.is_main:

@@ -82,10 +82,15 @@ def test_lr_schedule_by_tokens():
 
 
 def test_ddp_two_processes_match_single_process(tokenizer, tmp_path):
-    """2 gloo processes on the same global batch follow the single-process loss curve (mean-of-means differs slightly)."""
+    """2 gloo processes on the same global batch follow the single-process run: losses are normalised by global counts."""
     out = tmp_path / "ddp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(HERE / "ddp_worker.py"), tokenizer, str(tmp_path / "ddp"), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -96,4 +101,4 @@ def test_ddp_two_processes_match_single_process(tokenizer, tmp_path):
     ref = [r["loss"] for r in single.read_log() if "loss" in r and "step" in r]
     assert len(ddp["losses"]) == len(ref) == 4
     for a, b in zip(ddp["losses"], ref):
-        assert abs(a - b) / b < 0.02, (ddp["losses"], ref)
+        assert abs(a - b) / b < 1e-4, (ddp["losses"], ref)
