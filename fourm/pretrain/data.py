@@ -41,11 +41,47 @@ def slice_rows(mod_dict: dict, start: int, stop: int) -> dict:
     return {m: {k: (v[start:stop] if torch.is_tensor(v) else v) for k, v in d.items()} for m, d in mod_dict.items()}
 
 
-def load_token_samples(pattern: str, modalities: list[str], seed: int = 0) -> list[dict]:
-    """All samples of token shards (braceexpand pattern) in memory, one dict per sample, in shard order."""
-    from fourm.tokenizers.shards import read_samples
+def load_token_samples(pattern: str, modalities: list[str]) -> list[dict]:
+    """Every sample of token shards (braceexpand pattern) in memory, with all its stored crops, in shard order.
 
-    return read_samples(pattern, modalities)
+    A sample holds, per modality, a list over crops (token grids ``[h, w]``, RGB ``uint8 [3, S, S]``, det as box
+    chunk strings) or a single value (caption); ``__crops__`` says how many. Pretraining picks one crop per step.
+    """
+    import io
+    import json
+
+    import numpy as np
+
+    from fourm.data.text import boxes_to_chunks
+    from fourm.tokenizers.shards import ShardError, expand_shards, iter_shard
+
+    out = []
+    for path in expand_shards(pattern):
+        for header, raw in iter_shard(path):
+            token_mods, n = header["modalities"], header["crops"]
+            sample = {"__key__": raw["__key__"], "__crops__": n, "__cropped__": ()}
+            cropped = []
+            for m in modalities:
+                kind = M.get(m).kind
+                ext = f"{m}.npy" if kind != "sequence" else ("caption.txt" if m == "caption" else f"{m}.json")
+                if ext not in raw:
+                    raise ShardError(f"{path}: sample {raw['__key__']!r} has no {m!r} ({ext}); "
+                                     f"re-encode with this modality or drop it from model.domains_in/out")
+                if kind == "sequence" and m == "caption":
+                    sample[m] = raw[ext].decode().strip()
+                    continue
+                if kind == "sequence":  # boxes per crop, normalised to the crop -> one text chunk per box
+                    sample[m] = [boxes_to_chunks(b, 1) for b in json.loads(raw[ext])]
+                else:
+                    arr = np.load(io.BytesIO(raw[ext]), allow_pickle=False)
+                    if m in token_mods and int(arr.max(initial=0)) >= token_mods[m]["vocab_size"]:
+                        raise ShardError(f"{path}: {m} token id {int(arr.max())} >= vocab {token_mods[m]['vocab_size']}")
+                    t = torch.from_numpy(arr.astype(np.int64) if m in token_mods else np.ascontiguousarray(arr))
+                    sample[m] = [t[c] if m in token_mods else t[c].permute(2, 0, 1) for c in range(n)]
+                cropped.append(m)
+            sample["__cropped__"] = tuple(cropped)
+            out.append(sample)
+    return out
 
 
 class PretrainData:
@@ -100,9 +136,9 @@ def _alphas_spec(alphas_cfg):
 
 
 def _pick_crop(sample: dict, g: torch.Generator) -> dict:
-    """Samples may hold several stored crops (token augmentation): pick one, the same for every modality."""
-    n = sample.get("__crops__", 1)
-    if n <= 1:
+    """Samples from shards hold every stored crop (token augmentation): pick one, the same for every modality."""
+    cropped = sample.get("__cropped__", ())
+    if not cropped:
         return sample
-    c = int(torch.randint(0, n, (1,), generator=g))
-    return {k: (v[c] if isinstance(v, (list, tuple)) and k in sample.get("__cropped__", ()) else v) for k, v in sample.items()}
+    c = int(torch.randint(0, sample["__crops__"], (1,), generator=g))
+    return {k: (v[c] if k in cropped else v) for k, v in sample.items()}
