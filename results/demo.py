@@ -1,0 +1,190 @@
+"""`fourm-bench demo`: the whole suite end-to-end on the synthetic world, on a CPU.
+
+world -> text tokenizer -> VQ-VAE tokenizers -> token shards -> pretrain two model sizes -> transfer to the four
+tasks plus RGB-D semseg (pretrained and random init) -> collect -> transfer table, scaling plot, summary.
+
+Every step is keyed by its config and skipped when already done, so a rerun only does what is missing.
+Outputs land in ``<out>`` (default ``results/demo``); intermediate data in ``<work>`` (default ``data/demo``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+TASKS = ["in1k", "ade20k", "nyuv2_depth", "coco", "nyuv2_semseg_rgbd"]
+IMAGE_SIZE = 112  # world and tokenizer resolution; the model uses patch 8 -> the 14x14 grid of the @224 modalities
+PATCH = 8
+
+
+@dataclass
+class DemoSize:
+    """How big each step is. ``full`` is the README demo (~15-25 min on 2 cores); ``quick`` is for tests."""
+
+    train_images: int = 384
+    val_images: int = 96
+    tokenizer_modalities: tuple = ("rgb", "depth", "semseg")
+    tokenizer_epochs: int = 4
+    codebook: int = 256
+    crops: int = 2
+    models: tuple = ("fm_nano_2e_2d_swiglu_nobias", "fm_micro_4e_4d_swiglu_nobias")
+    batch_size: int = 16
+    tokens: int = 64
+    total_tokens: int = 800_000
+    transfer_tasks: tuple = tuple(TASKS)
+    transfer_overrides: tuple = ()
+
+
+SIZES = {
+    "full": DemoSize(),
+    "quick": DemoSize(train_images=24, val_images=8, tokenizer_modalities=("depth", "semseg"), tokenizer_epochs=1,
+                      codebook=64, crops=1, models=("fm_nano_2e_2d_swiglu_nobias",), batch_size=4, tokens=32,
+                      total_tokens=4 * 64 * 4, transfer_tasks=("in1k",), transfer_overrides=("train.epochs=1",)),
+}
+
+TOKEN_MODS = {"rgb": "tok_rgb@224", "depth": "tok_depth@224", "normal": "tok_normal@224", "semseg": "tok_semseg@224"}
+
+
+def _step(name: str):
+    print(f"\n== {name} ==", flush=True)
+    return time.perf_counter()
+
+
+def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", size: str = "full") -> dict:
+    """Run (or finish) the demo; returns a summary dict (also written to ``<out>/summary.json``)."""
+    from fourm.data import layouts, world
+    from fourm.data.text import train_wordpiece
+    from fourm.pretrain.loop import resolve, run_from_config
+    from fourm.tokenizers.encode import encode_dataset
+    from fourm.tokenizers.train import compose_config
+    from fourm.tokenizers.train import train as train_tokenizer
+
+    S = SIZES[size]
+    out, work = Path(out), Path(work)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    t = _step("1/7 synthetic world and dataset layouts")
+    wroot = work / "world"
+    world.generate(str(wroot), S.train_images, IMAGE_SIZE, seed=0, split="train")
+    world.generate(str(wroot), S.val_images, IMAGE_SIZE, seed=0, split="val")
+    data_root = layouts.write_layouts(wroot, work / "layouts")
+    timings["world"] = time.perf_counter() - t
+
+    t = _step("2/7 text tokenizer (WordPiece on the captions, 4M special tokens)")
+    tok_path = work / "text_tokenizer.json"
+    if not tok_path.exists():
+        captions = [p.read_text() for p in sorted((wroot / "train" / "caption").glob("*.txt"))]
+        train_wordpiece(captions, vocab_size=6000, out_path=tok_path, class_names=world.CLASSES)
+    timings["text_tokenizer"] = time.perf_counter() - t
+
+    t = _step("3/7 VQ-VAE tokenizers")
+    tokenizer_runs = {}
+    for mod in S.tokenizer_modalities:
+        cfg = compose_config("train", [f"modality={mod}", f"data={wroot}", f"out={work / 'tokenizers'}",
+                                       f"model.image_size={IMAGE_SIZE}", f"model.codebook_size={S.codebook}",
+                                       f"epochs={S.tokenizer_epochs}", "batch_size=16"])
+        run = train_tokenizer(cfg)
+        tokenizer_runs[mod] = str(run.path)
+        print(f"  {mod}: {run.path} {json.dumps({k: v for k, v in run.metrics.items() if isinstance(v, (int, float))})[:300]}")
+    timings["tokenizers"] = time.perf_counter() - t
+
+    t = _step("4/7 token shards")
+    shards = work / "shards"
+    for split in ("train", "val"):
+        cfg = compose_config("encode", [f"data={wroot}", f"split={split}", f"out={shards}", f"crops={S.crops}",
+                                        f"rgb_size={IMAGE_SIZE}", *[f"tokenizers.{m}={p}" for m, p in tokenizer_runs.items()]])
+        encode_dataset(cfg)
+    timings["shards"] = time.perf_counter() - t
+
+    t = _step("5/7 pretraining")
+    mods_out = [TOKEN_MODS[m] for m in S.tokenizer_modalities] + ["caption", "det"]
+    mods_in = ["rgb@224"] + mods_out
+    checkpoints = {}
+    for model in S.models:
+        cfg = resolve([f"model.name={model}", f"model.domains_in=[{','.join(mods_in)}]", f"model.domains_out=[{','.join(mods_out)}]",
+                       f"+model.image_size={IMAGE_SIZE}", f"+model.patch_size={PATCH}",
+                       f"data.train={shards}/train-{_shard_range(shards, 'train')}.tar",
+                       f"data.val={shards}/val-{_shard_range(shards, 'val')}.tar",
+                       f"data.text_tokenizer={tok_path}", f"batch_size={S.batch_size}",
+                       f"budget.num_input_tokens={S.tokens}", f"budget.num_target_tokens={S.tokens}",
+                       f"schedule.total_tokens={S.total_tokens}", f"schedule.warmup_tokens={S.total_tokens // 20}",
+                       "optim.blr=0.01", "val.every_steps=25", "checkpoint.every_steps=50", f"runs_root={work / 'pretrain'}"])
+        metrics = run_from_config(cfg)
+        checkpoints[model] = metrics["checkpoint"]
+        if model == S.models[0]:
+            baseline = _random_init_checkpoint(cfg, work / "pretrain" / f"random_init_{model}.safetensors")
+        print(f"  {model}: val loss {metrics.get('val/loss'):.3f} -> {metrics['checkpoint']}")
+    timings["pretrain"] = time.perf_counter() - t
+
+    t = _step("6/7 transfer (pretrained vs random init)")
+    from transfer.run import make_config, run_transfer
+
+    encoder = checkpoints[S.models[0]]
+    for task in S.transfer_tasks:
+        # the baseline has the same architecture (patch size, grid, width) with untrained weights
+        for label, init in (("4M-demo (pretrained)", encoder), ("random init", baseline)):
+            cfg = make_config(task, "tiny", [f"init={init}", f"data_root={data_root}", f"method={label}",
+                                             f"model={S.models[0]}", *S.transfer_overrides])
+            run = run_transfer(cfg, runs_root=str(work / "transfer"))
+            print(f"  {task:18s} {label:22s} {_headline(task, run.metrics)}")
+    timings["transfer"] = time.perf_counter() - t
+
+    t = _step("7/7 results: collect, table, plot")
+    from results.collect import collect
+    from results.plots import scaling_plot
+    from results.tables import table
+
+    coll = collect(work / "transfer", work / "pretrain")
+    coll.save(out)
+    tbl = table(coll.table, layout="transfer", out=out, name="transfer_table")
+    plot = None
+    if len(S.models) > 1:
+        plot = scaling_plot(coll.table, x="model_size", y="val/loss", out=out, name="scaling",
+                            where={"kind": "pretrain"} if "kind" in coll.table.columns else None)
+    timings["results"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_all
+    summary = {"size": asdict(S), "timings_s": timings, "checkpoints": checkpoints, "tokenizers": tokenizer_runs,
+               "table": str(out / "transfer_table.md"), "plot": [str(p) for p in plot.paths] if plot else []}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print("\n" + tbl.markdown)
+    print(f"\ndemo done in {timings['total']:.0f} s; outputs in {out}/")
+    return summary
+
+
+def _random_init_checkpoint(cfg: dict, path: Path) -> str:
+    """The pretraining model's architecture with its initial (untrained) weights, saved in the same format."""
+    from fourm.models import save_checkpoint
+    from fourm.pretrain.loop import build_model
+
+    if not path.exists():
+        torch.manual_seed(cfg["seed"])
+        save_checkpoint(build_model(cfg), path)
+    return str(path)
+
+
+def _shard_range(shards: Path, split: str) -> str:
+    n = len(sorted(shards.glob(f"{split}-*.tar")))
+    return f"{{000000..{n - 1:06d}}}"
+
+
+def _headline(task: str, metrics: dict) -> str:
+    keys = {"in1k": ["top1"], "ade20k": ["mIoU"], "nyuv2_depth": ["delta1"], "coco": ["bbox_mAP", "segm_mAP"],
+            "nyuv2_semseg_rgbd": ["mIoU"]}[task]
+    return ", ".join(f"{k} {metrics.get(k)}" for k in keys)
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fourm-bench demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="results/demo")
+    p.add_argument("--work", default="data/demo")
+    p.add_argument("--size", choices=sorted(SIZES), default="full")
+    args = p.parse_args(argv)
+    run_demo(args.out, args.work, args.size)
+    return 0
