@@ -1,0 +1,33 @@
+"""`fourm-bench bench NAME [args...]`: run one throughput benchmark (each prints a ratio against an in-process baseline).
+
+    fourm-bench bench                      # list them
+    fourm-bench bench train_step --model fm_base_12e_12d_swiglu_nobias
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "world": ("benchmarks.world:cli", "world generator images/s vs a per-pixel renderer"),
+    "masking": ("benchmarks.masking:main", "batch-vectorised 4M masking vs a per-sample loop"),
+    "tokenizers": ("benchmarks.tokenizers:cli", "VQ-VAE training on the world vs trivial baselines"),
+    "train_step": ("benchmarks.train_step:main", "FourM train step vs a naive reference (tokens/s)"),
+    "transfer": ("benchmarks.transfer:cli", "classification fine-tune step vs simpler baselines"),
+    "collect": ("benchmarks.collect:main", "collecting 10,000 run folders vs a naive reader"),
+}
+
+
+def cli(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        for name, (_, help_) in BENCHMARKS.items():
+            print(f"  {name:<11} {help_}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        print(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    module, func = BENCHMARKS[name][0].split(":")
+    result = getattr(importlib.import_module(module), func)(rest)
+    return result if isinstance(result, int) else 0
