@@ -413,22 +413,29 @@ def _pixel_rays(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def _room(scene: Scene, d_world: np.ndarray):
-    """Depth, world normal and semseg id of the room surfaces (floor, back wall, side walls) for world rays (N, 3)."""
+    """Depth, camera-frame normal and semseg id of the room (floor, back wall, side walls) for world rays (N, 3)."""
     cx, cy, cz = scene.center
     dx, dy, dz = d_world[:, 0], d_world[:, 1], d_world[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.stack([
             np.where(dy < 0, -cy / dy, _INF),  # floor y = 0
             np.where(dz < 0, (-scene.back - cz) / dz, _INF),  # back wall z = -back
-            np.where(dx < 0, (-scene.side - cx) / dx, np.where(dx > 0, (scene.side - cx) / dx, _INF)),  # side walls
+            np.where(dx < 0, (-scene.side - cx) / dx, _INF),  # left wall x = -side
+            np.where(dx > 0, (scene.side - cx) / dx, _INF),  # right wall x = side
         ], 1)
     k = np.argmin(t, axis=1)
-    normals = np.zeros_like(d_world)
-    normals[k == 0, 1] = 1.0
-    normals[k == 1, 2] = 1.0
-    normals[k == 2, 0] = -np.sign(dx[k == 2])
-    labels = np.where(k == 0, FLOOR_ID, WALL_ID).astype(np.uint8)
-    return np.take_along_axis(t, k[:, None], 1)[:, 0], normals, labels
+    plane_normals = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0], [-1, 0, 0]], float) @ scene.rotation.T
+    labels = np.array([FLOOR_ID, WALL_ID, WALL_ID, WALL_ID], np.uint8)
+    return np.take_along_axis(t, k[:, None], 1)[:, 0], plane_normals[k], labels[k]
+
+
+def _frame_rays_world(scene: Scene) -> np.ndarray:
+    """World directions of every pixel's ray (z_cam = 1), built separably: u varies by column, v by row."""
+    c = scene.size / 2
+    uv = (np.arange(scene.size) + 0.5 - c) / scene.focal
+    R = scene.rotation
+    d = uv[None, :, None] * R[0] + uv[:, None, None] * R[1] + R[2]
+    return d.reshape(-1, 3)
 
 
 def _rotate(v: np.ndarray, M: np.ndarray) -> np.ndarray:
@@ -461,13 +468,15 @@ def _trace(scene: Scene, rows: np.ndarray, cols: np.ndarray, cull: bool = True):
     is the same either way since the rectangle is conservative.
     """
     shape = rows.shape
-    d_cam = _pixel_rays(scene, rows, cols).reshape(-1, 3)
+    full_frame = shape == (scene.size, scene.size)  # rows/cols is the whole image in raster order
     R = scene.rotation
-    d_world = _rotate(d_cam, R.T)
+    if full_frame:
+        d_world = _frame_rays_world(scene)
+    else:
+        d_world = _rotate(_pixel_rays(scene, rows, cols).reshape(-1, 3), R.T)
     depth, normal, label = _room(scene, d_world)
     obj_index = np.full(len(depth), -1, np.int32)
     flat_rows, flat_cols = rows.reshape(-1), cols.reshape(-1)
-    full_frame = shape == (scene.size, scene.size)  # rows/cols is the whole image in raster order
     for i, obj in enumerate(scene.objects):
         if cull and full_frame:
             r0, r1, c0, c1 = _object_rect(scene, obj)
@@ -486,11 +495,10 @@ def _trace(scene: Scene, rows: np.ndarray, cols: np.ndarray, cull: bool = True):
         closer = t < depth[sel]
         idx = sel[closer]
         depth[idx] = t[closer]
-        n_world = _rotate(n_local[closer], rot)
-        normal[idx] = n_world / np.linalg.norm(n_world, axis=1, keepdims=True)
+        n_cam = _rotate(n_local[closer], R @ rot)
+        normal[idx] = n_cam / np.linalg.norm(n_cam, axis=1, keepdims=True)
         label[idx] = SEMSEG_CLASSES.index(obj.cls)
         obj_index[idx] = i
-    normal = _rotate(normal, R)  # world -> camera frame
     return (depth.reshape(shape), normal.reshape(*shape, 3), label.reshape(shape), obj_index.reshape(shape), d_world)
 
 
