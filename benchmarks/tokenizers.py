@@ -53,7 +53,8 @@ def run(work: Path, n_train: int, n_val: int, size: int, epochs: int, modalities
             o = m["baselines"]["image_mean"]
             print(f"{'':8} {'(oracle per-image mean depth: mae ' + format(o['mae'], '.4f') + ')'}")
 
-    enc = compose_config("encode", [f"data={data}", "split=val", f"out={work / 'shards'}", f"crops={crops}",
+    shards = work / "shards" / f"{'-'.join(runs)}-{'-'.join(r.id for r in runs.values())}-c{crops}"
+    enc = compose_config("encode", [f"data={data}", "split=val", f"out={shards}", f"crops={crops}",
                                     *[f"tokenizers.{mod}={r.path}" for mod, r in runs.items()]])
     index = encode_dataset(enc, progress=False)
     tok_bytes = sum(n_val * crops * info["grid"] ** 2 * 2 for info in index["modalities"].values())
