@@ -77,7 +77,7 @@ def decode_grid(cfg: dict) -> Path:
     labels, rows = [], []
     for name in token_mods:
         src = token_mods[name]["source"]
-        labels += [f"{src} original", f"{name} decoded"]
+        labels += [src, f"{src} decoded"]  # short: must fit a tile
     for i, sample in enumerate(ds):
         if i >= cfg["num"]:
             break
