@@ -206,6 +206,9 @@ def mmdet_config(config: dict, work_dir: str | os.PathLike) -> dict:
         sched.append(dict(type="MultiStepLR", by_epoch=False, begin=0, end=max_iters, milestones=milestones, gamma=0.1))
     return dict(
         default_scope="mmdet",
+        # mmengine keys its logger/scope/visualizer singletons by this name (+ a timestamp): keep mmdet runs apart
+        # from mmseg runs started in the same second in the same process
+        experiment_name=f"coco_{Path(work_dir).parent.name}",
         work_dir=str(work_dir),
         model=_model(config, len(classes)),
         train_dataloader=dict(
@@ -287,6 +290,7 @@ def _runner_class():
 
 
 def _run_store_hook(run, max_iters: int, log_every: int):
+    import torch
     from mmengine.hooks import Hook
     from tqdm import tqdm
 
@@ -306,7 +310,7 @@ def _run_store_hook(run, max_iters: int, log_every: int):
             self.bar.update()
             if (runner.iter + 1) % log_every and runner.iter + 1 != max_iters:
                 return
-            rec = {k: round(float(v), 6) for k, v in (outputs or {}).items()}
+            rec = {k: round(float(v.detach() if torch.is_tensor(v) else v), 6) for k, v in (outputs or {}).items()}
             lr = runner.optim_wrapper.get_lr()["lr"]
             run.log(step=runner.iter + 1, lr=max(lr), **rec)
             self.bar.set_postfix(loss=rec.get("loss"))
