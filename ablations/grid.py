@@ -64,7 +64,7 @@ class Grid:
     kind: str = "pretrain"
     description: str = ""
     params: dict = field(default_factory=dict)
-    base: dict = field(default_factory=dict)  # key -> hydra value string
+    base: dict = field(default_factory=dict)  # key -> python value or Raw override text
     profile: str = "paper"
     tasks: list = field(default_factory=list)
     seeds: list = field(default_factory=lambda: [0])
@@ -78,8 +78,14 @@ class Grid:
 
 
 # --- overrides ---------------------------------------------------------------------------------------------------
+class Raw(str):
+    """Override text given as ``KEY=VALUE`` (already in hydra's grammar): used as is."""
+
+
 def hydra_value(value: Any) -> str:
     """A python value as hydra override text (strings quoted when hydra would parse them otherwise)."""
+    if isinstance(value, Raw):
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -112,29 +118,37 @@ def split_override(text: str, where: str) -> tuple[str, str]:
 
 
 def _override_dict(items, where: str) -> dict:
-    """Overrides given as a list of 'k=v' strings or a mapping k -> python value."""
+    """Overrides given as a list of 'k=v' strings (kept as :class:`Raw` text) or a mapping k -> python value."""
     if items is None:
         return {}
     if isinstance(items, dict):
-        return {str(k): hydra_value(v) for k, v in items.items()}
+        return {str(k): v for k, v in items.items()}
     if isinstance(items, (list, tuple)):
-        return dict(split_override(s, where) for s in items)
+        return {k: Raw(v) for k, v in (split_override(s, where) for s in items)}
     raise GridError(f"{where}: expected a list of KEY=VALUE overrides or a mapping, got {items!r}")
 
 
-def substitute(text: str, params: dict, where: str) -> str:
-    """Replace ${params.NAME} in an override value; an unset parameter is one error naming the --set to fix it."""
+def substitute(value: Any, params: dict, where: str) -> Any:
+    """Replace ${params.NAME} in an override value (strings inside lists/mappings too); an unset parameter is one
+    error naming the --set that fixes it."""
+    if isinstance(value, (list, tuple)):
+        return [substitute(v, params, where) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, params, where) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
 
     def repl(m):
         name = m.group(1)
         if name not in params:
             raise GridError(f"{where}: ${{params.{name}}} is not a parameter of this grid; known: {sorted(params)}")
-        value = params[name]
-        if value in (None, "???"):
+        found = params[name]
+        if found in (None, "???"):
             raise GridError(f"{where}: params.{name} is not set; pass --set params.{name}=VALUE")
-        return str(value)
+        return str(found)
 
-    return _PARAM.sub(repl, text)
+    text = _PARAM.sub(repl, value)
+    return Raw(text) if isinstance(value, Raw) else text
 
 
 # --- loading -----------------------------------------------------------------------------------------------------
@@ -219,9 +233,9 @@ def apply_sets(grid: Grid, sets: list[str]) -> None:
         elif key == "evaluate.profile":
             grid.profile = str(parsed)
         elif key.startswith("evaluate."):
-            grid.eval_overrides[key[len("evaluate."):]] = value
+            grid.eval_overrides[key[len("evaluate."):]] = Raw(value)
         else:
-            grid.forced[key] = value
+            grid.forced[key] = Raw(value)
 
 
 # --- expansion ---------------------------------------------------------------------------------------------------
@@ -244,7 +258,7 @@ def _axis_points(node: dict, where: str) -> tuple[str, list[Point]]:
         elif isinstance(value, list) and label is not None and all(isinstance(v, str) and "=" in v for v in value):
             ovr = _override_dict(value, f"{where}: axis {name!r}")
         elif key:
-            ovr = {key: hydra_value(value)}
+            ovr = {key: value}
         else:
             raise GridError(f"{where}: axis {name!r}: value {value!r} needs the axis 'key' it sets "
                             "(or give label -> {key: value} mappings)")
@@ -294,7 +308,10 @@ def _merge(points) -> Point:
 
 
 def expand(grid: Grid) -> list[Point]:
-    """Every point of the grid: base overrides, then the point's own, then ``--set`` ones; ${params.*} substituted."""
+    """Every point of the grid: base overrides, then the point's own, then ``--set`` ones; ${params.*} substituted.
+
+    Override values stay python values (or :class:`Raw` text); :func:`hydra_value` turns them into override text.
+    """
     seen: set = set()
     raw = _expand(copy.deepcopy(grid.tree), grid.where(), grid.only, seen)
     unknown_only = sorted(set(grid.only) - seen)

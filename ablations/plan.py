@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ablations.grid import Grid, GridError, Point, eval_overrides, expand
+from ablations.grid import Grid, GridError, Point, eval_overrides, expand, hydra_value
 from ablations.resolve import PretrainResolver, ResolveError
 from fourm import modalities as M
 from fourm.runs import run_id
@@ -43,11 +43,13 @@ def final_checkpoint(run_dir: str | Path, cfg: dict) -> Path:
 
 
 class _Checks:
-    """Caches for the per-point checks (a thousand points share a handful of alphas / transfer configs)."""
+    """Caches for the per-point checks (a thousand points share a handful of alphas / transfer configs).
 
-    def __init__(self):
-        self.masking: dict = {}
-        self.transfer: dict = {}
+    Shared by every plan of a process: the config files they depend on do not change while it runs.
+    """
+
+    masking: dict = {}
+    transfer: dict = {}
 
     def masking_error(self, mods: tuple, alphas, n_in: int, n_tg: int) -> str | None:
         from fourm.data.masking import UnifiedMasking
@@ -65,12 +67,14 @@ class _Checks:
         return self.masking[key]
 
     def transfer_config(self, task: str, profile: str, overrides: dict, init: str) -> dict:
+        from transfer.configs import SHORTCUTS
         from transfer.run import make_config
 
-        key = (task, profile, tuple(sorted(overrides.items())))
+        # shortcut keys (paths, labels) are taken verbatim by the transfer resolver; the rest is hydra text
+        text = {k: str(v) if k in SHORTCUTS else hydra_value(v) for k, v in overrides.items()}
+        key = (task, profile, tuple(sorted(text.items())))
         if key not in self.transfer:
-            self.transfer[key] = make_config(task, profile, [f"{k}={v}" for k, v in overrides.items()]
-                                             + ["init=random"])
+            self.transfer[key] = make_config(task, profile, [f"{k}={v}" for k, v in text.items()] + ["init=random"])
         cfg = copy.deepcopy(self.transfer[key])
         cfg["transfer"]["init"] = init  # what resolve does with an absolute path to a file that may not exist yet
         return cfg
@@ -133,7 +137,7 @@ def plan(grid: Grid, runs_root: str | Path, progress: bool = True) -> list[Plann
         where = grid.where(point) + f", evaluate {task} seed {seed}"
         if task not in TASKS:
             raise GridError(f"{where}: key task: {task!r} is not a transfer task; known: {sorted(TASKS)}")
-        ovr = {**overrides, "seed": str(seed), "runs_root": str(runs_root / "transfer")}
+        ovr = {**overrides, "seed": seed, "runs_root": str(runs_root / "transfer")}
         if model:
             ovr["model"] = model
         try:
@@ -156,16 +160,16 @@ def plan(grid: Grid, runs_root: str | Path, progress: bool = True) -> list[Plann
             init = ovr.pop("init", None)
             if init in (None, "", "???"):
                 raise GridError(f"{where}: key init: a transfer grid point needs init=<checkpoint path|random>")
-            init = init.strip("'\"")
+            init = str(init)
             if init != "random":
                 init = str(Path(init).expanduser().resolve())
-            model = ovr.pop("model", "").strip("'\"")
+            model = str(ovr.pop("model", ""))
             for t in ([task] if task else grid.tasks):
                 for seed in grid.seeds:
                     add_transfer(point, t, seed, {**eval_overrides(grid, point), **ovr}, init, model)
             continue
         try:
-            cfg = resolver(ovr)
+            cfg = resolver({k: hydra_value(v) for k, v in ovr.items()})
         except ResolveError as e:
             raise GridError(f"{where}: key {e.key}: {e}") from None
         problem = check_pretrain(cfg, checks)

@@ -32,14 +32,16 @@ class PretrainResolver:
         self.config_dir = Path(config_dir)
         self.groups = {p.name for p in self.config_dir.iterdir() if p.is_dir()}
         self.parser = OverridesParser.create()
-        self._bases: dict[tuple, object] = {}
+
+    _bases: dict[tuple, object] = {}  # (config dir, group choices) -> composed config, shared within the process
 
     def _base(self, group_overrides: tuple[str, ...]):
-        if group_overrides not in self._bases:
+        key = (str(self.config_dir), group_overrides)
+        if key not in self._bases:
             GlobalHydra.instance().clear()
             with initialize_config_dir(config_dir=str(self.config_dir), version_base=None):
-                self._bases[group_overrides] = compose(config_name="config", overrides=list(group_overrides))
-        return self._bases[group_overrides]
+                self._bases[key] = compose(config_name="config", overrides=list(group_overrides))
+        return self._bases[key]
 
     def __call__(self, overrides: dict[str, str]) -> dict:
         parsed = []

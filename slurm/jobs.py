@@ -36,6 +36,18 @@ def _check_folder(config: dict, run_dir: Path) -> None:
                          "sweeps name run folders <root>/fourm.runs.run_id(config)")
 
 
+def _remove_debris(run_dir: Path) -> list[str]:
+    """Temp files/folders a killed writer left (atomic writes and checkpoints go through ``.NAME.*.tmp`` and
+    ``checkpoints/.step-*`` before their rename). Only called with the run's lock held: no live writer owns them."""
+    import shutil
+
+    found = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    found += [p for p in (run_dir / "checkpoints").glob(".step-*") if p.is_dir()]
+    for p in found:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return sorted(str(p.relative_to(run_dir)) for p in found)
+
+
 def _pretrain_data(cfg: dict):
     """The shard-backed data when fourm.tokenizers.shards offers ``read_samples`` (the loop's own route); otherwise the
     same samples read with TokenShardDataset (crop 0, official det text)."""
@@ -64,6 +76,10 @@ def pretrain(config: dict, run_dir: str) -> dict:
     _record_start(run_dir, "pretrain")
     if Run(run_dir).done:
         return Run(run_dir).metrics
+    if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+        removed = _remove_debris(run_dir)
+        if removed:
+            Run(run_dir).log(event="removed_debris", paths=removed)
     data = _pretrain_data(config)
     return run_from_config(config, str(run_dir), **({"data": data} if data is not None else {}))
 
@@ -80,4 +96,7 @@ def transfer(config: dict, run_dir: str) -> dict:
                                 "(a sweep submits this job afterok its pretraining job)")
     _threads()
     _record_start(run_dir, "transfer")
+    removed = _remove_debris(run_dir)
+    if removed:
+        Run(run_dir).log(event="removed_debris", paths=removed)
     return run_transfer(config, runs_root=str(run_dir.parent)).metrics

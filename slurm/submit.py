@@ -106,6 +106,12 @@ class RunEntry(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         run_dir = Path(self.run_dir)
+        if int(os.environ.get("SLURM_PROCID", "0")) > 0:
+            # another rank of a multi-task (multi-GPU) job: rank 0 holds the run's lock and does the writing
+            if (run_dir / "DONE").exists():
+                return {"run_dir": self.run_dir, "skipped": "done"}
+            resolve_entry(self.entry)(self.config, self.run_dir)
+            return {"run_dir": self.run_dir, "rank": int(os.environ["SLURM_PROCID"])}
         with RunLock(run_dir) as lock:
             if not lock.acquired:
                 print(f"[slurm.submit] {run_dir} is locked by live job {lock.holder}: exiting without writing",
