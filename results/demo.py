@@ -127,13 +127,20 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     from transfer.run import make_config, run_transfer
 
     encoder = checkpoints[S.models[0]]
+    depth_tok = str(Path(tokenizer_runs["depth"]) / "tokenizer.safetensors") if "depth" in tokenizer_runs else None
+    headline: dict[str, dict[str, str]] = {}
     for task in S.transfer_tasks:
+        extra = [f"transfer.depth_tokenizer={depth_tok}"] if task == "nyuv2_semseg_rgbd" else []
+        variants = [("4M-demo (pretrained)", encoder, []), ("random init", baseline, [])]
+        if task == "nyuv2_semseg_rgbd":  # multimodal transfer: the same encoder fed RGB only
+            variants.append(("4M-demo (pretrained), RGB only", encoder, ["transfer.modalities=[rgb@224]"]))
         # the baseline has the same architecture (patch size, grid, width) with untrained weights
-        for label, init in (("4M-demo (pretrained)", encoder), ("random init", baseline)):
+        for label, init, more in variants:
             cfg = make_config(task, "tiny", [f"init={init}", f"data_root={data_root}", f"method={label}",
-                                             f"model={S.models[0]}", *S.transfer_overrides])
+                                             f"model={S.models[0]}", *extra, *more, *S.transfer_overrides])
             run = run_transfer(cfg, runs_root=str(work / "transfer"))
-            print(f"  {task:18s} {label:22s} {_headline(task, run.metrics)}")
+            headline.setdefault(label, {})[task] = _headline(task, run.metrics)
+            print(f"  {task:18s} {label:32s} {headline[label][task]}")
     timings["transfer"] = time.perf_counter() - t
 
     t = _step("7/7 results: collect, table, plot")
@@ -151,6 +158,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     timings["results"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     summary = {"size": asdict(S), "timings_s": timings, "checkpoints": checkpoints, "tokenizers": tokenizer_runs,
+               "headline": headline,
                "table": str(out / "transfer_table.md"), "plot": [str(p) for p in plot.paths] if plot else []}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("\n" + tbl.markdown)
