@@ -7,7 +7,8 @@ Each point pretrains (one SLURM array task) and is then evaluated on the grid's 
 pretraining job, ``init`` = the pretraining run's final checkpoint, whose path is fixed by the config). Run folders are
 ``<runs-root>/{pretrain,transfer}/<run id>`` (the id hashes the resolved config), the sweep folder holds the manifest
 and the job logs; `fourm-bench status <sweep folder>` shows the runs, `fourm-bench results collect <runs-root>` the
-results. Submitting again submits only runs neither DONE nor queued/running.
+results. Submitting again submits only runs neither DONE nor queued/running. ``--launcher local`` runs the jobs as
+local processes (parents first) and returns when they have ended; ``slurm`` returns once the manifest is written.
 
 GPU-hours estimate (printed by --dry-run): pretraining GPU-seconds = tokens / (tokens/s per GPU). Unless measured
 numbers are given with ``--tokens-per-s SIZE=N``, tokens/s per GPU is *assumed* from FLOPs: 6 x 12 d^2 x (E + D) / 2
@@ -222,7 +223,11 @@ def cli(argv: list[str]) -> int:
     if args.dry_run:
         print("dry run: nothing submitted")
         return 0
-    submitted = submit_plan(p, args.launcher, **res)
+    try:
+        submitted = submit_plan(p, args.launcher, **res)
+    except ValueError as e:  # e.g. the sweep folder belongs to another launcher, or a run changed config
+        print(f"fourm-bench sweep: {e}", file=sys.stderr)
+        return 2
     print(f"submitted {len(submitted)} runs; manifest {mf.manifest_path(p.sweep_dir)}; "
           f"follow with: fourm-bench status {p.sweep_dir}")
     return 0
