@@ -1,36 +1,23 @@
 """COCO detection + instance segmentation transfer: 4M encoder -> ViTDet simple pyramid -> Cascade Mask R-CNN (mmdet).
 
-The resolved task config (transfer/configs/coco/{paper,tiny}.yaml) is turned into one plain mmengine config by
-:func:`mmdet_config`; :func:`run` trains and evaluates it with mmengine's Runner under mmdet's scope and returns
+The resolved task config (transfer/configs/coco/{paper,tiny}.yaml through transfer.configs.resolve) becomes one plain
+mmengine config in :func:`mmdet_config`; :func:`run` trains and evaluates it with mmengine's Runner under mmdet's scope and returns
 CocoMetric's ``bbox_mAP`` / ``segm_mAP`` (fractions 0-1, pycocotools), resuming from the run folder's last mmengine
 checkpoint when one exists. :func:`build` makes the same model, optimizer and dataloaders without training (dry runs).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 from pathlib import Path
 
-import yaml
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "coco"
 IMAGENET_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255: what 4M's RGB encoder was trained with
 IMAGENET_STD = [58.395, 57.12, 57.375]
 LN2D = "FourMLayerNorm2d"
 MIN_IMAGE_SIZE = 32  # CocoDataset filter_cfg.min_size: smaller training images are skipped
 # Cascade stages refine boxes ever tighter: the regression targets' stds shrink per stage (Cai & Vasconcelos).
 STAGE_TARGET_STDS = ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
-
-
-def load_profile(profile: str = "tiny") -> dict:
-    """The YAML of a profile (``paper`` or ``tiny``) as a plain dict, before command-line overrides."""
-    path = CONFIG_DIR / f"{profile}.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no COCO profile {profile!r}; choose from "
-                                f"{sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))}")
-    return yaml.safe_load(path.read_text())
 
 
 # --- data ---------------------------------------------------------------------------------------------------------

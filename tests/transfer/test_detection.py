@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from transfer.detection import coco_summary, load_profile, mmdet_config, schedule_iters
+from transfer.configs import resolve
+from transfer.detection import coco_summary, mmdet_config, schedule_iters
 
 
 def _mm_available() -> bool:
@@ -60,16 +61,20 @@ def world_coco(tmp_path_factory) -> Path:
     return root / "layouts"
 
 
-def _tiny(data_root: Path, **train) -> dict:
-    cfg = load_profile("tiny")
-    cfg["data_root"] = str(data_root)
+def _config(profile: str, data_root: Path | str = "unused", **train) -> dict:
+    """The resolved config, composed exactly as ``fourm-bench transfer task=coco`` composes it."""
+    cfg = resolve("coco", profile, {"init": "random", "data_root": str(data_root)})
     cfg["train"].update(train)
     return cfg
 
 
+def _tiny(data_root: Path, **train) -> dict:
+    return _config("tiny", data_root, **train)
+
+
 # --- paper protocol ----------------------------------------------------------------------------------------------------
 def test_paper_profile_carries_the_protocol_numbers():
-    cfg = load_profile("paper")
+    cfg = _config("paper")
     t = cfg["train"]
     assert cfg["transfer"]["task"] == "coco"
     assert (t["epochs"], t["batch_size"], t["image_size"]) == (100, 64, 1024)
@@ -84,8 +89,7 @@ def test_paper_profile_carries_the_protocol_numbers():
 
 
 def test_paper_mmdet_config_is_cascade_mask_rcnn_with_lsj(tmp_path):
-    cfg = load_profile("paper")
-    cfg["data_root"] = str(_write_fake_coco(tmp_path))
+    cfg = _config("paper", _write_fake_coco(tmp_path))
     mm = mmdet_config(cfg, tmp_path / "work")
     model = mm["model"]
     assert model["type"] == "CascadeRCNN" and model["roi_head"]["type"] == "CascadeRoIHead"
@@ -114,8 +118,7 @@ def test_paper_mmdet_config_is_cascade_mask_rcnn_with_lsj(tmp_path):
 
 
 def test_missing_coco_layout_names_the_files(tmp_path):
-    cfg = load_profile("tiny")
-    cfg["data_root"] = str(tmp_path)
+    cfg = _config("tiny", tmp_path)
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
         mmdet_config(cfg, tmp_path / "work")
 
@@ -194,8 +197,7 @@ def test_official_fixture_loads_into_the_backbone_with_every_encoder_key(officia
 def test_paper_config_builds_model_optimizer_and_dataloaders(tmp_path):
     from transfer.detection import build
 
-    cfg = load_profile("paper")
-    cfg["data_root"] = str(_write_fake_coco(tmp_path))
+    cfg = _config("paper", _write_fake_coco(tmp_path))
     cfg["train"]["num_workers"] = 0  # the protocol's 8 workers would only oversubscribe a test machine
     built = build(cfg, tmp_path / "work")
     model, opt = built["model"], built["optimizer"]
