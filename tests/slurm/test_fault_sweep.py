@@ -81,14 +81,15 @@ def test_sweep_survives_requeue_sigkill_and_resubmission(slurm_cluster, job_dir,
     subprocess.run(["scontrol", "requeue", q_job], check=True)
     os.kill(json.loads(Path(k_dir, ".lock").read_text())["pid"], signal.SIGKILL)
     wait_for(lambda: scheduler.job_states([k_job])[k_job].state not in scheduler.ACTIVE, 60, "the killed job to end")
-    table = status(sweep)
+    # SLURM holds the requeued job for KillWait, then queues it again (BeginTime: the requeue delay)
+    table = wait_for(lambda: (t := status(sweep)).by_run()[requeued].state in ("REQUEUED", "PENDING") and t, 60,
+                     "the requeued job to wait in the queue")
     rows = table.by_run()
     assert rows[killed].state == "FAILED" and "pretrain" in rows[killed].log_tail
-    assert rows[requeued].state in ("REQUEUED", "PENDING", "RUNNING")
     assert not Path(k_dir, "DONE").exists()
     with capsys.disabled():
         print(f"\n--- status after requeue + SIGKILL ({time.monotonic() - t0:.0f}s) ---\n"
-              + "\n".join(table.format().splitlines()[:6]))
+              + "\n".join(table.format().splitlines()[:5] + table.format().splitlines()[-1:]))
 
     # resubmit the whole sweep while the requeued run is still SLURM's: only the killed run and its child go again
     assert cli(args) == 0
