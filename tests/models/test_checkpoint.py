@@ -90,7 +90,10 @@ def test_unknown_modality_in_config(ckpt, tmp_path):
 
 
 def test_hub_id_offline_says_pass_a_local_path(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(CheckpointError, match="local path"):
         load_pretrained("EPFL-VILAB/4M-7_B_CC12M")
 
