@@ -12,7 +12,6 @@ and the ratio ours / reference. On a GPU (``--device cuda``) it also reports bf1
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 
@@ -87,7 +86,7 @@ def reference_loss(model, mod_dict, n_enc, n_dec, order):
     # encoder selection, one sample at a time
     toks, embs, masks = [], [], []
     for b in range(B):
-        rows_x, rows_e, rows_m = [], [], []
+        rows_x, rows_e = [], []
         for m, d in enc.items():
             keep = (~d["input_mask"][b]).nonzero().flatten()
             rows_x.append(d["x"][b, keep])

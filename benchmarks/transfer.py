@@ -17,7 +17,6 @@ import argparse
 import time
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from transfer import classification as cls

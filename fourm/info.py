@@ -21,7 +21,7 @@ def collect() -> dict:
         ("mmengine", "mmengine"), ("mmcv", "mmcv"), ("mmdet", "mmdet"), ("mmseg", "mmseg"), ("submitit", "submitit"),
     ]}
     try:
-        from mmcv.ops import nms, roi_align  # noqa: F401  compiled ops; a pure-python mmcv fails here
+        from mmcv.ops import nms  # compiled ops; a pure-python mmcv fails here
 
         boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
         _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)

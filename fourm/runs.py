@@ -19,11 +19,12 @@ import os
 import platform
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from fourm.files import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported: the run store's writes)
 
 ID_LENGTH = 12
 
@@ -37,27 +38,6 @@ def run_id(config: dict) -> str:
     """Hash of a resolved config (keys starting with '_' are ignored: they are bookkeeping, not identity)."""
     identity = {k: v for k, v in config.items() if not str(k).startswith("_")}
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:ID_LENGTH]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same folder, fsync, then os.replace: readers see old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def git_sha(cwd: str | os.PathLike | None = None) -> str | None:

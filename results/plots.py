@@ -8,7 +8,6 @@ gets a log axis; model sizes given as letters or names (N/T/S/B/L/XL/H, fm_base_
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence

@@ -21,7 +21,6 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,24 +28,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from fourm import files
+
 PNG_COMPRESS_LEVEL = 1  # fast and still deterministic; these folders are caches, not archives
 JPEG_QUALITY = 95
 
 
 # --- atomic writes ------------------------------------------------------------------------------------
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes via a temp file in the same folder and os.replace: a file is either absent or complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Dataset files are regenerable caches: atomic, but without the cost of an fsync per file."""
+    files.atomic_write_bytes(path, data, fsync=False)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

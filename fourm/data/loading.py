@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fourm.data.layouts import FOURM_MODALITIES, FolderModality, folder_modality
+from fourm.data.layouts import FolderModality, folder_modality
 
 
 class CorruptFileError(RuntimeError):

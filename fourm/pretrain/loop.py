@@ -208,8 +208,6 @@ def run_from_config(cfg: dict, run_dir: str | None = None, **kwargs) -> dict:
         return run.metrics
     metrics = train(cfg, run, **kwargs)
     if kwargs.get("stop_after") is None and D.detect().is_main:
-        from fourm.models import save_checkpoint  # noqa: F401  (the final weights are the last checkpoint)
-
         final = latest_checkpoint(run.path / "checkpoints")
         metrics["checkpoint"] = str(final / "model.safetensors") if final else None
         run.write_metrics(metrics)

@@ -11,33 +11,16 @@ import ast
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from fourm.files import atomic_write_bytes  # noqa: F401  (used here and by the tokenizer modules)
 from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 
 _STEP_RE = re.compile(r"^step_(\d+)\.state\.pt$")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Temp file in the same folder + fsync + os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def metadata_from_config(config: dict) -> dict[str, str]:

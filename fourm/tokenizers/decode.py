@@ -7,7 +7,6 @@ encoder saw it) and the decoded tokens. Tokenizers default to the paths recorded
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np

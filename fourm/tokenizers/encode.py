@@ -17,7 +17,6 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
