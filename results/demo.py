@@ -28,13 +28,13 @@ class DemoSize:
     train_images: int = 384
     val_images: int = 96
     tokenizer_modalities: tuple = ("rgb", "depth", "semseg")
-    tokenizer_epochs: int = 4
+    tokenizer_epochs: int = 3
     codebook: int = 256
     crops: int = 2
     models: tuple = ("fm_nano_2e_2d_swiglu_nobias", "fm_micro_4e_4d_swiglu_nobias")
     batch_size: int = 16
     tokens: int = 64
-    total_tokens: int = 800_000
+    total_tokens: int = 400_000
     transfer_tasks: tuple = tuple(TASKS)
     transfer_overrides: tuple = ()
 
