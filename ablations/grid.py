@@ -3,7 +3,7 @@
 A grid file (``ablations/grids/<name>.yaml``, or any path)::
 
     name: alphas
-    kind: pretrain                 # pretrain (default): each point pretrains, then is evaluated; transfer: evaluate only
+    kind: pretrain                 # pretrain (default): pretrain each point, then evaluate; transfer: evaluate only
     params: {data_root: ???}       # referenced as ${params.NAME}; set with --set params.NAME=VALUE
     base: [model=base, budget=paper]          # overrides on every point (pretrain config, or transfer config)
     evaluate:                                 # transfer evaluations of every point

@@ -36,7 +36,7 @@ class PlannedRun:
 
 
 def final_checkpoint(run_dir: str | Path, cfg: dict) -> Path:
-    """Where a pretraining run leaves its final weights (known before it starts: the last step is fixed by the config)."""
+    """Where a pretraining run leaves its final weights (known in advance: the config fixes the last step)."""
     from fourm.pretrain.loop import total_steps
 
     return Path(run_dir) / "checkpoints" / f"step-{total_steps(cfg):06d}" / "model.safetensors"

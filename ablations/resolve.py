@@ -57,7 +57,8 @@ class PretrainResolver:
         except Exception as e:
             bad = next((g.split("=")[0] for g in groups), "defaults")
             options = {g: sorted(p.stem for p in (self.config_dir / g).glob("*.yaml")) for g in sorted(self.groups)}
-            raise ResolveError(bad, f"config groups {list(groups)} do not compose: {str(e).splitlines()[0]}; options: {options}") from None
+            raise ResolveError(bad, f"config groups {list(groups)} do not compose: {str(e).splitlines()[0]}; "
+                                    f"options: {options}") from None
         cfg = base.copy()
         for key, o in parsed:
             if o.key_or_group in self.groups and not o.package:

@@ -4,7 +4,8 @@ DONE/queued runs, print the plan) vs the naive route, one hydra compose per pret
 
     python -m benchmarks.sweep [--points 1000] [--baseline-points 40]
 
-The grid: nano pretraining, 8 alphas x 5 input budgets x N seeds (N rounds up to ``--points`` points), each evaluated on the tiny
+The grid: nano pretraining, 8 alphas x 5 input budgets x N seeds (N rounds up to ``--points`` points), each evaluated
+on the tiny
 IN1K fine-tune (so 2 x points runs). The baseline resolves only ``--baseline-points`` points (it is slow); the ratio
 compares points per second.
 """

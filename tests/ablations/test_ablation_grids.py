@@ -11,7 +11,8 @@ from ablations.resolve import PretrainResolver
 from fourm.pretrain.loop import resolve, total_steps
 from fourm.runs import run_id
 
-PAPER_PARAMS = ["params.train_shards=/data/cc12m/train-{000000..001199}.tar", "params.val_shards=/data/cc12m/val-000000.tar",
+PAPER_PARAMS = ["params.train_shards=/data/cc12m/train-{000000..001199}.tar",
+                "params.val_shards=/data/cc12m/val-000000.tar",
                 "params.text_tokenizer=/data/text_tokenizer.json", "params.data_root=/datasets"]
 
 
@@ -116,8 +117,8 @@ def test_fast_resolver_matches_hydra_on_shipped_grids():
     resolver = PretrainResolver()
     for name in ("modalities", "budgets", "scaling_model", "scaling_data", "tiny"):
         grid = load_grid(name, sets_for(name) if name != "tiny" else
-                         ["params.train_shards=/t/{0..1}.tar", "params.val_shards=/v.tar", "params.text_tokenizer=/t.json",
-                          "params.data_root=/d"])
+                         ["params.train_shards=/t/{0..1}.tar", "params.val_shards=/v.tar",
+                          "params.text_tokenizer=/t.json", "params.data_root=/d"])
         for point in expand(grid)[:3]:
             texts = {k: hydra_value(v) for k, v in point.overrides}
             assert resolver(texts) == resolve([f"{k}={v}" for k, v in texts.items()]), (name, point.name)
@@ -125,7 +126,8 @@ def test_fast_resolver_matches_hydra_on_shipped_grids():
 
 def test_paper_transfer_grid_reproduces_the_main_table(tmp_path):
     runs = plan(load_grid("paper_transfer", sets_for("paper_transfer")), tmp_path, progress=False)
-    table = sorted((r.config["method"], r.task, r.config["transfer"]["model"], r.config["transfer"]["init"]) for r in runs)
+    table = sorted((r.config["method"], r.task, r.config["transfer"]["model"], r.config["transfer"]["init"])
+                   for r in runs)
     tasks = [t for t in ["ade20k", "coco", "in1k", "nyuv2_depth"] if _resolvable(t, "paper")]
     assert table == [("4M-B", t, "fm_base_12e_12d_swiglu_nobias", "/w/4M-7_B.safetensors") for t in tasks] + \
                     [("4M-L", t, "fm_large_24e_24d_swiglu_nobias", "/w/4M-7_L.safetensors") for t in tasks]
@@ -162,7 +164,9 @@ def test_alphas_missing_a_modality_is_caught_before_submission(tmp_path):
 
 
 def test_a_task_config_that_does_not_resolve_stops_the_plan(tmp_path):
-    with pytest.raises(GridError, match=r"point alphas=mod7_all2all_a0.1,inp=16,tgt=24, evaluate in1k seed 0: .*paper.yaml: unknown override key 'train.nope'"):
+    match = (r"point alphas=mod7_all2all_a0.1,inp=16,tgt=24, evaluate in1k seed 0: "
+             r".*paper.yaml: unknown override key 'train.nope'")
+    with pytest.raises(GridError, match=match):
         plan(load_grid(write_grid(tmp_path, GRID.replace("profile: tiny", "profile: paper")),
                        ["only.alphas=mod7_all2all_a0.1", "evaluate.train.nope=1"]), tmp_path, progress=False)
 

@@ -74,7 +74,8 @@ def test_sweep_survives_requeue_sigkill_and_resubmission(slurm_cluster, job_dir,
     for p in pre:
         child = runs[children[p][0]]
         assert child["jobs"][-1]["dependency"] == f"afterok:{runs[p]['jobs'][-1]['job_id']}"
-        assert child["config"]["transfer"]["init"] == f"{runs[p]['run_dir']}/checkpoints/step-{STEPS:06d}/model.safetensors"
+        final = f"{runs[p]['run_dir']}/checkpoints/step-{STEPS:06d}/model.safetensors"
+        assert child["config"]["transfer"]["init"] == final
 
     # both pretraining runs past their second checkpoint (every 2 steps), then: requeue one, SIGKILL the other
     wait_for(lambda: logged_step(q_dir) >= 4 and logged_step(k_dir) >= 4, 120, "both runs past step 4")
@@ -132,7 +133,8 @@ def test_sweep_survives_requeue_sigkill_and_resubmission(slurm_cluster, job_dir,
         ref_dir = job_dir / "reference" / run_id(config)
         expected = jobs.pretrain(config, str(ref_dir))
         got = Run(runs[rid]["run_dir"]).metrics
-        assert {k: v for k, v in got.items() if k not in TIMING} == {k: v for k, v in expected.items() if k not in TIMING}
+        assert {k: v for k, v in got.items() if k not in TIMING} == \
+            {k: v for k, v in expected.items() if k not in TIMING}
         a = load_file(got["checkpoint"])
         b = load_file(expected["checkpoint"])
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

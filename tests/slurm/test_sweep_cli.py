@@ -18,7 +18,8 @@ def sweep_args(tmp_path, *extra, grid="alphas"):
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
-    assert cli(sweep_args(tmp_path, "--dry-run", "--gpus", "8", "--set", "only.alphas=mod7_all2all_a0.1,mod7_all2all_a0.5")) == 0
+    two = "only.alphas=mod7_all2all_a0.1,mod7_all2all_a0.5"
+    assert cli(sweep_args(tmp_path, "--dry-run", "--gpus", "8", "--set", two)) == 0
     out = capsys.readouterr().out
     assert "pretrain      2 runs: 0 DONE, 0 queued/running, 2 to submit" in out
     assert "transfer      4 runs: 0 DONE, 0 queued/running, 4 to submit" in out
@@ -31,7 +32,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
 
 
 def test_measured_throughput_replaces_the_assumption(tmp_path, capsys):
-    assert cli(sweep_args(tmp_path, "--dry-run", "--tokens-per-s", "base=1e6", "--set", "only.alphas=mod7_all2all_a0.1")) == 0
+    one = "only.alphas=mod7_all2all_a0.1"
+    assert cli(sweep_args(tmp_path, "--dry-run", "--tokens-per-s", "base=1e6", "--set", one)) == 0
     out = capsys.readouterr().out
     assert f"pretrain {100e9 / 1e6 / 3600:.1f}," in out and "base: 1e+06 tok/s/GPU measured" in out
 
@@ -49,8 +51,8 @@ def test_gpu_hours_scale_with_model_size(tmp_path):
 
 def test_done_runs_are_not_submitted_again(tmp_path, capsys):
     args = sweep_args(tmp_path, "--dry-run", "--set", "only.alphas=mod7_all2all_a0.1,mod7_all2all_a0.5")
-    runs = plan(load_grid("alphas", PARAMS + ["evaluate.tasks=[in1k,ade20k]", "only.alphas=mod7_all2all_a0.1,mod7_all2all_a0.5"]),
-                tmp_path / "runs", progress=False)
+    two = "only.alphas=mod7_all2all_a0.1,mod7_all2all_a0.5"
+    runs = plan(load_grid("alphas", PARAMS + ["evaluate.tasks=[in1k,ade20k]", two]), tmp_path / "runs", progress=False)
     finished = [r for r in runs if r.kind == "pretrain"][:1] + [r for r in runs if r.kind == "transfer"][:1]
     for r in finished:  # a run folder another sweep already finished (the id is the config hash)
         (tmp_path / "runs" / r.kind / r.run_id).mkdir(parents=True)
