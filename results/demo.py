@@ -152,14 +152,13 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     coll.save(out)
     tbl = table(coll.table, layout="transfer", out=out, name="transfer_table")
     plot = None
-    if len(S.models) > 1:
-        plot = scaling_plot(coll.table, x="model_size", y="val/loss", out=out, name="scaling",
-                            where={"kind": "pretrain"} if "kind" in coll.table.columns else None)
+    if len(S.models) > 1:  # a mini scaling curve: validation loss of the pretraining runs against model size
+        plot = scaling_plot(collect(work / "pretrain").table, x="model_size", y="val/loss", out=out, name="scaling")
     timings["results"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     summary = {"size": asdict(S), "timings_s": timings, "checkpoints": checkpoints, "tokenizers": tokenizer_runs,
                "headline": headline,
-               "table": str(out / "transfer_table.md"), "plot": [str(p) for p in plot.paths] if plot else []}
+               "table": str(out / "transfer_table.md"), "plot": [str(p) for p in plot.paths.values()] if plot else []}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("\n" + tbl.markdown)
     print(f"\ndemo done in {timings['total']:.0f} s; outputs in {out}/")

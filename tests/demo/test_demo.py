@@ -15,3 +15,33 @@ def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
     assert second["checkpoints"] == first["checkpoints"]
     assert {p: p.stat().st_mtime_ns for p in (work / "pretrain").rglob("*.safetensors")} == ckpt_mtime
     assert second["timings_s"]["pretrain"] < first["timings_s"]["pretrain"]
+
+
+def test_results_on_real_run_folders_with_partial_and_corrupt_ones(tmp_path):
+    """collect/table/plot over folders written by real tiny runs, after breaking two of them the ways jobs break."""
+    import shutil
+
+    from results.collect import collect
+    from results.plots import scaling_plot
+    from results.tables import table
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    run_demo(out, work, size="quick")
+    transfer_runs = sorted(p.parent for p in (work / "transfer").rglob("DONE"))
+    assert len(transfer_runs) == 2
+    # a run killed before it finished (no DONE), and one whose metrics.json was torn
+    partial, corrupt = tmp_path / "store" / "partial", tmp_path / "store" / "corrupt"
+    shutil.copytree(transfer_runs[0], partial)
+    (partial / "DONE").unlink()
+    shutil.copytree(transfer_runs[1], corrupt)
+    (corrupt / "metrics.json").write_text('{"top1": 12.')
+    coll = collect(work / "transfer", work / "pretrain", tmp_path / "store")
+    assert [str(p) for p in coll.partial] == [str(partial)]
+    assert [str(p) for p, _ in coll.corrupt] == [str(corrupt)]
+    ids = set(coll.table["run_id"])
+    assert {p.name for p in transfer_runs} <= ids and "partial" not in ids and "corrupt" not in ids
+    md = table(coll.table, layout="transfer").markdown
+    assert md.count("(ours)") == 2
+    plot = scaling_plot(collect(work / "pretrain").table, x="model_size", y="val/loss", out=out, name="scaling")
+    assert set(plot.paths) == {"png", "pdf"} and all(p.stat().st_size > 1000 for p in plot.paths.values())
+    assert len(plot.data) == 1 and plot.data["mean"].iloc[0] > 0  # one model size in the quick demo
