@@ -48,24 +48,6 @@ def _remove_debris(run_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in found)
 
 
-def _pretrain_data(cfg: dict):
-    """The shard-backed data when fourm.tokenizers.shards offers ``read_samples`` (the loop's own route); otherwise the
-    same samples read with TokenShardDataset (crop 0, official det text)."""
-    from fourm.tokenizers import shards
-
-    if hasattr(shards, "read_samples"):
-        return None
-    from fourm.pretrain.data import PretrainData
-    from fourm.pretrain.distributed import detect
-
-    mods = list(dict.fromkeys(list(cfg["model"]["domains_in"]) + list(cfg["model"]["domains_out"])))
-
-    def load(pattern):
-        return list(shards.TokenShardDataset(pattern, mods, crop=0, shuffle=False, det_format="text"))
-
-    return PretrainData(cfg, detect(), load(cfg["data"]["train"]), load(cfg["data"]["val"]))
-
-
 def pretrain(config: dict, run_dir: str) -> dict:
     """Pretrain ``config`` in ``run_dir`` (resuming from its latest checkpoint); writes metrics.json and DONE."""
     from fourm.pretrain.loop import run_from_config
@@ -80,8 +62,7 @@ def pretrain(config: dict, run_dir: str) -> dict:
         removed = _remove_debris(run_dir)
         if removed:
             Run(run_dir).log(event="removed_debris", paths=removed)
-    data = _pretrain_data(config)
-    return run_from_config(config, str(run_dir), **({"data": data} if data is not None else {}))
+    return run_from_config(config, str(run_dir))
 
 
 def transfer(config: dict, run_dir: str) -> dict:
