@@ -146,7 +146,10 @@ def open_run(root: str | os.PathLike, config: dict) -> Run:
             )
     else:
         atomic_write_text(cfg_path, text)
-    run.write_env()
+    if not (run.path / "env.json").exists():
+        run.write_env()
+    elif not run.done:  # a resumed run keeps its first env.json; where it resumed goes to the log
+        run.log(event="reopen", env=environment())
     return run
 
 

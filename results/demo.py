@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from fourm.files import atomic_write_json
+
 TASKS = ["in1k", "ade20k", "nyuv2_depth", "coco", "nyuv2_semseg_rgbd"]
 IMAGE_SIZE = 112  # world and tokenizer resolution; the model uses patch 8 -> the 14x14 grid of the @224 modalities
 PATCH = 8
@@ -159,7 +161,9 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     summary = {"size": asdict(S), "timings_s": timings, "checkpoints": checkpoints, "tokenizers": tokenizer_runs,
                "headline": headline,
                "table": str(out / "transfer_table.md"), "plot": [str(p) for p in plot.paths.values()] if plot else []}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    summary["history"] = previous.get("history", []) + [{"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "timings_s": timings}]
+    atomic_write_json(out / "summary.json", summary)
     print("\n" + tbl.markdown)
     print(f"\ndemo done in {timings['total']:.0f} s; outputs in {out}/")
     return summary

@@ -203,7 +203,10 @@ def run_from_config(cfg: dict, run_dir: str | None = None, **kwargs) -> dict:
         run.path.mkdir(parents=True, exist_ok=True)
         if not (run.path / "config.yaml").exists():
             runs.atomic_write_text(run.path / "config.yaml", __import__("yaml").safe_dump(identity, sort_keys=True))
-        run.write_env()
+        if not (run.path / "env.json").exists():
+            run.write_env()
+        elif not run.done:
+            run.log(event="reopen", env=runs.environment())
     if run.done:
         return run.metrics
     metrics = train(cfg, run, **kwargs)
