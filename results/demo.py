@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,16 +37,26 @@ class DemoSize:
     models: tuple = ("fm_nano_2e_2d_swiglu_nobias", "fm_micro_4e_4d_swiglu_nobias")
     batch_size: int = 16
     tokens: int = 64
-    total_tokens: int = 400_000
+    total_tokens: int = 1_200_000
+    blr: float = 0.04
     transfer_tasks: tuple = tuple(TASKS)
     transfer_overrides: tuple = ()
+    # per task, on top of the tiny profile: the pretraining resolution, and long enough for the encoder to matter
+    task_overrides: dict = dataclasses.field(default_factory=lambda: {
+        "in1k": ("train.image_size=112", "train.epochs=8"),
+        "ade20k": ("train.image_size=112", "train.iters=150", "train.checkpoint_interval=150"),
+        "nyuv2_depth": ("train.image_size=112", "train.iters=150", "train.checkpoint_interval=150"),
+        "nyuv2_semseg_rgbd": ("train.image_size=112", "train.iters=150", "train.checkpoint_interval=150"),
+        "coco": ("train.iters=20",),
+    })
 
 
 SIZES = {
     "full": DemoSize(),
     "quick": DemoSize(train_images=24, val_images=8, tokenizer_modalities=("depth", "semseg"), tokenizer_epochs=1,
                       codebook=64, crops=1, models=("fm_nano_2e_2d_swiglu_nobias",), batch_size=4, tokens=32,
-                      total_tokens=4 * 64 * 4, transfer_tasks=("in1k",), transfer_overrides=("train.epochs=1",)),
+                      total_tokens=4 * 64 * 4, transfer_tasks=("in1k",), transfer_overrides=("train.epochs=1",),
+                      task_overrides={}),
 }
 
 TOKEN_MODS = {"rgb": "tok_rgb@224", "depth": "tok_depth@224", "normal": "tok_normal@224", "semseg": "tok_semseg@224"}
@@ -117,7 +128,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
                        f"data.text_tokenizer={tok_path}", f"batch_size={S.batch_size}",
                        f"budget.num_input_tokens={S.tokens}", f"budget.num_target_tokens={S.tokens}",
                        f"schedule.total_tokens={S.total_tokens}", f"schedule.warmup_tokens={S.total_tokens // 20}",
-                       "optim.blr=0.01", "val.every_steps=25", "checkpoint.every_steps=50", f"runs_root={work / 'pretrain'}"])
+                       f"optim.blr={S.blr}", "val.every_steps=25", "checkpoint.every_steps=50", f"runs_root={work / 'pretrain'}"])
         metrics = run_from_config(cfg)
         checkpoints[model] = metrics["checkpoint"]
         if model == S.models[0]:
@@ -139,7 +150,8 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
         # the baseline has the same architecture (patch size, grid, width) with untrained weights
         for label, init, more in variants:
             cfg = make_config(task, "tiny", [f"init={init}", f"data_root={data_root}", f"method={label}",
-                                             f"model={S.models[0]}", *extra, *more, *S.transfer_overrides])
+                                             f"model={S.models[0]}", *extra, *more, *S.task_overrides.get(task, ()),
+                                             *S.transfer_overrides])
             run = run_transfer(cfg, runs_root=str(work / "transfer"))
             headline.setdefault(label, {})[task] = _headline(task, run.metrics)
             print(f"  {task:18s} {label:32s} {headline[label][task]}")
