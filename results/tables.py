@@ -58,7 +58,7 @@ TRANSFER_COLUMNS = (
 
 METHOD_KEYS = ("method", "transfer.method")
 SIZE_KEYS = ("size", "model.size", "transfer.size", "model.name", "model.arch", "transfer.model", "transfer.encoder", "model")
-_SIZE_TOKENS = {"nano": "N", "n": "N", "tiny": "T", "t": "T", "small": "S", "s": "S", "base": "B", "b": "B", "large": "L", "l": "L",
+_SIZE_TOKENS = {"nano": "N", "n": "N", "micro": "Mi", "tiny": "T", "t": "T", "small": "S", "s": "S", "base": "B", "b": "B", "large": "L", "l": "L",
                 "xlarge": "XL", "xl": "XL", "huge": "H", "h": "H"}
 _LOCATOR_HINTS = ("init", "path", "dir", "ckpt", "checkpoint", "output", "root")
 
@@ -336,7 +336,7 @@ def size_from_name(name: Any) -> str | None:
     if _blank(name):
         return None
     for tok in re.split(r"[_\-\s@/.]+", str(name).lower()):
-        m = re.match(r"^(nano|tiny|small|base|large|xlarge|huge|xl|n|t|s|b|l|h)\d*$", tok)
+        m = re.match(r"^(nano|micro|tiny|small|base|large|xlarge|huge|xl|n|t|s|b|l|h)\d*$", tok)
         if m:
             return _SIZE_TOKENS[m.group(1)]
     return None
