@@ -9,6 +9,7 @@ saved as .npy; the code path a real CLIP/DINO labeler takes). Runs are batched a
 """
 from __future__ import annotations
 
+import abc
 import argparse
 import os
 import sys
@@ -25,7 +26,7 @@ from fourm.data.layouts import FOURM_MODALITIES, FolderModality, folder_modality
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".JPEG", ".webp")
 
 
-class Labeler:
+class Labeler(abc.ABC):
     """A pseudo-labeler: ``__call__(images Bx3xHxW float [0, 1], stems) -> list of B labels``, saved by ``save``.
 
     ``modality`` is the output folder name; ``codec`` says how a label is stored (extension, encoder).
@@ -35,8 +36,9 @@ class Labeler:
     modality: str = "labels"
     codec: FolderModality
 
+    @abc.abstractmethod
     def __call__(self, images: torch.Tensor, stems: Sequence[str]) -> list:
-        raise NotImplementedError
+        """Labels for a batch of RGB images (float, [B, 3, H, W]) with their stems."""
 
     def output_path(self, out_dir: str | os.PathLike, stem: str) -> Path:
         return Path(out_dir) / f"{stem}{self.codec.ext}"

@@ -21,6 +21,7 @@ Depth is normalised with *fixed* log bounds rather than per image, so decoded to
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 
@@ -90,7 +91,7 @@ class VQVAEConfig:
 
 
 # --- modality adapters ---------------------------------------------------------------------------------
-class ModalityAdapter:
+class ModalityAdapter(abc.ABC):
     """How one modality enters and leaves the network. Subclasses set ``in_channels`` / ``out_channels``."""
 
     in_channels: int
@@ -99,14 +100,17 @@ class ModalityAdapter:
     def __init__(self, config: VQVAEConfig):
         self.config = config
 
+    @abc.abstractmethod
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Modality tensor -> network input."""
 
+    @abc.abstractmethod
     def loss(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Reconstruction loss of the decoder output against the modality tensor."""
 
+    @abc.abstractmethod
     def from_output(self, out: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Decoder output -> modality tensor."""
 
 
 class RGBAdapter(ModalityAdapter):
