@@ -146,14 +146,16 @@ class FourM(nn.Module):
         arange = torch.arange(unused.shape[1], device=unused.device).unsqueeze(0) * 1e-6
         return torch.argsort(unused + arange, dim=1)[:, :n]
 
+    @staticmethod
+    def _gather_kept(ids_keep, vectors, per_token):
+        """The kept positions of [B, N, D] tensors and of [B, N] tensors, in ``ids_keep`` order."""
+        idx = ids_keep.unsqueeze(-1).expand(-1, -1, vectors[0].shape[2])
+        return [torch.gather(v, 1, idx) for v in vectors], [torch.gather(t, 1, ids_keep) for t in per_token]
+
     def forward_mask_encoder(self, encoder_mod_dict: dict, num_encoder_tokens: int):
         tokens_all, emb_all, mask_all, mod_all = self.cat_encoder_tensors(encoder_mod_dict)
         ids_keep = self._select(num_encoder_tokens, mask_all)
-        idx = ids_keep.unsqueeze(-1).expand(-1, -1, tokens_all.shape[2])
-        tokens = torch.gather(tokens_all, 1, idx)
-        emb = torch.gather(emb_all, 1, idx)
-        mask = torch.gather(mask_all, 1, ids_keep)
-        mod_mask = torch.gather(mod_all, 1, ids_keep)
+        (tokens, emb), (mask, mod_mask) = self._gather_kept(ids_keep, [tokens_all, emb_all], [mask_all, mod_all])
         tokens = tokens.masked_fill(mask.unsqueeze(-1), 0.0)
         emb = emb.masked_fill(mask.unsqueeze(-1), 0.0)
         mod_mask = mod_mask.masked_fill(mask, -1)
@@ -213,13 +215,8 @@ class FourM(nn.Module):
     def forward_mask_decoder(self, decoder_mod_dict: dict, num_decoder_tokens: int, rng=_random):
         tokens_all, emb_all, mask_all, target_all, attn_all, mod_all, order = self.cat_decoder_tensors(decoder_mod_dict, rng)
         ids_keep = self._select(num_decoder_tokens, mask_all)
-        idx = ids_keep.unsqueeze(-1).expand(-1, -1, tokens_all.shape[2])
-        tokens = torch.gather(tokens_all, 1, idx)
-        emb = torch.gather(emb_all, 1, idx)
-        mask = torch.gather(mask_all, 1, ids_keep)
-        target_ids = torch.gather(target_all, 1, ids_keep)
-        attn = torch.gather(attn_all, 1, ids_keep)
-        mod_mask = torch.gather(mod_all, 1, ids_keep)
+        (tokens, emb), (mask, target_ids, attn, mod_mask) = self._gather_kept(
+            ids_keep, [tokens_all, emb_all], [mask_all, target_all, attn_all, mod_all])
         tokens = tokens.masked_fill(mask.unsqueeze(-1), 0.0)
         emb = emb.masked_fill(mask.unsqueeze(-1), 0.0)
         target_ids = target_ids.masked_fill(mask, 0)
