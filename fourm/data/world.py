@@ -1,7 +1,7 @@
 """A synthetic, aligned multimodal world: procedural rooms with analytic objects, ray cast with numpy.
 
 Every scene is a room (floor, back wall, two side walls) seen by a pinhole camera, with 2-6 objects of
-distinct classes standing on the floor. Per pixel the renderer finds the nearest analytic surface, so every
+distinct classes standing on the floor (each class has a typical colour, used 80% of the time). Per pixel the renderer finds the nearest analytic surface, so every
 modality comes from the same geometry: rgb (Lambertian shading), metric depth, normals, semantic classes and
 instance ids; boxes and a caption are derived from those. A scene is a pure function of (seed, index).
 
@@ -46,6 +46,11 @@ COLORS = {  # name -> linear albedo
 FLOORS = ("wooden", "tiled", "carpeted", "stone")
 WALLS = {"white": (0.80, 0.80, 0.78), "beige": (0.75, 0.66, 0.50), "light blue": (0.55, 0.68, 0.82),
          "light green": (0.60, 0.75, 0.58), "gray": (0.55, 0.55, 0.57)}
+# Categories have a typical appearance, as in real data: each class has its own colour, used with this probability
+# (otherwise any colour). Colour alone is then a strong but imperfect cue, and shape decides the rest, so a tiny
+# model can learn the categories in CPU minutes while pretraining still has something to teach.
+TYPICAL_COLOR = dict(zip(CLASSES, COLORS))
+TYPICAL_COLOR_PROB = 0.8
 SIZE_RANGE = (0.4, 1.0)  # metres, the scale of an object; "small" below 0.55, "large" above 0.85
 
 
@@ -113,7 +118,9 @@ def sample_scene(seed: int, index: int, size: int = 224) -> Scene:
     scene = Scene(size, fov, height, pitch, back, side, floor, wall, light / np.linalg.norm(light), [])
     n = int(rng.integers(2, 7))
     classes = rng.choice(len(CLASSES), size=n, replace=False)
-    colors = rng.choice(len(COLORS), size=n, replace=False)
+    typical = rng.random(n) < TYPICAL_COLOR_PROB
+    any_color = rng.integers(len(COLORS), size=n)
+    colors = [list(COLORS).index(TYPICAL_COLOR[CLASSES[ci]]) if t else a for ci, t, a in zip(classes, typical, any_color)]
     tan = math.tan(fov / 2) * 0.85
     for ci, co in zip(classes, colors):
         s = rng.uniform(*SIZE_RANGE)

@@ -166,3 +166,13 @@ def test_cli_refuses_a_different_seed_in_one_line(tmp_path, capsys):
     assert world.cli(["--out", str(tmp_path), "--num", "1", "--size", "32", "--seed", "1"]) == 2
     err = capsys.readouterr().err
     assert "world.json" in err and "Traceback" not in err
+
+
+def test_classes_have_a_typical_colour_but_not_always():
+    """Colour is a strong, imperfect cue for the class: P(typical) = p + (1 - p) / #colours, measured over 400 scenes."""
+    objects = [o for i in range(400) for o in world.sample_scene(0, i, 64).objects]
+    typical = np.mean([o.color == world.TYPICAL_COLOR[o.cls] for o in objects])
+    expected = world.TYPICAL_COLOR_PROB + (1 - world.TYPICAL_COLOR_PROB) / len(world.COLORS)
+    assert len(objects) > 1000
+    assert abs(typical - expected) < 0.04, (typical, expected)
+    assert len(set(world.TYPICAL_COLOR.values())) == len(world.CLASSES)  # every class has its own colour
