@@ -3,7 +3,8 @@
 Every scene is a room (floor, back wall, two side walls) seen by a pinhole camera, with 2-6 objects of
 distinct classes standing on the floor (each class has a typical colour, used 80% of the time). Per pixel the
 renderer finds the nearest analytic surface, so every modality comes from the same geometry: rgb (Lambertian
-shading), metric depth, normals, semantic classes and instance ids; boxes and a caption are derived from those. A scene is a pure function of (seed, index).
+shading), metric depth, normals, semantic classes and instance ids; boxes and a caption are derived from those.
+A scene is a pure function of (seed, index).
 
 Conventions:
   world frame   X right, Y up, Z towards the camera (right-handed); the floor is y = 0.
