@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import socket
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -153,12 +154,65 @@ def open_run(root: str | os.PathLike, config: dict) -> Run:
     return run
 
 
+def find_run_paths(*roots: str | os.PathLike) -> list[str]:
+    """The paths of :func:`find_runs`, as the strings ``str(Run(p).path)`` would be, sorted; no Path objects.
+
+    A folder holding a ``config.yaml`` (a file, or a link to one) is a run and is not searched further (run folders do
+    not nest); other folders are searched recursively; links to folders are not followed and unreadable folders are
+    skipped, as with ``os.walk``. A child folder is tested with one ``stat`` of its ``config.yaml`` rather than a
+    listing, which is what makes 10,000 runs cheap (so a folder that can be entered but not listed, mode ``--x``, still
+    counts as a run when its config.yaml is there; ``os.walk`` skipped it).
+    """
+    found: list[str] = []
+    for root in roots:
+        top = os.fspath(root)
+        base = str(Path(top))  # what Path makes of the root: joined below without a Path per run
+        rels: list[str] = []
+        _scan_runs(top, "", rels)
+        for rel in rels:
+            found.append(base if not rel else rel if base == "." else os.path.join(base, rel))
+    found.sort()
+    return found
+
+
+def _scan_runs(top: str, rel: str, out: list[str]) -> None:
+    """Append the run folders under ``top`` (itself included) to ``out``, relative to the root (``top`` is ``rel``)."""
+    try:
+        with os.scandir(top) as it:
+            entries = list(it)
+    except OSError:  # os.walk's default: a folder that cannot be listed is skipped
+        return
+    subdirs = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            if entry.name == "config.yaml":
+                out.append(rel)
+                return
+            continue
+        try:
+            is_link = entry.is_symlink()
+        except OSError:
+            is_link = False
+        if not is_link:
+            subdirs.append(entry.name)
+    prefix = os.path.join(top, "")  # top + "/" unless it ends with one: os.path.join(top, name) is prefix + name
+    for name in subdirs:
+        child = prefix + name
+        child_rel = f"{rel}/{name}" if rel else name
+        try:
+            is_run = not stat.S_ISDIR(os.stat(child + "/config.yaml").st_mode)
+        except OSError:
+            is_run = False
+        if is_run:
+            out.append(child_rel)
+        else:  # no config.yaml (or one that is a folder, a broken link, unreadable): list it as os.walk would
+            _scan_runs(child, child_rel, out)
+
+
 def find_runs(*roots: str | os.PathLike) -> list[Run]:
     """Every run folder (a folder with config.yaml) under the given roots, recursively, sorted by path."""
-    found = []
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            if "config.yaml" in filenames:
-                found.append(Run(dirpath))
-                dirnames[:] = []  # run folders do not nest
-    return sorted(found, key=lambda r: str(r.path))
+    return [Run(p) for p in find_run_paths(*roots)]

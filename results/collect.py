@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -43,7 +44,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from fourm.runs import atomic_write_json, find_runs
+from fourm.runs import atomic_write_json, find_run_paths
 from results import block_yaml
 
 try:  # libyaml is ~20x faster than the pure-Python loader; fall back so a build without it still works
@@ -52,6 +53,7 @@ except AttributeError:  # pragma: no cover
     _YamlLoader = yaml.SafeLoader
 
 BASE_COLUMNS = ("run_id", "metric", "value", "source", "eval_step", "select", "path")
+_BASE_SET = frozenset(BASE_COLUMNS)
 ENV_FIELDS = ("git_sha", "host", "python", "torch", "time")
 ENV_SLURM_FIELDS = {"SLURM_JOB_ID": "slurm_job_id", "SLURM_ARRAY_TASK_ID": "slurm_array_task_id"}
 _MIN_HINTS = ("loss", "err", "rmse", "mae", "abs_rel", "sq_rel", "nll", "perplexity", "ppl", "fid")
@@ -124,20 +126,30 @@ def _step(e: dict, i: int) -> float:
 
 
 def _last_index(evals: list[dict]) -> int:
-    if all(isinstance(e.get("step"), (int, float)) for e in evals):
-        return max(range(len(evals)), key=lambda i: (evals[i]["step"], i))
-    return len(evals) - 1
+    """The entry with the largest step, the later one on ties (``max`` of ``(step, index)``); else the last entry."""
+    if not evals:
+        raise ValueError("no evals to select from")
+    steps = [e.get("step") for e in evals]
+    best_i, best = 0, steps[0]
+    for i, s in enumerate(steps):
+        if not isinstance(s, (int, float)):
+            return len(evals) - 1
+        if i and (s is best or s == best or s > best):  # (s, i) > (best, best_i), as tuples compare: ties go later
+            best_i, best = i, s
+    return best_i
 
 
 def _flat_metrics(d: dict, prefix: str = "", out: dict | None = None) -> dict[str, float]:
     """Numeric leaves of a (nested) metrics dict, keys joined with '/'. Strings, lists and None are skipped."""
     out = {} if out is None else out
     for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            _flat_metrics(v, key + "/", out)
+        t = type(v)
+        if t is float:  # the common leaf first, without isinstance
+            out[f"{prefix}{k}"] = v
+        elif isinstance(v, dict):
+            _flat_metrics(v, f"{prefix}{k}/", out)
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = float(v)
+            out[f"{prefix}{k}"] = float(v)
     return out
 
 
@@ -146,13 +158,55 @@ def flatten_config(d: dict, prefix: str = "", out: dict | None = None) -> dict[s
     out = {} if out is None else out
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
+        t = type(v)
+        if t is str or t is int or t is float or t is bool or v is None:  # the common leaves, without isinstance
+            out[key] = v
+        elif isinstance(v, dict) and v:
             flatten_config(v, key + ".", out)
         elif isinstance(v, (list, tuple, dict)):
-            out[key] = json.dumps(v, separators=(",", ":"), sort_keys=True, default=str)
+            out[key] = _compact_json(v)
         else:
             out[key] = v
     return out
+
+
+# json.dumps(v, separators=(",", ":"), sort_keys=True, default=str) without building an encoder per call
+_compact_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str).encode
+_json_decode = json.JSONDecoder().decode  # what json.loads uses for a str
+
+
+def _loads(data: bytes) -> Any:
+    """``json.loads(data)``: UTF-8 text straight to the decoder; anything else (BOMs, UTF-16/32, errors) via loads."""
+    try:
+        return _json_decode(data.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError, JSONDecodeError: json.loads gives the same result or the same error
+        return json.loads(data)
+
+
+_CHUNK = 1 << 16
+
+
+def _read_bytes(file: str) -> bytes:
+    """The whole file, with ``os.open``/``os.read`` (no file object: they cost more than the read for small files).
+
+    Errors are those of ``open(file, "rb").read()``: the OSError subclass, its message and the file name.
+    """
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        data = os.read(fd, _CHUNK)
+        if data:
+            chunks = [data]
+            while chunk := os.read(fd, _CHUNK):
+                chunks.append(chunk)
+            if len(chunks) > 1:
+                data = b"".join(chunks)
+        return data
+    except OSError as e:  # e.g. a folder named metrics.json: os.read says so without the name, open() with it
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, file) from None
+        raise
+    finally:
+        os.close(fd)
 
 
 @dataclasses.dataclass
@@ -211,12 +265,12 @@ def _atomic_to(path: Path, write) -> None:
             tmp.unlink()
 
 
-def _read_env(path: str) -> dict[str, Any]:
+def _read_env(path: str, base: str | None = None) -> dict[str, Any]:
     try:
-        with open(os.path.join(path, "env.json"), "rb") as f:
-            env = json.loads(f.read())
+        data = _read_bytes((os.path.join(path, "") if base is None else base) + "env.json")
     except FileNotFoundError:
         return {}
+    env = _loads(data)
     if not isinstance(env, dict):
         raise ValueError("env.json is not a JSON object")
     row = {f"env.{k}": env.get(k) for k in ENV_FIELDS if k in env}
@@ -229,9 +283,12 @@ def _read_env(path: str) -> dict[str, Any]:
 
 def read_config(path: str | os.PathLike) -> dict:
     """A run's config.yaml as ``yaml.safe_load`` reads it (fast path: :mod:`results.block_yaml`); ValueError if broken."""
+    return _parse_config(_read_bytes(os.path.join(path, "config.yaml")))
+
+
+def _parse_config(data: bytes) -> dict:
     try:
-        with open(os.path.join(path, "config.yaml"), "rb") as f:
-            text = f.read().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"config.yaml is not UTF-8: {e}") from None
     config = block_yaml.load(text)
@@ -245,14 +302,20 @@ def read_config(path: str | os.PathLike) -> dict:
     return config
 
 
-def _read_done_run(path: str, selection: Selection):
-    """(config row, metrics dict, source dict, eval_step, applied rule) or raise ValueError with the reason."""
-    config = read_config(path)
+def _read_done_run(path: str, selection: Selection, base: str | None = None):
+    """(config, metrics dict, source dict, eval_step, applied rule) or raise ValueError with the reason.
+
+    ``config`` is the nested config as read (flatten it with :func:`flatten_config`); ``base`` is ``path`` joined with
+    "" (``os.path.join(path, "")``), given by a caller that has it already.
+    """
+    base = os.path.join(path, "") if base is None else base
+    config = _parse_config(_read_bytes(base + "config.yaml"))
     try:
-        with open(os.path.join(path, "metrics.json"), "rb") as f:
-            metrics = json.loads(f.read())
+        data = _read_bytes(base + "metrics.json")
     except FileNotFoundError:
         raise ValueError("DONE but no metrics.json") from None
+    try:
+        metrics = _loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"metrics.json does not parse: {e}") from None
     if not isinstance(metrics, dict):
@@ -270,13 +333,17 @@ def _read_done_run(path: str, selection: Selection):
             step = chosen.pop("step", math.nan)
             values.update(chosen)
             sources.update(dict.fromkeys(chosen, "eval"))
-    return flatten_config(config), values, sources, step, rule
+    return config, values, sources, step, rule
 
 
 def _kinds(column: list) -> set[str]:
     """The kinds ("bool", "num", "str") of the non-null values of a column; type-level so 10k runs stay cheap."""
+    return _kinds_of(set(map(type, column)))
+
+
+def _kinds_of(types: set[type]) -> set[str]:
     kinds = set()
-    for t in set(map(type, column)):
+    for t in types:
         if t is type(None):
             continue
         kinds.add("bool" if t is bool else "num" if issubclass(t, (int, float)) else "str")
@@ -303,7 +370,7 @@ def collect(
         if not Path(r).is_dir():
             raise FileNotFoundError(f"run root {r} does not exist or is not a folder")
     selection = Selection.parse(select, by)
-    runs = find_runs(*roots)
+    paths = find_run_paths(*roots)  # sorted str(run.path) of fourm.runs.find_runs, without a Path per run
     result = Collection(table=pd.DataFrame(), selection=selection, roots=[str(r) for r in roots])
 
     # Build columns, not per-run frames: one DataFrame construction at the end is what makes 10k runs fast.
@@ -312,35 +379,42 @@ def collect(
     metric_name: list[str] = []
     metric_value: list[float] = []
     metric_source: list[str] = []
-    show = progress if progress is not None else len(runs) > 2000
-    for run in tqdm(runs, desc="collect", unit="run", disable=not show, mininterval=0.5):
-        path = str(run.path)  # plain strings: pathlib costs more than the reads at 10k runs
-        if not os.path.exists(os.path.join(path, "DONE")):
+    show = progress if progress is not None else len(paths) > 2000
+    for path in tqdm(paths, desc="collect", unit="run", disable=not show, mininterval=0.5):
+        # plain strings and os calls: pathlib and file objects cost more than the reads at 10k runs
+        base = path if path.endswith("/") else path + "/"  # os.path.join(path, "")
+        try:
+            os.stat(base + "DONE")
+        except (OSError, ValueError):  # os.path.exists(...) is False
             result.partial.append(path)
             continue
         try:
-            config, values, sources, step, rule = _read_done_run(path, selection)
+            config, values, sources, step, rule = _read_done_run(path, selection, base)
         except (ValueError, OSError) as e:
             result.corrupt.append((path, str(e)))
             continue
         try:
-            env = _read_env(path)
+            env = _read_env(path, base)
         except (ValueError, OSError) as e:  # env.json is provenance, not a result: keep the run, say so
             env = {}
             result.warnings.append(f"{path}: env.json unreadable ({e})")
         if rule.startswith("last(no"):
             result.fallbacks.append(path)
         index = len(run_rows)
-        row = {"run_id": run.id, "eval_step": step, "select": rule, "path": path}
-        for k, v in config.items():
-            row[f"config.{k}" if k in BASE_COLUMNS else k] = v
+        row = {"run_id": "" if path == "." else path.rpartition("/")[2],  # Path(path).name
+               "eval_step": step, "select": rule, "path": path}
+        flat = flatten_config(config)
+        if _BASE_SET.isdisjoint(flat):
+            row.update(flat)
+        else:
+            for k, v in flat.items():
+                row[f"config.{k}" if k in BASE_COLUMNS else k] = v
         row.update(env)
         run_rows.append(row)
-        for name, value in values.items():
-            metric_run.append(index)
-            metric_name.append(name)
-            metric_value.append(value)
-            metric_source.append(sources[name])
+        metric_run.extend([index] * len(values))
+        metric_name.extend(values)
+        metric_value.extend(values.values())
+        metric_source.extend(sources.values())  # same keys in the same order as values
     result.done = len(run_rows)
     result.table = _build_table(run_rows, metric_run, metric_name, metric_value, metric_source)
     result.table.attrs.update({"select": str(selection), **result.counts})
@@ -348,35 +422,54 @@ def collect(
 
 
 def _build_table(run_rows, metric_run, metric_name, metric_value, metric_source) -> pd.DataFrame:
-    keys: dict[str, None] = {}
+    keys: dict[str, Any] = {}
     for row in run_rows:
-        keys.update(dict.fromkeys(row))
+        keys.update(row)  # only the keys matter
     fixed = ["run_id", "eval_step", "select", "path"]
     config_keys = sorted(k for k in keys if k not in fixed and not k.startswith("env."))
     env_keys = sorted(k for k in keys if k.startswith("env."))
+    all_keys = fixed + config_keys + env_keys
+    columns = _transpose(run_rows, all_keys)
     take = np.asarray(metric_run, dtype=np.intp)
+    if run_rows:  # strings become pandas' string dtype once per run, then are repeated per metric row
+        run_id, select, path = (pd.Series(columns[i]).array.take(take) for i in (0, 2, 3))
+    else:
+        run_id = select = path = np.asarray([], dtype=object)
     data: dict[str, Any] = {
-        "run_id": np.asarray([r["run_id"] for r in run_rows], dtype=object)[take],
+        "run_id": run_id,
         "metric": metric_name,
         "value": np.asarray(metric_value, dtype=float),
         "source": metric_source,
-        "eval_step": np.asarray([r["eval_step"] for r in run_rows], dtype=float)[take],
-        "select": np.asarray([r["select"] for r in run_rows], dtype=object)[take],
-        "path": np.asarray([r["path"] for r in run_rows], dtype=object)[take],
+        "eval_step": np.asarray(columns[1], dtype=float)[take],
+        "select": select,
+        "path": path,
     }
-    for k in config_keys + env_keys:
-        column = _harmonise([r.get(k) for r in run_rows])
-        data[k] = pd.Series(column, dtype=_dtype_of(column)).take(take).reset_index(drop=True)
+    for k, column in zip(config_keys + env_keys, columns[4:]):
+        column = _harmonise(column)
+        # take on the per-run values (10k), not on a Series of the rows: no index to build and re-align
+        data[k] = pd.Series(column, dtype=_dtype_of(column)).array.take(take)
     return pd.DataFrame(data)
 
 
+def _transpose(rows: list[dict], keys: list[str]) -> list[list]:
+    """``[[r.get(k) for r in rows] for k in keys]``, gathered row-wise in C where a row has every key."""
+    if not rows:
+        return [[] for _ in keys]
+    n = len(keys)
+    get = operator.itemgetter(*keys)
+    tuples = [get(r) if len(r) == n else tuple([r.get(k) for k in keys]) for r in rows]
+    return [list(c) for c in zip(*tuples)]
+
+
 def _dtype_of(column: list):
-    kinds = _kinds(column)
+    types = set(map(type, column))
+    kinds = _kinds_of(types)
+    has_none = type(None) in types
     if kinds == {"num"}:
-        if any(isinstance(v, float) for v in column):
+        if any(issubclass(t, float) for t in types):
             return float
-        return "Int64" if None in column else "int64"  # nullable ints: a seed missing in one run stays an int
-    if kinds == {"bool"} and None not in column:
+        return "Int64" if has_none else "int64"  # nullable ints: a seed missing in one run stays an int
+    if kinds == {"bool"} and not has_none:
         return bool
     return None if kinds == {"str"} else object  # strings: let pandas pick its string dtype
 

@@ -1,10 +1,12 @@
 import json
 import math
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from fourm.runs import open_run
+from fourm.runs import find_run_paths, find_runs, open_run
 from results.collect import Selection, collect, default_direction, flatten_config, load_collected
 
 from results_testdata import TRANSFER_RUNS, finished
@@ -136,3 +138,63 @@ def test_unreadable_env_keeps_the_run(tmp_path):
     (run.path / "env.json").write_text("[")
     c = collect(tmp_path)
     assert c.done == 1 and len(c.warnings) == 1 and "env.json" in c.warnings[0]
+
+
+def _walk_runs(*roots):
+    """The os.walk scan find_runs had before it used os.scandir: the reference for its semantics."""
+    found = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            if "config.yaml" in filenames:
+                found.append(str(Path(dirpath)))
+                dirnames[:] = []
+    return sorted(found)
+
+
+def test_find_runs_matches_os_walk(tmp_path, monkeypatch):
+    def run(p, cfg=True):
+        p.mkdir(parents=True, exist_ok=True)
+        if cfg:
+            (p / "config.yaml").write_text("a: 1\n")
+
+    r = tmp_path / "r"
+    for name in ("a", "b", "g1/c", "g1/g2/d", "g1/c/nested", "sp ace/x y", "ü/é"):
+        run(r / name)  # g1/c/nested is inside a run folder: run folders do not nest
+    run(r / "empty", cfg=False)
+    run(r / "cfgdir/config.yaml/inner")  # a folder named config.yaml is not a run's config
+    run(r / "broken", cfg=False)
+    (r / "broken/config.yaml").symlink_to(tmp_path / "nowhere")  # os.walk lists a broken link as a file
+    run(r / "linked", cfg=False)
+    (tmp_path / "target.yaml").write_text("a: 1\n")
+    (r / "linked/config.yaml").symlink_to(tmp_path / "target.yaml")
+    run(tmp_path / "outside/e")
+    (r / "link_to_run").symlink_to(tmp_path / "outside/e")  # links to folders are not followed
+    (r / "link_to_group").symlink_to(tmp_path / "outside")
+    (r / "file.txt").write_text("x")
+    run(tmp_path / "solo")  # a root that is itself a run
+    monkeypatch.chdir(tmp_path)
+    for roots in [("r",), ("r/",), ("./r",), ("r/.",), (str(r),), (".",), ("solo",), ("./solo/",), ("r", "r"),
+                  ("solo", "r"), ("missing",), ("r/file.txt",), ("r/g1/..",), ("r//g1",)]:
+        expected = _walk_runs(*roots)
+        assert find_run_paths(*roots) == expected, roots
+        runs = find_runs(*roots)
+        assert [str(x.path) for x in runs] == expected, roots
+        assert [x.id for x in runs] == [Path(p).name for p in expected]
+    assert find_run_paths("r") == [f"r/{n}" for n in ("a", "b", "broken", "cfgdir/config.yaml/inner", "g1/c", "g1/g2/d",
+                                                     "linked", "sp ace/x y", "ü/é")]
+
+
+def test_collect_reads_files_like_open(tmp_path):
+    evals = [{"step": i, "v": i} for i in range(9000)]
+    finished(tmp_path, {"seed": 0, "note": "x" * 200_000}, {"m": 1.0, "evals": evals})
+    bom = finished(tmp_path, {"seed": 1}, {"m": 0.0})
+    (bom.path / "metrics.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"m": 2.0}).encode())  # json.loads accepts it
+    folder = finished(tmp_path, {"seed": 2}, {"m": 3.0})
+    (folder.path / "metrics.json").unlink()
+    (folder.path / "metrics.json").mkdir()
+    c = collect(tmp_path)
+    by_seed = {s: dict(zip(g["metric"], g["value"])) for s, g in c.table.groupby("seed")}
+    assert by_seed[0] == {"m": 1.0, "v": 8999.0} and by_seed[1] == {"m": 2.0}
+    assert (c.table.loc[c.table["seed"] == 0, "note"] == "x" * 200_000).all()  # a file over one read's chunk
+    reasons = dict(c.corrupt)
+    assert reasons == {str(folder.path): f"[Errno 21] Is a directory: '{folder.path / 'metrics.json'}'"}
