@@ -92,12 +92,15 @@ def _model(config: dict, num_classes: int) -> dict:
     size = int(train["image_size"])
     norm = dict(type=LN2D, eps=1e-6, requires_grad=True)
     ch, roi, rpn = mm["neck"]["out_channels"], mm["roi"], mm["rpn"]
-    strides = [int(16 / s) for s in mm["neck"]["scales"]]
+    enc = _encoder_config(t["init"], t["model"])
+    dim, patch = int(enc["dim"]), int(enc.get("patch_size", 16))
+    # the pyramid is built from the stride-`patch` map (16 for every released 4M model; 8 for the demo's): anchors and
+    # RoI extractors must use the strides the features really have
+    strides = [int(patch / s) for s in mm["neck"]["scales"]]
     strides += [strides[-1] * 2 ** (k + 1) for k in range(mm["neck"]["num_outs"] - len(strides))]
     if len(roi["stage_iou"]) != len(STAGE_TARGET_STDS) or len(roi["stage_loss_weights"]) != len(STAGE_TARGET_STDS):
         raise ValueError(f"mm.roi.stage_iou / stage_loss_weights: Cascade R-CNN here has {len(STAGE_TARGET_STDS)} "
                          f"stages, got {roi['stage_iou']} / {roi['stage_loss_weights']}")
-    dim = _encoder_dim(t["init"], t["model"])
     if roi["bbox_convs"] == 4:
         head_type = dict(type="Shared4Conv1FCBBoxHead")
     else:  # the same head with another conv count
@@ -158,16 +161,16 @@ def _model(config: dict, num_classes: int) -> dict:
     )
 
 
-def _encoder_dim(init: str, model: str) -> int:
-    """Width of the encoder that ``init`` will produce (a checkpoint's own config wins over ``model``)."""
+def _encoder_config(init: str, model: str) -> dict:
+    """The 4M config of the encoder ``init`` will produce (a checkpoint's own config wins over ``model``)."""
     if str(init) == "random":
         from fourm.models import config_for
 
-        return int(config_for(model)["dim"])
+        return config_for(model)
     from fourm.models import read_checkpoint
 
     _, cfg = read_checkpoint(init)
-    return int(cfg["dim"])
+    return cfg
 
 
 def mmdet_config(config: dict, work_dir: str | os.PathLike) -> dict:

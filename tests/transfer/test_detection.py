@@ -117,6 +117,26 @@ def test_paper_mmdet_config_is_cascade_mask_rcnn_with_lsj(tmp_path):
     assert mm["train_cfg"]["max_iters"] == 4
 
 
+def test_anchor_and_roi_strides_follow_the_encoder_patch_size(tmp_path):
+    """A patch-8 encoder's pyramid has strides 2..32, not the 4..64 of patch 16 (anchors would sit at twice the scale)."""
+    import torch as _torch
+
+    from fourm.models import save_checkpoint
+    from fourm.models.fourm import FourM
+
+    _torch.manual_seed(0)
+    ckpt = tmp_path / "patch8.safetensors"
+    save_checkpoint(FourM(["rgb@224"], ["tok_rgb@224"], dim=32, encoder_depth=2, decoder_depth=1, num_heads=2,
+                          image_size=64, patch_size=8), ckpt)
+    cfg = _config("tiny", _write_fake_coco(tmp_path))
+    cfg["transfer"]["init"] = str(ckpt)
+    model = mmdet_config(cfg, tmp_path / "work")["model"]
+    assert model["rpn_head"]["anchor_generator"]["strides"] == [2, 4, 8, 16, 32]
+    assert model["roi_head"]["bbox_roi_extractor"]["featmap_strides"] == [2, 4, 8, 16]
+    assert model["roi_head"]["mask_roi_extractor"]["featmap_strides"] == [2, 4, 8, 16]
+    assert model["neck"]["in_channels"] == 32
+
+
 def test_missing_coco_layout_names_the_files(tmp_path):
     cfg = _config("tiny", tmp_path)
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
