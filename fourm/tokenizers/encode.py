@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from fourm import modalities as registry
 from fourm.runs import atomic_write_json, canonical_json
+from fourm.threads import torch_threads
 from fourm.tokenizers.checkpoint import load_tokenizer
 from fourm.tokenizers.modality_io import (
     IMAGE_MODALITIES,
@@ -96,9 +97,12 @@ def encode_id(cfg: dict, models: dict[str, VQVAE]) -> str:
 
 def encode_dataset(cfg: dict, progress: bool = True) -> dict:
     """Write the token shards of one split; returns the index (also written to ``<out>/<split>.json``)."""
+    with torch_threads(cfg.get("threads")):
+        return _encode_dataset(cfg, progress)
+
+
+def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     cfg = dict(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
     if cfg["crops"] < 1:
         raise ValueError(f"crops={cfg['crops']}: need at least 1 (crop 0 is the full image)")
     cfg["data"] = str(Path(cfg["data"]).resolve())

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from fourm.runs import Run, open_run, run_id
+from fourm.threads import torch_threads
 from fourm.tokenizers.checkpoint import (
     checkpoint_paths,
     latest_step,
@@ -158,13 +159,16 @@ def _prune(run: Run, folder: Path, keep: int) -> None:
 
 def train(cfg: dict, progress: bool = True) -> Run:
     """Train (or resume, or skip if DONE) the tokenizer run of a composed config; returns its run."""
+    with torch_threads(cfg.get("threads")):
+        return _train(cfg, progress)
+
+
+def _train(cfg: dict, progress: bool = True) -> Run:
     cfg = dict(cfg)
     out = cfg.pop("out")
     cfg["data"] = str(Path(cfg["data"]).resolve())
     if not Path(cfg["data"]).is_dir():
         raise FileNotFoundError(f"data={cfg['data']}: no such folder; pass a 4M-layout dataset (e.g. from `fourm-bench world`)")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
     mcfg = model_config(cfg)
     done = Run(Path(out) / run_id(cfg))
     if done.done:

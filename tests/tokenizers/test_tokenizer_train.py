@@ -11,8 +11,14 @@ from fourm.tokenizers.train import compose_config, train
 
 
 def test_train_writes_a_complete_run(tiny_train_overrides):
-    cfg = compose_config("train", ["modality=semseg", *tiny_train_overrides])
-    run = train(cfg, progress=False)
+    cfg = compose_config("train", ["modality=semseg", *tiny_train_overrides, "threads=1"])
+    torch.set_num_threads(2)
+    try:
+        run = train(cfg, progress=False)
+        # the run pins its own threads; the caller's count comes back (the demo pretrains in the same process next)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
     assert run.done
     for name in ("config.yaml", "env.json", "log.jsonl", "metrics.json", "DONE", "tokenizer.safetensors"):
         assert (run.path / name).exists(), name
@@ -29,7 +35,7 @@ def test_train_writes_a_complete_run(tiny_train_overrides):
     assert run.config["modality"]["name"] == "semseg" and "out" not in run.config
     # rerunning the same command is a no-op on a DONE run
     before = (run.path / "tokenizer.safetensors").stat().st_mtime_ns
-    again = train(compose_config("train", ["modality=semseg", *tiny_train_overrides]), progress=False)
+    again = train(compose_config("train", ["modality=semseg", *tiny_train_overrides, "threads=1"]), progress=False)
     assert again.path == run.path and (run.path / "tokenizer.safetensors").stat().st_mtime_ns == before
 
 
