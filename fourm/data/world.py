@@ -52,7 +52,8 @@ WALLS = {"white": (0.80, 0.80, 0.78), "beige": (0.75, 0.66, 0.50), "light blue":
 # model can learn the categories in CPU minutes while pretraining still has something to teach.
 TYPICAL_COLOR = dict(zip(CLASSES, COLORS))
 TYPICAL_COLOR_PROB = 0.8
-SIZE_RANGE = (0.4, 1.0)  # metres, the scale of an object; "small" below 0.55, "large" above 0.85
+SIZE_RANGE = (0.5, 1.25)  # metres, the scale of an object; "small" in its lowest quarter, "large" in its top quarter
+DISTANCE_RANGE = (1.6, 4.0)  # metres from the camera, along the floor
 
 
 # --- scene description ---------------------------------------------------------------------------------------
@@ -66,7 +67,8 @@ class SceneObject:
 
     @property
     def size_word(self) -> str:
-        return "small" if self.size < 0.55 else "large" if self.size > 0.85 else ""
+        lo, hi = SIZE_RANGE
+        return "small" if self.size < lo + 0.25 * (hi - lo) else "large" if self.size > lo + 0.75 * (hi - lo) else ""
 
     def to_dict(self) -> dict:
         return {"class": self.cls, "color": self.color, "size": self.size, "position": list(self.position), "yaw": self.yaw}
@@ -126,7 +128,7 @@ def sample_scene(seed: int, index: int, size: int = 224) -> Scene:
     for ci, co in zip(classes, colors):
         s = rng.uniform(*SIZE_RANGE)
         for _ in range(50):  # rejection sampling of a free, visible spot; give up on the object if none
-            dist = rng.uniform(2.2, min(5.5, back - 1.2))
+            dist = rng.uniform(DISTANCE_RANGE[0], min(DISTANCE_RANGE[1], back - 1.2))
             x = rng.uniform(-1, 1) * min(dist * tan, side - 0.8)
             if all(math.hypot(x - o.position[0], -dist - o.position[1]) > 0.75 * (s + o.size) for o in scene.objects):
                 scene.objects.append(SceneObject(CLASSES[ci], list(COLORS)[co], float(s), (float(x), float(-dist)),
