@@ -498,6 +498,14 @@ def _check_scale(c: MetricColumn, vals: pd.DataFrame, notes: list[str]) -> None:
 # ablation layout
 
 
+def _differs_within(runs: pd.DataFrame, keys: Sequence[str], column: str) -> bool:
+    """Whether some group of runs with equal ``keys`` holds more than one value of ``column``."""
+    values: dict[tuple, set] = {}
+    for row in runs[[*keys, column]].astype(str).itertuples(index=False):
+        values.setdefault(tuple(row[:-1]), set()).add(row[-1])
+    return any(len(v) > 1 for v in values.values())
+
+
 def ablation_frame(long_df: pd.DataFrame, *, metric: str | Mapping[str, str] = "loss", tasks: Sequence[str] | None = None,
                    keys: Sequence[str] | None = None, reference: Mapping[str, Any] | str | None = None,
                    where: Mapping[str, Any] | None = None, exclude: Iterable[str] = (),
@@ -532,9 +540,10 @@ def ablation_frame(long_df: pd.DataFrame, *, metric: str | Mapping[str, str] = "
         absent = [k for k in keys if k not in runs.columns]
         if absent:
             raise KeyError(f"grid key(s) {absent} are not config columns; keys that vary: {auto}")
-        # averaging over a key nobody asked to average over would hide a difference: refuse it
+        # averaging over a key nobody asked to average over would hide a difference: refuse it. A key that only
+        # co-varies with the grid keys (one value per point, e.g. a per-model-size LR) hides nothing.
         mixed = [k for k in _drop_redundant_locators(runs, [*keys, *[a for a in auto if a not in keys]], task_key)
-                 if k not in keys]
+                 if k not in keys and _differs_within(runs, keys, k)]
         if mixed:
             raise ValueError(f"runs at the same {keys} differ in {mixed}; add them to the grid keys (--series / --keys) "
                              f"or pick one value with --where KEY=VALUE (or exclude=...)")

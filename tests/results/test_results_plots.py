@@ -59,6 +59,19 @@ def test_scaling_plot_refuses_to_mix_series(scaling_df, tmp_path):
         scaling_plot(scaling_df, x="data_size", out=tmp_path)
 
 
+def test_scaling_plot_accepts_a_key_that_only_covaries_with_x(tmp_path):
+    """A per-size LR (one value per model size) is part of the size's recipe, not a hidden second variable."""
+    for size, lr, loss in (("S", 0.04, 3.0), ("B", 0.02, 2.5)):
+        finished(tmp_path / "runs", {"model": {"size": size}, "optim": {"blr": lr}, "seed": 0}, {"val/loss": loss})
+    df = collect(tmp_path / "runs").table
+    r = scaling_plot(df, x="model_size", y="val/loss", out=tmp_path, name="lr_by_size")
+    assert list(r.data.sort_values("x_pos")["mean"]) == [3.0, 2.5]
+    # a second LR at the same size is a hidden variable again
+    finished(tmp_path / "runs", {"model": {"size": "B"}, "optim": {"blr": 0.04}, "seed": 0}, {"val/loss": 2.7})
+    with pytest.raises(ValueError, match=r"differ in \['optim.blr'\]"):
+        scaling_plot(collect(tmp_path / "runs").table, x="model_size", y="val/loss", out=tmp_path, name="mixed")
+
+
 def test_resolve_x_error_names_candidates(scaling_df):
     assert resolve_x(scaling_df, "model_size") == "model.size"
     with pytest.raises(KeyError, match="pretrain.train_tokens"):
