@@ -41,7 +41,7 @@ class DemoSize:
     batch_size: int = 16
     tokens: int = 64
     total_tokens: int = 1_200_000
-    blr: float = 0.04
+    blr: float = 0.04  # for the narrowest model (width 64); wider models get blr * 64 / width (see _model_blr)
     transfer_tasks: tuple = tuple(TASKS)
     transfer_overrides: tuple = ()
     # per task, on top of the tiny profile: the pretraining resolution (mm pipelines included: the tiny profile's resize
@@ -147,7 +147,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
                        f"data.text_tokenizer={tok_path}", f"batch_size={S.batch_size}",
                        f"budget.num_input_tokens={S.tokens}", f"budget.num_target_tokens={S.tokens}",
                        f"schedule.total_tokens={S.total_tokens}", f"schedule.warmup_tokens={S.total_tokens // 20}",
-                       f"optim.blr={S.blr}", "val.every_steps=25", "checkpoint.every_steps=50", f"runs_root={work / 'pretrain'}"])
+                       f"optim.blr={_model_blr(S.blr, model)}", "val.every_steps=25", "checkpoint.every_steps=50", f"runs_root={work / 'pretrain'}"])
         metrics = run_from_config(cfg)
         checkpoints[model] = metrics["checkpoint"]
         if model == S.models[0]:
@@ -198,6 +198,13 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     print("\n" + tbl.markdown)
     print(f"\ndemo done in {timings['total']:.0f} s; outputs in {out}/")
     return summary
+
+
+def _model_blr(blr: float, model: str) -> float:
+    """The base LR scaled inversely with width (64 -> blr, 128 -> blr / 2): at one LR the wider model trains worse."""
+    from fourm.models import config_for
+
+    return blr * 64 / int(config_for(model)["dim"])
 
 
 def _train_tokenizer(overrides: list[str]) -> tuple[str, dict]:
