@@ -31,6 +31,24 @@ def build_encoder(init: str, model: str = "fm_base_12e_12d_swiglu_nobias", modal
     return load_encoder(init, modality=list(modalities), **overrides)
 
 
+def encoder_config(init: str, model: str = "fm_base_12e_12d_swiglu_nobias") -> dict:
+    """The 4M config of the encoder :func:`build_encoder` gives for ``init`` (a checkpoint's own config wins over
+    ``model``), read from the safetensors metadata without loading weights: what heads need (``dim``, ``patch_size``)."""
+    if str(init) == "random":
+        return config_for(model)
+    from safetensors import safe_open
+
+    from fourm.models.checkpoint import parse_metadata
+
+    if not Path(init).is_file():
+        raise FileNotFoundError(f"transfer.init {init!r}: no such checkpoint; pass a .safetensors path or 'random'")
+    with safe_open(str(init), "pt") as f:
+        meta = parse_metadata(f.metadata() or {})
+    if "dim" not in meta:
+        raise ValueError(f"transfer.init {init}: no 4M config (dim) in its safetensors metadata")
+    return meta
+
+
 def layer_id(name: str, num_layers: int) -> int:
     """Depth of a parameter for layer decay: embeddings 0, encoder block i -> i+1, everything else (norm, heads) last."""
     name = name.split("backbone.", 1)[-1].split("encoder_model.", 1)[-1]

@@ -12,6 +12,8 @@ import math
 import os
 from pathlib import Path
 
+from transfer.adapter import encoder_config
+
 IMAGENET_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255: what 4M's RGB encoder was trained with
 IMAGENET_STD = [58.395, 57.12, 57.375]
 LN2D = "FourMLayerNorm2d"
@@ -92,7 +94,7 @@ def _model(config: dict, num_classes: int) -> dict:
     size = int(train["image_size"])
     norm = dict(type=LN2D, eps=1e-6, requires_grad=True)
     ch, roi, rpn = mm["neck"]["out_channels"], mm["roi"], mm["rpn"]
-    enc = _encoder_config(t["init"], t["model"])
+    enc = encoder_config(str(t["init"]), t["model"])
     dim, patch = int(enc["dim"]), int(enc.get("patch_size", 16))
     # the pyramid is built from the stride-`patch` map (16 for every released 4M model; 8 for the demo's): anchors and
     # RoI extractors must use the strides the features really have
@@ -159,18 +161,6 @@ def _model(config: dict, num_classes: int) -> dict:
             rcnn=dict(score_thr=config["mm"]["test"]["score_thr"], nms=dict(type="nms", iou_threshold=0.5),
                       max_per_img=config["mm"]["test"]["max_per_img"], mask_thr_binary=0.5)),
     )
-
-
-def _encoder_config(init: str, model: str) -> dict:
-    """The 4M config of the encoder ``init`` will produce (a checkpoint's own config wins over ``model``)."""
-    if str(init) == "random":
-        from fourm.models import config_for
-
-        return config_for(model)
-    from fourm.models import read_checkpoint
-
-    _, cfg = read_checkpoint(init)
-    return cfg
 
 
 def mmdet_config(config: dict, work_dir: str | os.PathLike) -> dict:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import transfer.layer_decay  # noqa: F401  (registers FourMLayerDecayOptimizerConstructor)
 import transfer.mmseg_modules  # noqa: F401  (registers the backbone, heads, transforms, metrics)
+from transfer.adapter import encoder_config
 
 SCOPE = "mmseg"
 DRY_RUN_WORK_DIR = "dry-run-not-written"  # build_pieces never creates a Runner, so nothing is written there
@@ -224,21 +225,7 @@ def build_pieces(kw: dict) -> dict:
 
 def encoder_dim(init: str, model: str) -> int:
     """Width of the encoder ``build_encoder(init, model)`` will give (read from checkpoint metadata, no weights loaded)."""
-    from fourm.models import config_for
-
-    if init == "random":
-        return int(config_for(model)["dim"])
-    from safetensors import safe_open
-
-    from fourm.models.checkpoint import parse_metadata
-
-    if not Path(init).is_file():
-        raise FileNotFoundError(f"transfer.init {init!r}: no such checkpoint; pass a .safetensors path or 'random'")
-    with safe_open(str(init), "pt") as f:
-        meta = parse_metadata(f.metadata() or {})
-    if "dim" not in meta:
-        raise ValueError(f"transfer.init {init}: no 4M config (dim) in its safetensors metadata")
-    return int(meta["dim"])
+    return int(encoder_config(init, model)["dim"])
 
 
 def backbone(config: dict, modalities=("rgb@224",), depth_tokenizer: str | None = None) -> dict:
