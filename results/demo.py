@@ -120,7 +120,8 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
                  for mod in S.tokenizer_modalities}
     # one single-threaded process per tokenizer, as many at once as there are cores (each run is deterministic)
     workers = max(1, min(len(overrides), os.cpu_count() or 1))
-    with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         done = dict(zip(overrides, pool.map(_train_tokenizer, overrides.values())))
     for mod, (path, metrics) in done.items():
         tokenizer_runs[mod] = path
@@ -205,6 +206,22 @@ def _model_blr(blr: float, model: str) -> float:
     from fourm.models import config_for
 
     return blr * 64 / int(config_for(model)["dim"])
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Worker initializer: end this process when ``parent_pid`` is gone.
+
+    A demo killed with SIGTERM/SIGKILL (not Ctrl-C, which reaches the whole process group) would otherwise leave its
+    spawned tokenizer workers training on, orphaned, for minutes and competing for the same cores as a rerun.
+    """
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _train_tokenizer(overrides: list[str]) -> tuple[str, dict]:
