@@ -11,7 +11,7 @@ from torch import nn
 
 from fourm import modalities as M
 from fourm.models.blocks import Block, additive_mask
-from fourm.models.fourm import ACTIVATIONS, CONFIG_DEFAULTS, encoder_embedding, norm_layer_for
+from fourm.models.fourm import ACTIVATIONS, CONFIG_DEFAULTS, encoder_embedding, norm_layer_for, with_vocab_sizes
 
 
 class FourMEncoder(nn.Module):
@@ -19,13 +19,15 @@ class FourMEncoder(nn.Module):
 
     def __init__(self, domains_in=("rgb@224",), dim=768, encoder_depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True,
                  proj_bias=True, mlp_bias=True, norm_bias=True, act_layer="GELU", gated_mlp=False, qk_norm=False,
-                 image_size=224, patch_size=16, drop_path_rate=0.0, **_ignored):
+                 image_size=224, patch_size=16, drop_path_rate=0.0, vocab_sizes=None, **_ignored):
         super().__init__()
-        mods = M.check(list(domains_in), "domains_in")
+        mods = with_vocab_sizes(M.check(list(domains_in), "domains_in"), vocab_sizes)
         self.config = dict(domains_in=list(domains_in), dim=dim, encoder_depth=encoder_depth, num_heads=num_heads,
                            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_bias=proj_bias, mlp_bias=mlp_bias,
                            norm_bias=norm_bias, act_layer=act_layer, gated_mlp=gated_mlp, qk_norm=qk_norm,
                            image_size=image_size, patch_size=patch_size)
+        if vocab_sizes:
+            self.config["vocab_sizes"] = {k: v for k, v in vocab_sizes.items() if k in self.config["domains_in"]}
         self.modality_info = {m.name: m for m in mods}
         self.dim = self.embed_dim = dim
         self.patch_size = patch_size

@@ -1,6 +1,7 @@
 """FourM: the 4M encoder-decoder over many modalities (the official architecture, SDPA attention)."""
 from __future__ import annotations
 
+import dataclasses
 import random as _random
 from functools import partial
 
@@ -44,7 +45,21 @@ CONFIG_DEFAULTS = {
     "share_modality_embeddings": True,
     "drop_path_rate_encoder": 0.0,
     "drop_path_rate_decoder": 0.0,
+    # Not an official key: {modality: vocab} for token modalities whose tokenizer has another vocabulary than the
+    # registry's official one (e.g. a 256-code demo VQ-VAE). Written to the metadata only when set.
+    "vocab_sizes": None,
 }
+
+
+def with_vocab_sizes(mods: list[M.Modality], vocab_sizes: dict | None) -> list[M.Modality]:
+    """The modalities with their vocabulary replaced where ``vocab_sizes`` says so (checked: token modalities only)."""
+    if not vocab_sizes:
+        return mods
+    by_name = {m.name: m for m in mods}
+    bad = {k: v for k, v in vocab_sizes.items() if k in by_name and (by_name[k].kind == "image" or not isinstance(v, int) or v < 1)}
+    if bad:
+        raise ValueError(f"vocab_sizes {bad}: only token modalities take a vocabulary size, and it must be a positive int")
+    return [dataclasses.replace(m, vocab_size=vocab_sizes[m.name]) if m.name in vocab_sizes else m for m in mods]
 
 
 def encoder_embedding(mod: M.Modality, dim: int, image_size: int, patch_size: int) -> nn.Module:
@@ -74,7 +89,7 @@ class FourM(nn.Module):
                  mlp_ratio=4.0, qkv_bias=True, proj_bias=True, mlp_bias=True, norm_bias=True, act_layer="GELU",
                  gated_mlp=False, qk_norm=False, image_size=224, patch_size=16, decoder_causal_mask=False,
                  decoder_sep_mask=True, share_modality_embeddings=True, drop_path_rate_encoder=0.0,
-                 drop_path_rate_decoder=0.0):
+                 drop_path_rate_decoder=0.0, vocab_sizes=None):
         super().__init__()
         self.config = dict(
             domains_in=list(domains_in), domains_out=list(domains_out), dim=dim, encoder_depth=encoder_depth,
@@ -84,8 +99,13 @@ class FourM(nn.Module):
             decoder_sep_mask=decoder_sep_mask, share_modality_embeddings=share_modality_embeddings,
             drop_path_rate_encoder=drop_path_rate_encoder, drop_path_rate_decoder=drop_path_rate_decoder,
         )
-        mods_in = M.check(list(domains_in), "domains_in")
-        mods_out = M.check(list(domains_out), "domains_out")
+        mods_in = with_vocab_sizes(M.check(list(domains_in), "domains_in"), vocab_sizes)
+        mods_out = with_vocab_sizes(M.check(list(domains_out), "domains_out"), vocab_sizes)
+        if vocab_sizes:
+            unknown = sorted(set(vocab_sizes) - {m.name for m in mods_in + mods_out})
+            if unknown:
+                raise ValueError(f"vocab_sizes names {unknown}, which are not in domains_in/domains_out")
+            self.config["vocab_sizes"] = dict(vocab_sizes)
         if act_layer not in ACTIVATIONS:
             raise ValueError(f"act_layer {act_layer!r} is not one of {sorted(ACTIVATIONS)}")
         self.modality_info = {m.name: m for m in mods_in + mods_out}

@@ -131,6 +131,28 @@ class PretrainData:
         return self._masked([pool[j] for j in idx], seed)
 
 
+def data_vocab_sizes(cfg: dict) -> dict[str, int]:
+    """The vocabularies of the model's token modalities as the data has them: the first train shard's header for
+    token grids, the text tokenizer for sequences (``model.vocab_sizes=data``: the model's tables then fit the
+    tokenizers actually used, e.g. a 256-code demo VQ-VAE instead of the official 16k rgb table)."""
+    from fourm.tokenizers.shards import expand_shards, read_header
+
+    mcfg, data = cfg["model"], cfg["data"]
+    mods = [M.get(m) for m in dict.fromkeys(list(mcfg["domains_in"]) + list(mcfg["domains_out"]))]
+    first = expand_shards(data["train"])[0]
+    header = read_header(first).get("modalities", {})
+    out = {}
+    for mod in mods:
+        if mod.kind == "image_tokens":
+            if mod.name not in header:
+                raise ValueError(f"model.vocab_sizes=data: shard {first} has no {mod.name!r} (it has {sorted(header)}); "
+                                 f"re-encode with that tokenizer or drop it from the model's domains")
+            out[mod.name] = int(header[mod.name]["vocab_size"])
+        elif mod.kind == "sequence":
+            out[mod.name] = int(load_tokenizer(data["text_tokenizer"]).get_vocab_size())
+    return out
+
+
 def _alphas_spec(alphas_cfg):
     return alphas_cfg["spec"] if isinstance(alphas_cfg, dict) and "spec" in alphas_cfg else alphas_cfg
 

@@ -36,8 +36,15 @@ def step_seed(seed: int, step: int, micro: int = 0, stream: int = 0) -> int:
 
 
 def build_model(cfg: dict) -> FourM:
+    """The model of a pretraining config; ``model.vocab_sizes=data`` sizes its token tables from the data's tokenizers."""
     m = dict(cfg["model"])
     name = m.pop("name")
+    if m.get("vocab_sizes") == "data":
+        from fourm.pretrain.data import data_vocab_sizes
+
+        m["vocab_sizes"] = data_vocab_sizes(cfg)
+    elif isinstance(m.get("vocab_sizes"), str):
+        raise ValueError(f"model.vocab_sizes={m['vocab_sizes']!r}: use 'data', null (the official vocabularies) or a mapping")
     return FourM.from_config(config_for(name, **m))
 
 

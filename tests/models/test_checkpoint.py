@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 from fourm.models import (CheckpointError, FourM, config_for, create_model, load_encoder, load_pretrained,
                           save_checkpoint, transformer_parameters)
-from fourm.models.checkpoint import parse_metadata
+from fourm.models.checkpoint import parse_metadata, read_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,29 @@ def test_our_checkpoints_roundtrip_in_the_official_format(tmp_path):
         assert torch.equal(v, again.state_dict()[k]), k
     enc = load_encoder(path, modality=["rgb@224", "tok_depth@224"])
     assert set(enc.encoder_embeddings) == {"rgb@224", "tok_depth@224"}
+
+
+def test_vocab_sizes_override_sizes_the_token_tables_and_roundtrips(tmp_path):
+    vocab = {"tok_depth@224": 256, "caption": 4000}
+    model = create_model("fm_nano_2e_2d_swiglu_nobias", vocab_sizes=vocab)
+    assert model.encoder_embeddings["tok_depth@224"].token_emb.weight.shape == (256, 64)
+    assert model.decoder_embeddings["tok_depth@224"].to_logits.weight.shape == (256, 64)
+    assert model.decoder_embeddings["caption"].to_logits.weight.shape == (4000, 64)
+    assert model.decoder_embeddings["tok_rgb@224"].to_logits.weight.shape == (16384, 64)  # not overridden: official
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    again = load_pretrained(path)
+    assert again.config["vocab_sizes"] == vocab
+    enc = load_encoder(path, modality=["rgb@224", "tok_depth@224"])
+    assert enc.encoder_embeddings["tok_depth@224"].token_emb.weight.shape == (256, 64)
+    assert torch.equal(enc.encoder_embeddings["tok_depth@224"].token_emb.weight,
+                       model.encoder_embeddings["tok_depth@224"].token_emb.weight)
+    # the official format is untouched when no override is set: the key is not written at all
+    plain = save_checkpoint(create_model("fm_nano_2e_2d_swiglu_nobias"), tmp_path / "plain.safetensors")
+    assert "vocab_sizes" not in read_checkpoint(plain)[1]
+    with pytest.raises(ValueError, match="not in domains_in/domains_out"):
+        create_model("fm_nano_2e_2d_swiglu_nobias", vocab_sizes={"tok_foo@224": 8})
+    with pytest.raises(ValueError, match="only token modalities"):
+        create_model("fm_nano_2e_2d_swiglu_nobias", vocab_sizes={"rgb@224": 8})
 
 
 @pytest.mark.parametrize("name,expected", [

@@ -59,3 +59,26 @@ def test_pretrain_from_world_shards(shards, official_fixture_dir, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("val/"))
     again = run_from_config(cfg, progress=False)  # DONE: skipped, same metrics
     assert again == run.metrics
+
+
+def test_vocab_sizes_from_data_fit_the_tokenizers(shards, official_fixture_dir, tmp_path):
+    """model.vocab_sizes=data: token tables as large as the shards' VQ codebooks (64) and the text tokenizer."""
+    from fourm.data.text import load_tokenizer
+    from fourm.models import load_pretrained
+
+    text = official_fixture_dir / "text_tokenizer_4m_wordpiece_30k.json"
+    cfg = resolve([f"data.train={shards}/train-{{000000..000000}}.tar", f"data.val={shards}/val-{{000000..000000}}.tar",
+                   f"data.text_tokenizer={text}", f"model.domains_in=[{','.join(MODS_IN)}]",
+                   f"model.domains_out=[{','.join(MODS_OUT)}]", "+model.vocab_sizes=data",
+                   "batch_size=4", "budget.num_input_tokens=32", "budget.num_target_tokens=32", "schedule.total_tokens=512",
+                   "schedule.warmup_tokens=128", "val.every_steps=2", "val.batches=1", "checkpoint.every_steps=2",
+                   f"runs_root={tmp_path}"])
+    metrics = run_from_config(cfg, progress=False)
+    model = load_pretrained(metrics["checkpoint"])
+    n_text = load_tokenizer(text).get_vocab_size()
+    assert model.config["vocab_sizes"] == {"tok_depth@224": 64, "tok_semseg@224": 64, "caption": n_text, "det": n_text}
+    assert model.decoder_embeddings["tok_semseg@224"].to_logits.weight.shape[0] == 64
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+    with pytest.raises(ValueError, match="vocab_sizes='tokenizers'"):
+        from fourm.pretrain.loop import build_model
+        build_model({**cfg, "model": {**cfg["model"], "vocab_sizes": "tokenizers"}})
