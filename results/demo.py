@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from fourm.files import atomic_write_json
+from fourm.threads import torch_threads
 
 TASKS = ["in1k", "ade20k", "nyuv2_depth", "coco", "nyuv2_semseg_rgbd"]
 IMAGE_SIZE = 112  # world and tokenizer resolution; the model uses patch 8 -> the 14x14 grid of the @224 modalities
@@ -40,7 +41,7 @@ class DemoSize:
     models: tuple = ("fm_nano_2e_2d_swiglu_nobias", "fm_micro_4e_4d_swiglu_nobias")
     batch_size: int = 16
     tokens: int = 64
-    total_tokens: int = 1_200_000
+    total_tokens: int = 4_800_000  # ~2,300 steps: 586 left the model at the positional prior (see README)
     blr: float = 0.04  # for the narrowest model (width 64); wider models get blr * 64 / width (see _model_blr)
     transfer_tasks: tuple = tuple(TASKS)
     transfer_overrides: tuple = ()
@@ -88,7 +89,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     """Run (or finish) the demo; returns a summary dict (also written to ``<out>/summary.json``)."""
     from fourm.data import layouts, world
     from fourm.data.text import train_wordpiece
-    from fourm.pretrain.loop import resolve, run_from_config
+    from fourm.pretrain.loop import resolve
     from fourm.tokenizers.encode import encode_dataset
     from fourm.tokenizers.train import compose_config
 
@@ -139,27 +140,39 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     t = _step("5/7 pretraining")
     mods_out = [TOKEN_MODS[m] for m in S.tokenizer_modalities] + ["caption", "det"]
     mods_in = ["rgb@224"] + mods_out
-    checkpoints = {}
-    for model in S.models:
-        cfg = resolve([f"model.name={model}", f"model.domains_in=[{','.join(mods_in)}]", f"model.domains_out=[{','.join(mods_out)}]",
-                       f"+model.image_size={IMAGE_SIZE}", f"+model.patch_size={PATCH}",
-                       f"data.train={shards}/train-{_shard_range(shards, 'train')}.tar",
-                       f"data.val={shards}/val-{_shard_range(shards, 'val')}.tar",
-                       f"data.text_tokenizer={tok_path}", f"batch_size={S.batch_size}",
-                       f"budget.num_input_tokens={S.tokens}", f"budget.num_target_tokens={S.tokens}",
-                       f"schedule.total_tokens={S.total_tokens}", f"schedule.warmup_tokens={S.total_tokens // 20}",
-                       f"optim.blr={_model_blr(S.blr, model)}", "val.every_steps=25", "checkpoint.every_steps=50", f"runs_root={work / 'pretrain'}"])
-        metrics = run_from_config(cfg)
-        checkpoints[model] = metrics["checkpoint"]
-        if model == S.models[0]:
-            baseline = _random_init_checkpoint(cfg, work / "pretrain" / f"random_init_{model}.safetensors")
-        print(f"  {model}: val loss {metrics.get('val/loss'):.3f} -> {metrics['checkpoint']}")
+    cfgs = {model: resolve([f"model.name={model}", f"model.domains_in=[{','.join(mods_in)}]", f"model.domains_out=[{','.join(mods_out)}]",
+                            f"+model.image_size={IMAGE_SIZE}", f"+model.patch_size={PATCH}", "+model.vocab_sizes=data",
+                            f"data.train={shards}/train-{_shard_range(shards, 'train')}.tar",
+                            f"data.val={shards}/val-{_shard_range(shards, 'val')}.tar",
+                            f"data.text_tokenizer={tok_path}", f"batch_size={S.batch_size}",
+                            f"budget.num_input_tokens={S.tokens}", f"budget.num_target_tokens={S.tokens}",
+                            f"schedule.total_tokens={S.total_tokens}", f"schedule.warmup_tokens={S.total_tokens // 20}",
+                            f"optim.blr={_model_blr(S.blr, model)}", "val.every_steps=100", "checkpoint.every_steps=200",
+                            f"runs_root={work / 'pretrain'}"])
+            for model in S.models}
+    baseline = _random_init_checkpoint(cfgs[S.models[0]], work / "pretrain")
+    # One single-threaded process per model, side by side (small models use 2 cores better apart than together).
+    # Transfer needs only the first model, so it starts as soon as that one is done; the others finish meanwhile.
+    pool = futures.ProcessPoolExecutor(max(1, min(len(cfgs), os.cpu_count() or 1)), mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=exit_with_parent, initargs=(os.getpid(),))
+    pending = {model: pool.submit(_pretrain, cfg, model == S.models[0]) for model, cfg in cfgs.items()}
+    checkpoints, pretrain_metrics = {}, {}
+
+    def finish(model):
+        pretrain_metrics[model] = pending[model].result()
+        checkpoints[model] = pretrain_metrics[model]["checkpoint"]
+        print(f"  {model}: val loss {pretrain_metrics[model].get('val/loss'):.3f} -> {checkpoints[model]}", flush=True)
+
+    finish(S.models[0])
     timings["pretrain"] = time.perf_counter() - t
 
     t = _step("6/7 transfer (pretrained vs random init)")
     from transfer.run import make_config, run_transfer
 
     encoder = checkpoints[S.models[0]]
+    # while other models still pretrain they hold a core each; a fixed count keeps the numbers reproducible (transfer
+    # results depend on the thread count) whether or not they have finished
+    transfer_threads = max(1, (os.cpu_count() or 1) - (len(S.models) - 1))
     depth_tok = str(Path(tokenizer_runs["depth"]) / "tokenizer.safetensors") if "depth" in tokenizer_runs else None
     headline: dict[str, dict[str, str]] = {}
     for task in S.transfer_tasks:
@@ -172,10 +185,15 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
             cfg = make_config(task, "tiny", [f"init={init}", f"data_root={data_root}", f"method={label}",
                                              f"model={S.models[0]}", *extra, *more, *S.task_overrides.get(task, ()),
                                              *S.transfer_overrides])
-            run = run_transfer(cfg, runs_root=str(work / "transfer"))
+            with torch_threads(transfer_threads):
+                run = run_transfer(cfg, runs_root=str(work / "transfer"))
             headline.setdefault(label, {})[task] = _headline(task, run.metrics)
             print(f"  {task:18s} {label:32s} {headline[label][task]}")
     timings["transfer"] = time.perf_counter() - t
+    for model in S.models[1:]:
+        finish(model)
+    pool.shutdown()
+    timings["pretrain_rest_wait"] = time.perf_counter() - t - timings["transfer"]
 
     t = _step("7/7 results: collect, table, plot")
     from results.collect import collect
@@ -224,6 +242,14 @@ def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _pretrain(cfg: dict, progress: bool) -> dict:
+    """Pretrain (or finish) one model in a single-threaded worker process; returns its final metrics."""
+    from fourm.pretrain.loop import run_from_config
+
+    torch.set_num_threads(1)
+    return run_from_config(cfg, progress=progress)
+
+
 def _train_tokenizer(overrides: list[str]) -> tuple[str, dict]:
     """Train (or finish) one VQ-VAE tokenizer run; returns its folder and numeric metrics (runs in a worker process)."""
     from fourm.tokenizers.train import compose_config, train
@@ -232,11 +258,15 @@ def _train_tokenizer(overrides: list[str]) -> tuple[str, dict]:
     return str(run.path), {k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}
 
 
-def _random_init_checkpoint(cfg: dict, path: Path) -> str:
-    """The pretraining model's architecture with its initial (untrained) weights, saved in the same format."""
+def _random_init_checkpoint(cfg: dict, folder: Path) -> str:
+    """The pretraining model's architecture with its initial (untrained) weights, saved in the same format.
+
+    The file name carries a hash of the model config and seed, so a changed architecture never reuses a stale file."""
     from fourm.models import save_checkpoint
     from fourm.pretrain.loop import build_model
+    from fourm.runs import run_id
 
+    path = folder / f"random_init_{cfg['model']['name']}_{run_id({'model': cfg['model'], 'seed': cfg['seed']})}.safetensors"
     if not path.exists():
         torch.manual_seed(cfg["seed"])
         save_checkpoint(build_model(cfg), path)
