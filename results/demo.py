@@ -141,7 +141,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     mods_out = [TOKEN_MODS[m] for m in S.tokenizer_modalities] + ["caption", "det"]
     mods_in = ["rgb@224"] + mods_out
     cfgs = {model: resolve([f"model.name={model}", f"model.domains_in=[{','.join(mods_in)}]", f"model.domains_out=[{','.join(mods_out)}]",
-                            f"+model.image_size={IMAGE_SIZE}", f"+model.patch_size={PATCH}", "+model.vocab_sizes=data",
+                            f"+model.image_size={IMAGE_SIZE}", f"+model.patch_size={PATCH}", "model.vocab_sizes=data",
                             f"data.train={shards}/train-{_shard_range(shards, 'train')}.tar",
                             f"data.val={shards}/val-{_shard_range(shards, 'val')}.tar",
                             f"data.text_tokenizer={tok_path}", f"batch_size={S.batch_size}",
@@ -155,43 +155,51 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     # Transfer needs only the first model, so it starts as soon as that one is done; the others finish meanwhile.
     pool = futures.ProcessPoolExecutor(max(1, min(len(cfgs), os.cpu_count() or 1)), mp_context=multiprocessing.get_context("spawn"),
                                        initializer=exit_with_parent, initargs=(os.getpid(),))
-    pending = {model: pool.submit(_pretrain, cfg, model == S.models[0]) for model, cfg in cfgs.items()}
-    checkpoints, pretrain_metrics = {}, {}
+    try:
+        pending = {model: pool.submit(_pretrain, cfg, model == S.models[0]) for model, cfg in cfgs.items()}
+        checkpoints, pretrain_metrics = {}, {}
 
-    def finish(model):
-        pretrain_metrics[model] = pending[model].result()
-        checkpoints[model] = pretrain_metrics[model]["checkpoint"]
-        print(f"  {model}: val loss {pretrain_metrics[model].get('val/loss'):.3f} -> {checkpoints[model]}", flush=True)
+        def finish(model):
+            pretrain_metrics[model] = pending[model].result()
+            checkpoints[model] = pretrain_metrics[model]["checkpoint"]
+            print(f"  {model}: val loss {pretrain_metrics[model].get('val/loss'):.3f} -> {checkpoints[model]}", flush=True)
 
-    finish(S.models[0])
-    timings["pretrain"] = time.perf_counter() - t
+        finish(S.models[0])
+        timings["pretrain"] = time.perf_counter() - t
 
-    t = _step("6/7 transfer (pretrained vs random init)")
-    from transfer.run import make_config, run_transfer
+        t = _step("6/7 transfer (pretrained vs random init)")
+        from transfer.run import make_config, run_transfer
 
-    encoder = checkpoints[S.models[0]]
-    # while other models still pretrain they hold a core each; a fixed count keeps the numbers reproducible (transfer
-    # results depend on the thread count) whether or not they have finished
-    transfer_threads = max(1, (os.cpu_count() or 1) - (len(S.models) - 1))
-    depth_tok = str(Path(tokenizer_runs["depth"]) / "tokenizer.safetensors") if "depth" in tokenizer_runs else None
-    headline: dict[str, dict[str, str]] = {}
-    for task in S.transfer_tasks:
-        extra = [f"transfer.depth_tokenizer={depth_tok}"] if task == "nyuv2_semseg_rgbd" else []
-        variants = [("4M-demo (pretrained)", encoder, []), ("random init", baseline, [])]
-        if task == "nyuv2_semseg_rgbd":  # multimodal transfer: the same encoder fed RGB only
-            variants.append(("4M-demo (pretrained), RGB only", encoder, ["transfer.modalities=[rgb@224]"]))
-        # the baseline has the same architecture (patch size, grid, width) with untrained weights
-        for label, init, more in variants:
-            cfg = make_config(task, "tiny", [f"init={init}", f"data_root={data_root}", f"method={label}",
-                                             f"model={S.models[0]}", *extra, *more, *S.task_overrides.get(task, ()),
-                                             *S.transfer_overrides])
-            with torch_threads(transfer_threads):
-                run = run_transfer(cfg, runs_root=str(work / "transfer"))
-            headline.setdefault(label, {})[task] = _headline(task, run.metrics)
-            print(f"  {task:18s} {label:32s} {headline[label][task]}")
-    timings["transfer"] = time.perf_counter() - t
-    for model in S.models[1:]:
-        finish(model)
+        encoder = checkpoints[S.models[0]]
+        # while other models still pretrain they hold a core each; a fixed count keeps the numbers reproducible (transfer
+        # results depend on the thread count) whether or not they have finished
+        transfer_threads = max(1, (os.cpu_count() or 1) - (len(S.models) - 1))
+        depth_tok = str(Path(tokenizer_runs["depth"]) / "tokenizer.safetensors") if "depth" in tokenizer_runs else None
+        headline: dict[str, dict[str, str]] = {}
+        transfer_runs: list[Path] = []
+        for task in S.transfer_tasks:
+            extra = [f"transfer.depth_tokenizer={depth_tok}"] if task == "nyuv2_semseg_rgbd" else []
+            variants = [("4M-demo (pretrained)", encoder, []), ("random init", baseline, [])]
+            if task == "nyuv2_semseg_rgbd":  # multimodal transfer: the same encoder fed RGB only
+                variants.append(("4M-demo (pretrained), RGB only", encoder, ["transfer.modalities=[rgb@224]"]))
+            # the baseline has the same architecture (patch size, grid, width) with untrained weights
+            for label, init, more in variants:
+                cfg = make_config(task, "tiny", [f"init={init}", f"data_root={data_root}", f"method={label}",
+                                                 f"model={S.models[0]}", *extra, *more, *S.task_overrides.get(task, ()),
+                                                 *S.transfer_overrides])
+                with torch_threads(transfer_threads):
+                    run = run_transfer(cfg, runs_root=str(work / "transfer"))
+                transfer_runs.append(run.path)
+                headline.setdefault(label, {})[task] = _headline(task, run.metrics)
+                print(f"  {task:18s} {label:32s} {headline[label][task]}")
+        timings["transfer"] = time.perf_counter() - t
+        for model in S.models[1:]:
+            finish(model)
+    except BaseException:  # a failed or interrupted step: do not leave the other pretraining running for minutes
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public terminate before 3.14
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     pool.shutdown()
     timings["pretrain_rest_wait"] = time.perf_counter() - t - timings["transfer"]
 
@@ -200,12 +208,15 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     from results.plots import scaling_plot
     from results.tables import table
 
-    coll = collect(*[p for p in (work / "transfer", work / "pretrain") if p.is_dir()])
+    # only this invocation's runs: after a change to the demo's settings, the older runs still in <work> would
+    # otherwise be averaged into the table as if they were more seeds of the same method
+    pretrain_runs = [Path(c).parents[2] for c in checkpoints.values()]
+    coll = collect(*transfer_runs, *pretrain_runs)
     coll.save(out)
     tbl = table(coll.table, layout="transfer", out=out, name="transfer_table")
     plot = None
     if len(S.models) > 1:  # a mini scaling curve: validation loss of the pretraining runs against model size
-        plot = scaling_plot(collect(work / "pretrain").table, x="model_size", y="val/loss", out=out, name="scaling")
+        plot = scaling_plot(collect(*pretrain_runs).table, x="model_size", y="val/loss", out=out, name="scaling")
     timings["results"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     summary = {"size": asdict(S), "timings_s": timings, "checkpoints": checkpoints, "tokenizers": tokenizer_runs,

@@ -17,6 +17,25 @@ def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
     assert second["timings_s"]["pretrain"] < first["timings_s"]["pretrain"]
 
 
+def test_rerun_with_changed_settings_tabulates_only_its_own_runs(tmp_path, monkeypatch):
+    """Older runs left in the work folder by other settings are not averaged in as extra seeds of the same method."""
+    import dataclasses
+
+    import pandas as pd
+
+    from results import demo
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    run_demo(out, work, size="quick")
+    changed = dataclasses.replace(demo.SIZES["quick"], transfer_overrides=("train.epochs=1", "train.lr=3e-3"))
+    monkeypatch.setitem(demo.SIZES, "quick", changed)
+    run_demo(out, work, size="quick")
+    assert len(list((work / "transfer").rglob("DONE"))) == 4  # both settings' runs are kept on disk...
+    runs = pd.read_csv(out / "collected.csv")
+    in1k = runs[runs["metric"] == "top1"]
+    assert len(in1k) == 2 and set(in1k["train.lr"]) == {3e-3}  # ...but the table holds only this invocation's
+
+
 def test_results_on_real_run_folders_with_partial_and_corrupt_ones(tmp_path):
     """collect/table/plot over folders written by real tiny runs, after breaking two of them the ways jobs break."""
     import shutil

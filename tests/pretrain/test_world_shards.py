@@ -69,7 +69,7 @@ def test_vocab_sizes_from_data_fit_the_tokenizers(shards, official_fixture_dir, 
     text = official_fixture_dir / "text_tokenizer_4m_wordpiece_30k.json"
     cfg = resolve([f"data.train={shards}/train-{{000000..000000}}.tar", f"data.val={shards}/val-{{000000..000000}}.tar",
                    f"data.text_tokenizer={text}", f"model.domains_in=[{','.join(MODS_IN)}]",
-                   f"model.domains_out=[{','.join(MODS_OUT)}]", "+model.vocab_sizes=data",
+                   f"model.domains_out=[{','.join(MODS_OUT)}]", "model.vocab_sizes=data",
                    "batch_size=4", "budget.num_input_tokens=32", "budget.num_target_tokens=32", "schedule.total_tokens=512",
                    "schedule.warmup_tokens=128", "val.every_steps=2", "val.batches=1", "checkpoint.every_steps=2",
                    f"runs_root={tmp_path}"])
