@@ -141,7 +141,7 @@ def data_vocab_sizes(cfg: dict) -> dict[str, int]:
     mods = [M.get(m) for m in dict.fromkeys(list(mcfg["domains_in"]) + list(mcfg["domains_out"]))]
     first = expand_shards(data["train"])[0]
     header = read_header(first).get("modalities", {})
-    out = {}
+    out, text_vocab = {}, None
     for mod in mods:
         if mod.kind == "image_tokens":
             if mod.name not in header:
@@ -149,7 +149,8 @@ def data_vocab_sizes(cfg: dict) -> dict[str, int]:
                                  f"re-encode with that tokenizer or drop it from the model's domains")
             out[mod.name] = int(header[mod.name]["vocab_size"])
         elif mod.kind == "sequence":
-            out[mod.name] = int(load_tokenizer(data["text_tokenizer"]).get_vocab_size())
+            text_vocab = text_vocab or int(load_tokenizer(data["text_tokenizer"]).get_vocab_size())
+            out[mod.name] = text_vocab
     return out
 
 
