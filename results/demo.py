@@ -272,15 +272,17 @@ def _train_tokenizer(overrides: list[str]) -> tuple[str, dict]:
 def _random_init_checkpoint(cfg: dict, folder: Path) -> str:
     """The pretraining model's architecture with its initial (untrained) weights, saved in the same format.
 
-    The file name carries a hash of the model config and seed, so a changed architecture never reuses a stale file."""
+    The file name carries a hash of the built model's config (vocabularies resolved from the data, not the string
+    ``data``) and the seed, so a changed architecture or tokenizer never reuses a stale file."""
     from fourm.models import save_checkpoint
     from fourm.pretrain.loop import build_model
     from fourm.runs import run_id
 
-    path = folder / f"random_init_{cfg['model']['name']}_{run_id({'model': cfg['model'], 'seed': cfg['seed']})}.safetensors"
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg)  # a few ms for the demo sizes; the hash needs the resolved config
+    path = folder / f"random_init_{cfg['model']['name']}_{run_id({'model': model.config, 'seed': cfg['seed']})}.safetensors"
     if not path.exists():
-        torch.manual_seed(cfg["seed"])
-        save_checkpoint(build_model(cfg), path)
+        save_checkpoint(model, path)
     return str(path)
 
 
