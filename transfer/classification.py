@@ -102,12 +102,14 @@ def _fix_posterize(transform) -> int:
 
 
 def build_transforms(train_cfg: dict, data_cfg: dict):
-    """timm transforms: RandAugment + random erasing for training; resize + center crop for evaluation."""
+    """timm transforms: RandomResizedCrop (``crop_scale``) + RandAugment + random erasing for training; resize + center
+    crop for evaluation."""
     from timm.data import create_transform
 
     common = dict(input_size=train_cfg["image_size"], interpolation=train_cfg["interpolation"],
                   mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]))
-    train_tf = create_transform(is_training=True, auto_augment=train_cfg["auto_augment"], color_jitter=None,
+    train_tf = create_transform(is_training=True, scale=tuple(train_cfg.get("crop_scale", (0.08, 1.0))),
+                                auto_augment=train_cfg["auto_augment"], color_jitter=None,
                                 re_prob=train_cfg["reprob"], re_mode=train_cfg["remode"], re_count=train_cfg["recount"],
                                 **common)
     _fix_posterize(train_tf)

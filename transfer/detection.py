@@ -132,7 +132,8 @@ def _model(config: dict, num_classes: int) -> dict:
                   num_outs=mm["neck"]["num_outs"], norm_cfg=norm),
         rpn_head=dict(
             type="RPNHead", in_channels=ch, feat_channels=rpn["feat_channels"], num_convs=rpn["num_convs"],
-            anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0], strides=strides),
+            anchor_generator=dict(type="AnchorGenerator", scales=list(rpn["anchor_scales"]), ratios=[0.5, 1.0, 2.0],
+                                  strides=strides),
             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
             loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
             loss_bbox=dict(type="SmoothL1Loss", beta=1.0 / 9.0, loss_weight=1.0)),

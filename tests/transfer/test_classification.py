@@ -117,6 +117,19 @@ def test_posterize_keeps_zero_bits_as_black_and_every_op_runs_at_full_magnitude(
         assert op(img).size == (32, 32)
 
 
+def test_random_resized_crop_area_follows_crop_scale():
+    base = {"image_size": 32, "interpolation": "bicubic", "auto_augment": None, "reprob": 0.0, "remode": "pixel",
+            "recount": 1, "crop_pct": 0.875}
+    norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
+
+    def crop_scale(train_cfg):
+        train_tf, _ = cls.build_transforms(train_cfg, norm)
+        return tuple(train_tf.transforms[0].scale)
+
+    assert crop_scale(base) == (0.08, 1.0)  # timm / MAE / DeiT default
+    assert crop_scale({**base, "crop_scale": [0.5, 1.0]}) == (0.5, 1.0)
+
+
 def test_class_list_comes_from_meta_and_stray_folders_are_refused(tmp_path):
     root = _fake_in1k(tmp_path, ["a", "b", "c"], {"train": ["a", "c"], "val": ["b"]})
     cfg = resolve("in1k", "tiny", {"init": "random", "data_root": str(root)})

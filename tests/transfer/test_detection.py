@@ -137,6 +137,24 @@ def test_anchor_and_roi_strides_follow_the_encoder_patch_size(tmp_path):
     assert model["neck"]["in_channels"] == 32
 
 
+def test_anchor_sizes_follow_mm_rpn_anchor_scales(tmp_path):
+    """Anchor side = scale x stride: the paper's [8] gives 32..512 px at strides 4..64; small objects need a smaller scale."""
+    from mmdet.models.task_modules.prior_generators import AnchorGenerator
+
+    cfg = _config("paper", _write_fake_coco(tmp_path))
+    assert cfg["mm"]["rpn"]["anchor_scales"] == [8]
+
+    def square_sides(config):
+        gen = dict(mmdet_config(config, tmp_path / "work")["model"]["rpn_head"]["anchor_generator"])
+        gen.pop("type")
+        anchors = AnchorGenerator(**gen).base_anchors  # per level: one anchor per ratio (0.5, 1, 2)
+        return [float(a[1, 2] - a[1, 0]) for a in anchors]
+
+    assert square_sides(cfg) == [32.0, 64.0, 128.0, 256.0, 512.0]
+    cfg["mm"]["rpn"]["anchor_scales"] = [4]
+    assert square_sides(cfg) == [16.0, 32.0, 64.0, 128.0, 256.0]
+
+
 def test_missing_coco_layout_names_the_files(tmp_path):
     cfg = _config("tiny", tmp_path)
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
