@@ -64,3 +64,17 @@ def test_results_on_real_run_folders_with_partial_and_corrupt_ones(tmp_path):
     plot = scaling_plot(collect(work / "pretrain").table, x="model_size", y="val/loss", out=out, name="scaling")
     assert set(plot.paths) == {"png", "pdf"} and all(p.stat().st_size > 1000 for p in plot.paths.values())
     assert len(plot.data) == 1 and plot.data["mean"].iloc[0] > 0  # one model size in the quick demo
+
+
+def test_full_demo_task_overrides_resolve_against_the_task_configs():
+    """The README demo's per-task settings are only exercised by `make demo`: a renamed config key must fail here."""
+    from results import demo
+    from transfer.run import make_config
+
+    full = demo.SIZES["full"]
+    assert set(full.task_overrides) <= set(full.transfer_tasks)
+    for task, overrides in full.task_overrides.items():
+        cfg = make_config(task, "tiny", ["init=random", "data_root=/nonexistent", *overrides])
+        assert cfg["train"]["image_size"] == demo.IMAGE_SIZE
+    coco = make_config("coco", "tiny", ["init=random", "data_root=/nonexistent", *full.task_overrides["coco"]])
+    assert coco["mm"]["rpn"]["anchor_scales"] == [4]
