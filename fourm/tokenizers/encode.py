@@ -85,9 +85,13 @@ def _check_registry(model: VQVAE, path) -> None:
         )
 
 
-def encode_id(cfg: dict, models: dict[str, VQVAE]) -> str:
-    """Hash of what decides shard contents: the config and the tokenizers' weights."""
+def encode_id(cfg: dict, models: dict[str, VQVAE], stems: list[str] | None = None) -> str:
+    """Hash of what decides shard contents: the config, the samples encoded and the tokenizers' weights.
+
+    The samples count because a split that grew (more world images) would otherwise read as "already encoded"."""
     h = hashlib.sha256(canonical_json({k: v for k, v in cfg.items() if k not in ("overwrite", "threads", "out")}).encode())
+    if stems is not None:
+        h.update(canonical_json(list(stems)).encode())
     for mod in sorted(models):
         for k, v in models[mod].state_dict().items():
             h.update(k.encode())
@@ -117,7 +121,7 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     if cfg.get("max_samples"):
         stems = stems[: cfg["max_samples"]]
     rgb_size = cfg.get("rgb_size") or max(m.config.image_size for m in models.values())
-    eid = encode_id(cfg, models)
+    eid = encode_id(cfg, models, stems)
 
     out = Path(cfg["out"])
     index_path = out / f"{cfg['split']}.json"
@@ -128,7 +132,8 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
             return old
         if not cfg["overwrite"]:
             raise ValueError(
-                f"{index_path} was written by a different encode config (encode_id {old.get('encode_id')} != {eid}); "
+                f"{index_path} was written by a different encode config, tokenizer or set of samples "
+                f"(encode_id {old.get('encode_id')} != {eid}; {old.get('samples', '?')} samples then, {len(stems)} now); "
                 "use another out= or pass overwrite=true to replace those shards"
             )
 

@@ -110,6 +110,29 @@ def test_encode_is_idempotent_and_refuses_to_overwrite_other_configs(tiny_world,
         _encode(tiny_world, tokenizers, out, "crops=2")
 
 
+def test_a_grown_split_is_not_read_as_already_encoded(tiny_world, tokenizers, tmp_path):
+    """More world images under the same config must not keep the old shards: they are refused, or replaced on request."""
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    files = sorted(p for p in (world / "val").rglob("*") if p.is_file() and p.parent.name != "val")
+    last = max(p.stem for p in files)
+    held = tmp_path / "held"
+    for p in files:
+        if p.stem == last:  # the split without its last scene, in every modality
+            (held / p.parent.name).mkdir(parents=True, exist_ok=True)
+            p.rename(held / p.parent.name / p.name)
+    out = tmp_path / "shards"
+    n_small = _encode(world, tokenizers, out)["samples"]
+    for p in held.rglob("*"):
+        if p.is_file():
+            p.rename(world / "val" / p.parent.name / p.name)
+    with pytest.raises(ValueError, match=rf"set of samples .*{n_small} samples then, {n_small + 1} now.*overwrite=true"):
+        _encode(world, tokenizers, out)
+    assert _encode(world, tokenizers, out, "overwrite=true")["samples"] == n_small + 1
+
+
 def test_truncated_shard_is_one_clear_error_naming_the_file(tiny_world, tokenizers, tmp_path):
     index = _encode(tiny_world, tokenizers, tmp_path / "s")
     shard = tmp_path / "s" / "val-000001.tar"
