@@ -78,10 +78,10 @@ def dense_overrides(size: int) -> tuple[str, ...]:
 
 SIZES = {
     "full": DemoSize(),
-    "quick": DemoSize(train_images=24, val_images=8, pretrain_images=32, tokenizer_modalities=("depth", "semseg"), tokenizer_epochs=1,
-                      codebook=64, crops=1, models=("fm_nano_2e_2d_swiglu_nobias",), batch_size=4, tokens=32,
-                      total_tokens=4 * 64 * 4, transfer_tasks=("in1k",), transfer_overrides=("train.epochs=1",),
-                      task_overrides={}),
+    "quick": DemoSize(train_images=24, val_images=8, pretrain_images=32, tokenizer_modalities=("depth", "semseg"),
+                      tokenizer_epochs=1, codebook=64, crops=1, models=("fm_nano_2e_2d_swiglu_nobias",), batch_size=4,
+                      tokens=32, total_tokens=4 * 64 * 4, transfer_tasks=("in1k",),
+                      transfer_overrides=("train.epochs=1",), task_overrides={}),
 }
 
 TOKEN_MODS = {"rgb": "tok_rgb@224", "depth": "tok_depth@224", "normal": "tok_normal@224", "semseg": "tok_semseg@224"}
@@ -141,7 +141,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
 
     t = _step("4/7 token shards")
     shards = work / "shards"
-    for split in dict.fromkeys((pretrain_split, "val")):
+    for split in (pretrain_split, "val"):
         cfg = compose_config("encode", [f"data={wroot}", f"split={split}", f"out={shards}", f"crops={S.crops}",
                                         f"rgb_size={IMAGE_SIZE}", *[f"tokenizers.{m}={p}" for m, p in tokenizer_runs.items()]])
         encode_dataset(cfg)
