@@ -9,6 +9,8 @@ def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
     first = run_demo(out, work, size="quick")
     table = (out / "transfer_table.md").read_text()
     assert "4M-demo (pretrained) (ours)" in table and "random init (ours)" in table and "| 4M | B | 84.5 |" in table
+    ours = [line for line in table.splitlines() if "(ours) |" in line]
+    assert len(ours) == 2 and all(" ± " in line.split("|")[3] for line in ours)  # IN1K: mean ± std over 2 seeds
     assert (out / "collected.csv").exists() and json.loads((out / "summary.json").read_text())["checkpoints"]
     ckpt_mtime = {p: p.stat().st_mtime_ns for p in (work / "pretrain").rglob("*.safetensors")}
     second = run_demo(out, work, size="quick")
@@ -30,10 +32,11 @@ def test_rerun_with_changed_settings_tabulates_only_its_own_runs(tmp_path, monke
     changed = dataclasses.replace(demo.SIZES["quick"], transfer_overrides=("train.epochs=1", "train.lr=3e-3"))
     monkeypatch.setitem(demo.SIZES, "quick", changed)
     run_demo(out, work, size="quick")
-    assert len(list((work / "transfer").rglob("DONE"))) == 4  # both settings' runs are kept on disk...
+    assert len(list((work / "transfer").rglob("DONE"))) == 8  # both settings' runs (2 inits x 2 seeds) are kept...
     runs = pd.read_csv(out / "collected.csv")
     in1k = runs[runs["metric"] == "top1"]
-    assert len(in1k) == 2 and set(in1k["train.lr"]) == {3e-3}  # ...but the table holds only this invocation's
+    assert len(in1k) == 4 and set(in1k["train.lr"]) == {3e-3}  # ...but the table holds only this invocation's
+    assert sorted(in1k["seed"]) == [0, 0, 1, 1]
 
 
 def test_results_on_real_run_folders_with_partial_and_corrupt_ones(tmp_path):
