@@ -134,7 +134,8 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
             raise ValueError(
                 f"{index_path} was written by a different encode config, tokenizer or set of samples "
                 f"(encode_id {old.get('encode_id')} != {eid}; {old.get('samples', '?')} samples then, {len(stems)} now); "
-                "use another out= or pass overwrite=true to replace those shards"
+                f"use another out=, pass overwrite=true to replace those shards, or delete {out} (e.g. data/demo/shards "
+                "for `make demo`) to encode afresh"
             )
 
     modalities = {
