@@ -40,7 +40,9 @@ class FourMLayerNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        # contiguous NCHW, not a permuted view: mmcv's compiled ops (RoIAlign) read the raw buffer as NCHW and return
+        # scrambled features for a channels-last-strided map, silently (the neck's outputs end in this norm)
+        return x.permute(0, 3, 1, 2).contiguous()
 
 
 def window_partition(x: torch.Tensor, grid: tuple[int, int], window: int):
@@ -114,7 +116,7 @@ class FourMViTDet(BaseModule):
             tokens = blk(tokens) if i in self.global_blocks else windowed_block(blk, tokens, grid, self.window_size)
         tokens = enc.encoder_norm(tokens)
         B, _, C = tokens.shape
-        return (tokens.transpose(1, 2).reshape(B, C, *grid),)
+        return (tokens.transpose(1, 2).reshape(B, C, *grid).contiguous(),)  # NCHW in memory too (see FourMLayerNorm2d)
 
 
 @MMDET_MODELS.register_module(force=True)

@@ -230,6 +230,38 @@ def test_official_fixture_loads_into_the_backbone_with_every_encoder_key(officia
     assert feat.shape == (1, 8, 4, 4) and torch.isfinite(feat).all()
 
 
+
+@needs_mm
+def test_roi_features_are_the_neck_maps_roi_aligned(world_coco, tmp_path):
+    """mmdet's RoI extractor (mmcv's compiled RoIAlign) on our neck's maps equals torchvision's RoIAlign on them.
+
+    mmcv's op reads the raw buffer as NCHW: a neck whose LayerNorm2d returned a permuted (channels-last) view gave the
+    box and mask heads scrambled features, with no error, and detection never learned (AP 0 for any init).
+    """
+    from mmdet.structures.bbox import bbox2roi
+    from torchvision.ops import roi_align
+
+    from transfer.detection import build
+
+    cfg = _tiny(world_coco)
+    model = build(cfg, tmp_path / "work")["model"].eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        feats = model.extract_feat(x)
+        assert all(f.is_contiguous() for f in feats)
+        boxes = [torch.tensor([[8.0, 10.0, 40.0, 30.0], [60.0, 64.0, 120.0, 126.0]]), torch.tensor([[0.0, 0.0, 50.0, 70.0]])]
+        rois = bbox2roi(boxes)
+        extractor = model.roi_head.bbox_roi_extractor[0]
+        levels = extractor.map_roi_levels(rois, len(extractor.featmap_strides))
+        got = extractor(feats[:len(extractor.featmap_strides)], rois)
+        for i, level in enumerate(levels.tolist()):
+            stride = extractor.featmap_strides[level]
+            want = roi_align(feats[level], rois[i:i + 1], output_size=7, spatial_scale=1 / stride, sampling_ratio=0,
+                             aligned=True)
+            torch.testing.assert_close(got[i:i + 1], want, atol=1e-5, rtol=1e-4)
+
+
 # --- through mmdet's Runner ---------------------------------------------------------------------------------------------
 @needs_mm
 def test_paper_config_builds_model_optimizer_and_dataloaders(tmp_path):
