@@ -58,7 +58,10 @@ class DemoSize:
     task_overrides: dict = dataclasses.field(default_factory=lambda: {
         # 384 images x 8 epochs: RandAugment/Mixup/CutMix/erasing (the paper recipe for 1.28M images) keep both inits
         # at chance, so the demo fine-tunes without them
-        "in1k": ("train.image_size=112", "train.epochs=8", "train.auto_augment=null", "train.reprob=0",
+        # lr 3e-3, not the tiny profile's 1e-3: 384 steps at 1e-3 leave the head far from fitting even frozen features
+        # (frozen encoder, AdamW 1e-3: 30% top-1; a logistic-regression probe on the same features: 56%), so the
+        # encoder's quality hardly reached the table (pretrained 42.0 vs random 40.6, 3 seeds; at 3e-3: 47.6 vs 43.4)
+        "in1k": ("train.image_size=112", "train.epochs=8", "train.lr=3e-3", "train.auto_augment=null", "train.reprob=0",
                  "train.mixup=0", "train.cutmix=0", "train.mixup_prob=0"),
         "ade20k": (*dense_overrides(IMAGE_SIZE), "train.iters=300", "train.checkpoint_interval=300", "train.lr=5e-3"),
         "nyuv2_depth": (*dense_overrides(IMAGE_SIZE), "train.iters=150", "train.checkpoint_interval=150"),
@@ -71,7 +74,7 @@ class DemoSize:
         # so the RPN never sees them as positives; scale 4 (16-128 px) leaves 1.4%
         "coco": ("train.image_size=128", "train.iters=200", "train.lr=1e-3", "train.warmup_iters=20",
                  "mm.lsj.ratio_range=[0.8,1.25]", "mm.neck.scales=[2.0,1.0,0.5]", "mm.neck.num_outs=4",
-                 "mm.rpn.anchor_scales=[4]"),
+                 "mm.rpn.anchor_scales=[4]", "mm.test.score_thr=0.05"),  # the paper's threshold; the tiny profile keeps every box
     })
 
 
