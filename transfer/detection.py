@@ -282,6 +282,7 @@ def _run_store_hook(run, max_iters: int, log_every: int):
 
         def __init__(self):
             self.metrics: dict = {}
+            self.detections = 0
             self.bar = None
 
         def before_train(self, runner):
@@ -299,9 +300,20 @@ def _run_store_hook(run, max_iters: int, log_every: int):
         def after_train(self, runner):
             self.bar.close()
 
+        def before_val_epoch(self, runner):
+            self.detections = 0
+
+        def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            self.detections += sum(len(sample.pred_instances) for sample in outputs or [])
+
         def after_val_epoch(self, runner, metrics=None):
             self.metrics = dict(metrics or {})
-            run.log(step=runner.iter, event="val", **{k: float(v) for k, v in self.metrics.items()})
+            if not self.metrics and self.detections == 0:
+                # CocoMetric logs "results ... empty" and returns {} when no box clears test_cfg.rcnn.score_thr: that is
+                # AP 0 (a weak model, e.g. random init at a short schedule), not a failed evaluation
+                self.metrics = {k: 0.0 for k in METRIC_KEYS}
+            run.log(step=runner.iter, event="val", detections=self.detections,
+                    **{k: float(v) for k, v in self.metrics.items()})
 
     return RunStoreHook()
 
@@ -362,4 +374,5 @@ def run(config: dict, run) -> dict:
     if losses:
         metrics["train_loss"] = float(losses[-1]["loss"])
     metrics["iters"] = int(max_iters)
+    metrics["val_detections"] = int(hook.detections)
     return metrics

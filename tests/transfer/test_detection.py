@@ -303,6 +303,20 @@ def test_tiny_run_trains_and_evaluates_with_coco_metric(world_coco, tmp_path):
     assert all(np.isfinite(rec["loss"]) and rec["loss"] > 0 for rec in log if "loss" in rec)
     assert any(rec.get("event") == "val" and "coco/bbox_mAP" in rec for rec in log)
     assert (Path(r.path) / "mmdet" / "iter_3.pth").exists()
+    assert metrics["val_detections"] > 0  # score_thr 0 in the tiny profile: every image keeps boxes
+
+
+@needs_mm
+def test_no_box_above_score_thr_is_ap_zero_not_a_failed_evaluation(world_coco, tmp_path):
+    """CocoMetric returns {} when no box clears score_thr (a weak model at the paper's 0.05): that is AP 0."""
+    from fourm.runs import open_run
+    from transfer.detection import run
+
+    cfg = _tiny(world_coco, iters=1)
+    cfg["mm"]["test"]["score_thr"] = 1.01  # softmax scores never reach it
+    metrics = run(cfg, open_run(tmp_path / "runs", cfg))
+    assert metrics["val_detections"] == 0
+    assert metrics["bbox_mAP"] == 0.0 and metrics["segm_mAP"] == 0.0
 
 
 @needs_mm
