@@ -365,7 +365,7 @@ def run(config: dict, run) -> dict:
         runner.register_hook(hook)
         runner.train()
         if not hook.metrics:  # resumed at max_iters: the training loop had nothing left to do, so evaluate now
-            hook.metrics = runner.val()
+            runner.val()  # the hook's after_val_epoch records the metrics (AP 0 when no box was kept)
     missing = [k for k in ("coco/bbox_mAP", "coco/segm_mAP") if k not in hook.metrics]
     if missing:
         raise RuntimeError(f"CocoMetric returned no {missing}; got {sorted(hook.metrics)}")

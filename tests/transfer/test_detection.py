@@ -314,9 +314,13 @@ def test_no_box_above_score_thr_is_ap_zero_not_a_failed_evaluation(world_coco, t
 
     cfg = _tiny(world_coco, iters=1)
     cfg["mm"]["test"]["score_thr"] = 1.01  # softmax scores never reach it
-    metrics = run(cfg, open_run(tmp_path / "runs", cfg))
-    assert metrics["val_detections"] == 0
-    assert metrics["bbox_mAP"] == 0.0 and metrics["segm_mAP"] == 0.0
+    r = open_run(tmp_path / "runs", cfg)
+    for attempt in range(2):  # the second resumes at max_iters and only evaluates
+        metrics = run(cfg, r)
+        assert metrics["val_detections"] == 0, attempt
+        assert metrics["bbox_mAP"] == 0.0 and metrics["segm_mAP"] == 0.0
+    assert [rec["step"] for rec in r.read_log() if "loss" in rec] == [1]
+    assert sum(rec.get("event") == "val" for rec in r.read_log()) == 2
 
 
 @needs_mm
