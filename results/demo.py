@@ -195,6 +195,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
         transfer_threads = max(1, (os.cpu_count() or 1) - (len(S.models) - 1))
         depth_tok = str(Path(tokenizer_runs["depth"]) / "tokenizer.safetensors") if "depth" in tokenizer_runs else None
         headline: dict[str, dict[str, str]] = {}
+        primary: dict[str, dict[str, list[float]]] = {}  # task -> label -> the task's first headline metric, per seed
         transfer_runs: list[Path] = []
         for task in S.transfer_tasks:
             extra = [f"transfer.depth_tokenizer={depth_tok}"] if task == "nyuv2_semseg_rgbd" else []
@@ -211,6 +212,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
                 transfer_runs.append(run.path)
                 key = task if seed == 0 else f"{task} (seed {seed})"
                 headline.setdefault(label, {})[key] = _headline(task, run.metrics)
+                primary.setdefault(task, {}).setdefault(label, []).append(float(run.metrics[HEADLINE_KEYS[task][0]]))
                 print(f"  {key:18s} {label:32s} {headline[label][key]}")
         timings["transfer"] = time.perf_counter() - t
         for model in S.models[1:]:
@@ -240,12 +242,14 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     timings["results"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     summary = {"size": asdict(S), "timings_s": timings, "checkpoints": checkpoints, "tokenizers": tokenizer_runs,
-               "headline": headline,
+               "headline": headline, "pretrained_vs_random": verdict(primary),
                "table": str(out / "transfer_table.md"), "plot": [str(p) for p in plot.paths.values()] if plot else []}
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary["history"] = previous.get("history", []) + [{"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "timings_s": timings}]
     atomic_write_json(out / "summary.json", summary)
     print("\n" + tbl.markdown)
+    lost = [t for t, v in summary["pretrained_vs_random"].items() if not v["pretrained_wins"]]
+    print("\npretrained beats random init on " + (f"every task but {', '.join(lost)}" if lost else "every task"))
     print(f"\ndemo done in {timings['total']:.0f} s; outputs in {out}/")
     return summary
 
@@ -311,10 +315,25 @@ def _shard_range(shards: Path, split: str) -> str:
     return f"{{000000..{n - 1:06d}}}"
 
 
+HEADLINE_KEYS = {"in1k": ["top1"], "ade20k": ["mIoU"], "nyuv2_depth": ["delta1"], "coco": ["bbox_mAP", "segm_mAP"],
+                 "nyuv2_semseg_rgbd": ["mIoU"]}  # all higher-is-better; the first one decides the verdict
+
+
 def _headline(task: str, metrics: dict) -> str:
-    keys = {"in1k": ["top1"], "ade20k": ["mIoU"], "nyuv2_depth": ["delta1"], "coco": ["bbox_mAP", "segm_mAP"],
-            "nyuv2_semseg_rgbd": ["mIoU"]}[task]
-    return ", ".join(f"{k} {metrics.get(k)}" for k in keys)
+    return ", ".join(f"{k} {metrics.get(k)}" for k in HEADLINE_KEYS[task])
+
+
+def verdict(primary: dict[str, dict[str, list[float]]]) -> dict[str, dict]:
+    """Per task: the first headline metric's mean over seeds, pretrained vs random init, and whether pretrained wins."""
+    out = {}
+    for task, by_label in primary.items():
+        pre, rand = by_label.get("4M-demo (pretrained)"), by_label.get("random init")
+        if not pre or not rand:
+            continue
+        pm, rm = sum(pre) / len(pre), sum(rand) / len(rand)
+        out[task] = {"metric": HEADLINE_KEYS[task][0], "seeds": len(pre), "pretrained": pm, "random init": rm,
+                     "pretrained_wins": pm > rm}
+    return out
 
 
 def cli(argv: list[str]) -> int:

@@ -1,7 +1,18 @@
 """The end-to-end demo in its quick size: every stage runs, outputs exist, a rerun redoes nothing."""
 import json
 
-from results.demo import run_demo
+import pytest
+
+from results.demo import run_demo, verdict
+
+
+def test_verdict_compares_seed_means_per_task():
+    v = verdict({"in1k": {"4M-demo (pretrained)": [48.0, 46.0], "random init": [46.0, 40.0]},
+                 "coco": {"4M-demo (pretrained)": [0.01], "random init": [0.02]},
+                 "ade20k": {"4M-demo (pretrained)": [30.0]}})  # no random-init run: no verdict
+    assert v == {"in1k": {"metric": "top1", "seeds": 2, "pretrained": 47.0, "random init": 43.0, "pretrained_wins": True},
+                 "coco": {"metric": "bbox_mAP", "seeds": 1, "pretrained": 0.01, "random init": 0.02,
+                          "pretrained_wins": False}}
 
 
 def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
@@ -12,6 +23,14 @@ def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
     ours = [line for line in table.splitlines() if "(ours) |" in line]
     assert len(ours) == 2 and all(" ± " in line.split("|")[3] for line in ours)  # IN1K: mean ± std over 2 seeds
     assert (out / "collected.csv").exists() and json.loads((out / "summary.json").read_text())["checkpoints"]
+    # the verdict the issue asks the demo to show: seed means of the runs' own metrics, pretrained vs random init
+    v = first["pretrained_vs_random"]["in1k"]
+    seeds_top1 = {label: [float(first["headline"][label][k].split()[1]) for k in ("in1k", "in1k (seed 1)")]
+                  for label in ("4M-demo (pretrained)", "random init")}
+    assert v["metric"] == "top1" and v["seeds"] == 2
+    assert v["pretrained"] == pytest.approx(sum(seeds_top1["4M-demo (pretrained)"]) / 2)
+    assert v["random init"] == pytest.approx(sum(seeds_top1["random init"]) / 2)
+    assert v["pretrained_wins"] == (v["pretrained"] > v["random init"])
     ckpt_mtime = {p: p.stat().st_mtime_ns for p in (work / "pretrain").rglob("*.safetensors")}
     second = run_demo(out, work, size="quick")
     assert second["checkpoints"] == first["checkpoints"]
