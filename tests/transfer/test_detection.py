@@ -230,7 +230,6 @@ def test_official_fixture_loads_into_the_backbone_with_every_encoder_key(officia
     assert feat.shape == (1, 8, 4, 4) and torch.isfinite(feat).all()
 
 
-
 @needs_mm
 def test_roi_features_are_the_neck_maps_roi_aligned(world_coco, tmp_path):
     """mmdet's RoI extractor (mmcv's compiled RoIAlign) on our neck's maps equals torchvision's RoIAlign on them.
@@ -250,7 +249,8 @@ def test_roi_features_are_the_neck_maps_roi_aligned(world_coco, tmp_path):
     with torch.no_grad():
         feats = model.extract_feat(x)
         assert all(f.is_contiguous() for f in feats)
-        boxes = [torch.tensor([[8.0, 10.0, 40.0, 30.0], [60.0, 64.0, 120.0, 126.0]]), torch.tensor([[0.0, 0.0, 50.0, 70.0]])]
+        boxes = [torch.tensor([[8.0, 10.0, 40.0, 30.0], [60.0, 64.0, 120.0, 126.0]]),
+                 torch.tensor([[0.0, 0.0, 50.0, 70.0]])]
         rois = bbox2roi(boxes)
         extractor = model.roi_head.bbox_roi_extractor[0]
         levels = extractor.map_roi_levels(rois, len(extractor.featmap_strides))
