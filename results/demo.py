@@ -1,7 +1,11 @@
 """`fourm-bench demo`: the whole suite end-to-end on the synthetic world, on a CPU.
 
-world -> text tokenizer -> VQ-VAE tokenizers -> token shards -> pretrain two model sizes -> transfer to the four
+world -> text tokenizer -> VQ-VAE tokenizers -> token shards -> pretrain two model sizes and transfer to the four
 tasks plus RGB-D semseg (pretrained and random init) -> collect -> transfer table, scaling plot, summary.
+
+Every training job is single-threaded, so its numbers do not depend on the machine's core count, and there is one
+job per core at a time: the tokenizers all at once, then one pool for pretraining and transfer in which the random-init
+transfers run beside the pretraining (they need none) and the pretrained ones start when the first model is done.
 
 Every step is keyed by its config and skipped when already done, so a rerun only does what is missing.
 Outputs land in ``<out>`` (default ``results/demo``); intermediate data in ``<work>`` (default ``data/demo``).
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -27,11 +32,12 @@ from fourm.threads import torch_threads
 TASKS = ["in1k", "ade20k", "nyuv2_depth", "coco", "nyuv2_semseg_rgbd"]
 IMAGE_SIZE = 112  # world and tokenizer resolution; the model uses patch 8 -> the 14x14 grid of the @224 modalities
 PATCH = 8
+ENCODE_THREADS = 2  # fixed, not the core count: the token shards (and all that follows) are the same on any machine
 
 
 @dataclass
 class DemoSize:
-    """How big each step is. ``full`` is the README demo (~15-25 min on 2 cores); ``quick`` is for tests."""
+    """How big each step is. ``full`` is the README demo (about 15-20 min on 2 cores); ``quick`` is for tests."""
 
     train_images: int = 384
     val_images: int = 96
@@ -43,7 +49,7 @@ class DemoSize:
     tokenizer_epochs: int = 10
     codebook: int = 256
     crops: int = 2
-    models: tuple = ("fm_nano_2e_2d_swiglu_nobias", "fm_micro_4e_4d_swiglu_nobias")
+    models: tuple = ("fm_nano_2e_2d_swiglu_nobias", "fm_pico_2e_2d_swiglu_nobias")
     batch_size: int = 16
     tokens: int = 64
     total_tokens: int = 4_800_000  # ~2,300 steps: 586 left the model at the positional prior (see README)
@@ -117,30 +123,32 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    t = _step("1/7 synthetic world and dataset layouts")
+    t = _step("1/6 synthetic world and dataset layouts")
     wroot = work / "world"
-    world.generate(str(wroot), S.train_images, IMAGE_SIZE, seed=0, split="train")
-    world.generate(str(wroot), S.val_images, IMAGE_SIZE, seed=0, split="val")
+    cores = os.cpu_count() or 1  # each scene is rendered from its own seed: the same images with any worker count
+    world.generate(str(wroot), S.train_images, IMAGE_SIZE, seed=0, split="train", workers=cores)
+    world.generate(str(wroot), S.val_images, IMAGE_SIZE, seed=0, split="val", workers=cores)
     pretrain_split = "pretrain" if S.pretrain_images else "train"
     if S.pretrain_images:
-        world.generate(str(wroot), S.pretrain_images, IMAGE_SIZE, seed=0, split="pretrain", workers=os.cpu_count() or 1)
+        world.generate(str(wroot), S.pretrain_images, IMAGE_SIZE, seed=0, split="pretrain", workers=cores)
     data_root = layouts.write_layouts(wroot, work / "layouts")
     timings["world"] = time.perf_counter() - t
 
-    t = _step("2/7 text tokenizer (WordPiece on the captions, 4M special tokens)")
+    t = _step("2/6 text tokenizer (WordPiece on the captions, 4M special tokens)")
     tok_path = work / "text_tokenizer.json"
     if not tok_path.exists():
         captions = [p.read_text() for p in sorted((wroot / "train" / "caption").glob("*.txt"))]
         train_wordpiece(captions, vocab_size=6000, out_path=tok_path, class_names=world.CLASSES)
     timings["text_tokenizer"] = time.perf_counter() - t
 
-    t = _step("3/7 VQ-VAE tokenizers")
+    t = _step("3/6 VQ-VAE tokenizers")
     tokenizer_runs = {}
     overrides = {mod: [f"modality={mod}", f"data={wroot}", f"out={work / 'tokenizers'}", f"model.image_size={IMAGE_SIZE}",
                        f"model.codebook_size={S.codebook}", f"epochs={S.tokenizer_epochs}", "batch_size=16"]
                  for mod in S.tokenizer_modalities}
-    # one single-threaded process per tokenizer, as many at once as there are cores (each run is deterministic)
-    workers = max(1, min(len(overrides), os.cpu_count() or 1))
+    # one single-threaded process per tokenizer, all at once (each run is deterministic): three runs on two cores end
+    # together, instead of a third one running alone on one core after the first two
+    workers = max(1, len(overrides))
     with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         done = dict(zip(overrides, pool.map(_train_tokenizer, overrides.values())))
@@ -149,15 +157,16 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
         print(f"  {mod}: {path} {json.dumps(metrics)[:300]}")
     timings["tokenizers"] = time.perf_counter() - t
 
-    t = _step("4/7 token shards")
+    t = _step("4/6 token shards")
     shards = work / "shards"
     for split in (pretrain_split, "val"):
         cfg = compose_config("encode", [f"data={wroot}", f"split={split}", f"out={shards}", f"crops={S.crops}",
-                                        f"rgb_size={IMAGE_SIZE}", *[f"tokenizers.{m}={p}" for m, p in tokenizer_runs.items()]])
+                                        f"rgb_size={IMAGE_SIZE}", f"threads={ENCODE_THREADS}",
+                                        *[f"tokenizers.{m}={p}" for m, p in tokenizer_runs.items()]])
         encode_dataset(cfg)
     timings["shards"] = time.perf_counter() - t
 
-    t = _step("5/7 pretraining")
+    t = _step("5/6 pretraining and transfer (pretrained vs random init), one single-threaded job per core")
     mods_out = [TOKEN_MODS[m] for m in S.tokenizer_modalities] + ["caption", "det"]
     mods_in = ["rgb@224"] + mods_out
     cfgs = {model: resolve([f"model.name={model}", f"model.domains_in=[{','.join(mods_in)}]", f"model.domains_out=[{','.join(mods_out)}]",
@@ -171,62 +180,76 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
                             f"runs_root={work / 'pretrain'}"])
             for model in S.models}
     baseline = _random_init_checkpoint(cfgs[S.models[0]], work / "pretrain")
-    # One single-threaded process per model, side by side (small models use 2 cores better apart than together).
-    # Transfer needs only the first model, so it starts as soon as that one is done; the others finish meanwhile.
-    pool = futures.ProcessPoolExecutor(max(1, min(len(cfgs), os.cpu_count() or 1)), mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=exit_with_parent, initargs=(os.getpid(),))
-    try:
-        pending = {model: pool.submit(_pretrain, cfg, model == S.models[0]) for model, cfg in cfgs.items()}
-        checkpoints, pretrain_metrics = {}, {}
+    depth_tok = str(Path(tokenizer_runs["depth"]) / "tokenizer.safetensors") if "depth" in tokenizer_runs else None
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
 
-        def finish(model):
-            pretrain_metrics[model] = pending[model].result()
-            checkpoints[model] = pretrain_metrics[model]["checkpoint"]
-            print(f"  {model}: val loss {pretrain_metrics[model].get('val/loss'):.3f} -> {checkpoints[model]}", flush=True)
-
-        finish(S.models[0])
-        timings["pretrain"] = time.perf_counter() - t
-
-        t = _step("6/7 transfer (pretrained vs random init)")
-        from transfer.run import make_config, run_transfer
-
-        encoder = checkpoints[S.models[0]]
-        # while other models still pretrain they hold a core each; a fixed count keeps the numbers reproducible (transfer
-        # results depend on the thread count) whether or not they have finished
-        transfer_threads = max(1, (os.cpu_count() or 1) - (len(S.models) - 1))
-        depth_tok = str(Path(tokenizer_runs["depth"]) / "tokenizer.safetensors") if "depth" in tokenizer_runs else None
-        headline: dict[str, dict[str, str]] = {}
-        primary: dict[str, dict[str, list[float]]] = {}  # task -> label -> the task's first headline metric, per seed
-        transfer_runs: list[Path] = []
-        for task in S.transfer_tasks:
+    def transfer_jobs(label: str, init: str) -> list[dict]:
+        """This init's transfer runs, longest first (the pool runs jobs in submission order: short ones fill the end)."""
+        jobs = []
+        for task, seed in ((t, s) for t in S.transfer_tasks for s in S.seeds.get(t, (0,))):
             extra = [f"transfer.depth_tokenizer={depth_tok}"] if task == "nyuv2_semseg_rgbd" else []
-            variants = [("4M-demo (pretrained)", encoder, []), ("random init", baseline, [])]
-            if task == "nyuv2_semseg_rgbd":  # multimodal transfer: the same encoder fed RGB only
-                variants.append(("4M-demo (pretrained), RGB only", encoder, ["transfer.modalities=[rgb@224]"]))
             # the baseline has the same architecture (patch size, grid, width) with untrained weights
-            for (label, init, more), seed in itertools.product(variants, S.seeds.get(task, (0,))):
-                cfg = make_config(task, "tiny", [f"init={init}", f"data_root={data_root}", f"method={label}",
-                                                 f"model={S.models[0]}", f"seed={seed}", *extra, *more,
-                                                 *S.task_overrides.get(task, ()), *S.transfer_overrides])
-                with torch_threads(transfer_threads):
-                    run = run_transfer(cfg, runs_root=str(work / "transfer"))
-                transfer_runs.append(run.path)
-                key = task if seed == 0 else f"{task} (seed {seed})"
-                headline.setdefault(label, {})[key] = _headline(task, run.metrics)
-                primary.setdefault(task, {}).setdefault(label, []).append(float(run.metrics[HEADLINE_KEYS[task][0]]))
-                print(f"  {key:18s} {label:32s} {headline[label][key]}")
-        timings["transfer"] = time.perf_counter() - t
-        for model in S.models[1:]:
-            finish(model)
-    except BaseException:  # a failed or interrupted step: do not leave the other pretraining running for minutes
+            overrides = [f"init={init}", f"data_root={data_root}", f"method={label}", f"model={S.models[0]}",
+                         f"seed={seed}", *extra, *S.task_overrides.get(task, ()), *S.transfer_overrides]
+            key = task if seed == 0 else f"{task} (seed {seed})"
+            jobs.append({"task": task, "seed": seed, "label": label, "key": key, "overrides": overrides,
+                         "runs_root": str(work / "transfer"),
+                         "log": str(logs / f"transfer-{task}-{'random' if label == 'random init' else 'pretrained'}-{seed}.log")})
+        return sorted(jobs, key=lambda j: -TRANSFER_COST.get(j["task"], 1))
+
+    # Every job is single-threaded (reproducible: results do not depend on how many run side by side), and the pool has
+    # one worker per core. The first model pretrains on one core from the start; the other core takes the second model
+    # (it only feeds the scaling plot), then the random-init transfers, which need no pretraining; the pretrained
+    # transfers are queued as soon as the first model is done.
+    headline: dict[str, dict[str, str]] = {}
+    primary: dict[str, dict[str, list[float]]] = {}  # task -> label -> the task's first headline metric, per seed
+    transfer_runs: dict[str, tuple[Path, dict]] = {}  # job log -> run folder, metrics
+    checkpoints, pretrain_metrics = {}, {}
+    # while the first model pretrains, its progress bar holds the terminal's last line: start on a fresh one
+    lead = lambda: "" if S.models[0] in checkpoints else "\n"  # noqa: E731
+    ctx = multiprocessing.get_context("spawn")
+    pool = futures.ProcessPoolExecutor(max(1, os.cpu_count() or 1), mp_context=ctx, initializer=exit_with_parent,
+                                       initargs=(os.getpid(),))
+    try:
+        pending = {pool.submit(_pretrain, cfgs[model], model == S.models[0], str(logs / f"pretrain-{model}.log")):
+                   ("pretrain", model) for model in S.models}
+        random_jobs = transfer_jobs("random init", baseline)
+        pending.update({pool.submit(_transfer, j): ("transfer", j) for j in random_jobs})
+        n_transfer = 2 * len(random_jobs)
+        while pending:
+            finished, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+            for fut in finished:
+                kind, what = pending.pop(fut)
+                if kind == "pretrain":
+                    pretrain_metrics[what] = fut.result()
+                    checkpoints[what] = pretrain_metrics[what]["checkpoint"]
+                    print(f"{lead()}  pretrained {what}: val loss {pretrain_metrics[what].get('val/loss'):.3f} -> "
+                          f"{checkpoints[what]}", flush=True)
+                    if what == S.models[0]:
+                        timings["pretrain"] = time.perf_counter() - t
+                        pending.update({pool.submit(_transfer, j): ("transfer", j)
+                                        for j in transfer_jobs("4M-demo (pretrained)", checkpoints[what])})
+                    continue
+                path, metrics = fut.result()
+                transfer_runs[what["log"]] = (Path(path), metrics)
+                print(f"{lead()}  [{len(transfer_runs)}/{n_transfer}] {what['key']:18s} {what['label']:22s} "
+                      f"{_headline(what['task'], metrics)}", flush=True)
+        # in task and seed order, whatever order the jobs finished in
+        for label in ("4M-demo (pretrained)", "random init"):
+            for j in sorted(transfer_jobs(label, ""), key=lambda j: (S.transfer_tasks.index(j["task"]), j["seed"])):
+                metrics = transfer_runs[j["log"]][1]
+                headline.setdefault(label, {})[j["key"]] = _headline(j["task"], metrics)
+                primary.setdefault(j["task"], {}).setdefault(label, []).append(float(metrics[HEADLINE_KEYS[j["task"]][0]]))
+    except BaseException:  # a failed or interrupted step: do not leave the other jobs running for minutes
         for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public terminate before 3.14
             proc.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
-    timings["pretrain_rest_wait"] = time.perf_counter() - t - timings["transfer"]
+    timings["transfer"] = time.perf_counter() - t - timings.get("pretrain", 0.0)
 
-    t = _step("7/7 results: collect, table, plot")
+    t = _step("6/6 results: collect, table, plot")
     from results.collect import collect
     from results.plots import scaling_plot
     from results.tables import table
@@ -234,7 +257,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     # only this invocation's runs: after a change to the demo's settings, the older runs still in <work> would
     # otherwise be averaged into the table as if they were more seeds of the same method
     pretrain_runs = [Path(c).parents[2] for c in checkpoints.values()]
-    coll = collect(*transfer_runs, *pretrain_runs)
+    coll = collect(*(path for path, _ in transfer_runs.values()), *pretrain_runs)
     coll.save(out)
     tbl = table(coll.table, layout="transfer", out=out, name="transfer_table")
     plot = None
@@ -278,12 +301,47 @@ def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _pretrain(cfg: dict, progress: bool) -> dict:
-    """Pretrain (or finish) one model in a single-threaded worker process; returns its final metrics."""
+def _pretrain(cfg: dict, progress: bool, log: str | None = None) -> dict:
+    """Pretrain (or finish) one model in a single-threaded worker process; returns its final metrics.
+
+    With ``progress`` its bar goes to the terminal; otherwise its output goes to ``log`` (the terminal belongs to the
+    first model's bar and the finished-job lines)."""
     from fourm.pretrain.loop import run_from_config
 
     torch.set_num_threads(1)
-    return run_from_config(cfg, progress=progress)
+    with contextlib.nullcontext() if progress or not log else _output_to(log):
+        return run_from_config(cfg, progress=progress)
+
+
+# rough relative cost of one transfer run in the full demo (seconds on one core), to queue the long ones first
+TRANSFER_COST = {"coco": 150, "nyuv2_semseg_rgbd": 105, "ade20k": 80, "nyuv2_depth": 80, "in1k": 35}
+
+
+def _transfer(job: dict) -> tuple[str, dict]:
+    """One transfer run in a single-threaded worker process, its output in ``job["log"]``; returns (folder, metrics)."""
+    from transfer.run import make_config, run_transfer
+
+    torch.set_num_threads(1)
+    with _output_to(job["log"]):
+        run = run_transfer(make_config(job["task"], "tiny", job["overrides"]), runs_root=job["runs_root"])
+    return str(run.path), dict(run.metrics)
+
+
+@contextlib.contextmanager
+def _output_to(path: str):
+    """Send this process's stdout and stderr (file descriptors too, for mm loggers and C++ warnings) to ``path``."""
+    import sys
+
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a") as f:
+        os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
 
 
 def _train_tokenizer(overrides: list[str]) -> tuple[str, dict]:

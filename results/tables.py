@@ -58,7 +58,7 @@ TRANSFER_COLUMNS = (
 
 METHOD_KEYS = ("method", "transfer.method")
 SIZE_KEYS = ("size", "model.size", "transfer.size", "model.name", "model.arch", "transfer.model", "transfer.encoder", "model")
-_SIZE_TOKENS = {"nano": "N", "n": "N", "micro": "Mi", "tiny": "T", "t": "T", "small": "S", "s": "S", "base": "B", "b": "B", "large": "L", "l": "L",
+_SIZE_TOKENS = {"pico": "P", "nano": "N", "n": "N", "micro": "Mi", "tiny": "T", "t": "T", "small": "S", "s": "S", "base": "B", "b": "B", "large": "L", "l": "L",
                 "xlarge": "XL", "xl": "XL", "huge": "H", "h": "H"}
 _LOCATOR_HINTS = ("init", "path", "dir", "ckpt", "checkpoint", "output", "root")
 

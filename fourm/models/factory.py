@@ -1,6 +1,6 @@
 """Model factories with the official 4M names, e.g. ``fm_base_12e_12d_swiglu_nobias``.
 
-Sizes: tiny/small/base/large/xlarge as released; ``nano``/``micro`` are CPU sizes of this suite for tests and demos.
+Sizes: tiny/small/base/large/xlarge as released; ``pico``/``nano``/``micro`` are CPU sizes of this suite for tests and demos.
 Variants: ``gelu`` (ViT-style, with biases), ``swiglu_nobias`` (SwiGLU, no biases anywhere, as 4M-7/4M-21 releases),
 ``swiglu_qknorm_nobias`` (plus QK-norm).
 """
@@ -12,6 +12,7 @@ from fourm.models.fourm import FourM
 
 SIZES = {
     # name: (dim, heads, encoder depth, decoder depth)
+    "pico": (32, 2, 2, 2),
     "nano": (64, 2, 2, 2),
     "micro": (128, 4, 4, 4),
     "tiny": (384, 6, 6, 6),

@@ -31,6 +31,10 @@ def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
     assert v["pretrained"] == pytest.approx(sum(seeds_top1["4M-demo (pretrained)"]) / 2)
     assert v["random init"] == pytest.approx(sum(seeds_top1["random init"]) / 2)
     assert v["pretrained_wins"] == (v["pretrained"] > v["random init"])
+    # transfer runs ran in worker processes, each with its output in a log of its own
+    logs = sorted(p.name for p in (work / "logs").glob("transfer-*.log"))
+    assert logs == [f"transfer-in1k-{init}-{seed}.log" for init in ("pretrained", "random") for seed in (0, 1)]
+    assert all((work / "logs" / name).stat().st_size > 0 for name in logs)
     ckpt_mtime = {p: p.stat().st_mtime_ns for p in (work / "pretrain").rglob("*.safetensors")}
     second = run_demo(out, work, size="quick")
     assert second["checkpoints"] == first["checkpoints"]
