@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, trainers
+from tokenizers import AddedToken, Tokenizer, decoders
 from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
@@ -128,7 +128,6 @@ def train_wordpiece(
     num_sentinels: int = NUM_SENTINELS,
     coord_bins: int = COORD_BINS,
     min_frequency: int = 0,
-    show_progress: bool = False,
 ) -> Tokenizer:
     """Train a lower-cased BERT-style WordPiece tokenizer with the 4M special tokens first (stable ids).
 
@@ -147,14 +146,29 @@ def train_wordpiece(
     tok.normalizer = BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
     tok.pre_tokenizer = BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        show_progress=show_progress,
-        continuing_subword_prefix="##",
-        special_tokens=specials,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
+    # Not HF's WordPieceTrainer: it numbers characters in hash-map order and breaks ties between equally frequent
+    # merges by those numbers, so the same captions gave different vocabularies from one process to the next (in the
+    # demo, "octa"/"octahe" in one run, "##ta"/"##tahe" in another, and 42 of 4,401 ids moved), and a fresh demo
+    # pretrained a different model. This vocabulary is a pure function of the texts: every character (alone and as a
+    # "##" continuation, so no word is ever [UNK]), then whole words by frequency, ties by spelling.
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)):
+            counts[word] = counts.get(word, 0) + 1
+    chars = sorted({c for w in counts for c in w})
+    words = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1 and n >= min_frequency]
+    learned = list(dict.fromkeys(chars + [f"##{c}" for c in chars] + words))
+    room = vocab_size - len(specials)
+    if room < 2 * len(chars):
+        raise ValueError(f"train_wordpiece: vocab_size={vocab_size} cannot hold the {len(specials)} special tokens and "
+                         f"the {len(chars)} characters of the texts twice (alone and as '##' continuations); use "
+                         f"vocab_size >= {len(specials) + 2 * len(chars)}")
+    names = [t.content for t in specials]
+    vocab = {t: i for i, t in enumerate(names)}
+    for piece in learned[:room]:
+        vocab.setdefault(piece, len(vocab))  # a word spelled like a special token keeps the special id
+    tok.model = WordPiece(vocab, unk_token=UNK, continuing_subword_prefix="##")
+    tok.add_special_tokens(specials)
     if out_path is not None:
         atomic_write_text(out_path, tok.to_str())
     return tok
@@ -283,7 +297,7 @@ def cli(argv: list[str]) -> int:
             with open(f, encoding="utf-8") as fh:
                 yield from (line.strip() for line in fh if line.strip())
 
-    tok = train_wordpiece(lines(), args.vocab_size, args.out, show_progress=True)
+    tok = train_wordpiece(lines(), args.vocab_size, args.out)
     print(f"wrote {args.out}: {tok.get_vocab_size()} tokens")
     return 0
 

@@ -10,6 +10,7 @@ from fourm.data.text import (
     boxes_to_text,
     load_tokenizer,
     special_ids,
+    special_tokens,
     text_to_boxes,
     train_wordpiece,
 )
@@ -110,3 +111,28 @@ def test_boxes_round_trip_through_official_tokenizer():
 def test_text_to_boxes_skips_broken_boxes():
     text = "[S_1] v0=1 v1=2 v2=3 v3=4 cat v0=5 v2=6 v3=7 dog v0=9 v1=9 v2=9 v3=9 [EOS]"
     assert text_to_boxes(text, 999 + 1, bins=1000) == [(1.0 * 1000 / 999, 2 * 1000 / 999, 3 * 1000 / 999, 4 * 1000 / 999, "cat")]
+
+
+def test_training_twice_gives_the_same_ids(tmp_path):
+    """HF's trainer gave a different vocabulary in every process (ties broken in hash-map order); ours must not."""
+    import glob
+
+    from fourm.data import world
+
+    world.generate(str(tmp_path / "w"), 24, 32, seed=0, split="train")
+    captions = [open(p).read() for p in sorted(glob.glob(str(tmp_path / "w" / "train" / "caption" / "*.txt")))]
+    runs = [train_wordpiece(captions, vocab_size=6000, class_names=world.CLASSES) for _ in range(4)]
+    vocabs = [r.get_vocab() for r in runs]
+    assert all(v == vocabs[0] for v in vocabs[1:])
+    assert len(vocabs[0]) > len(special_tokens(world.CLASSES))  # words were learned, not only the special tokens
+    learned = [t for t, _ in sorted(vocabs[0].items(), key=lambda kv: kv[1])][len(special_tokens(world.CLASSES)):]
+    chars = sorted({c for cap in captions for c in cap.lower() if not c.isspace()})
+    assert learned[:2 * len(chars)] == chars + [f"##{c}" for c in chars]  # then whole words, most frequent first
+    import re
+
+    words = {w for cap in captions for w in re.findall(r"[a-z]+", cap.lower()) if len(w) > 1}
+    assert words and words <= set(vocabs[0])  # every word of the captions is one piece (class names: special)
+    # the renumbered model still covers every word: no [UNK], and ids map back to the pieces
+    enc = runs[0].encode(captions[0])
+    assert "[UNK]" not in enc.tokens and [runs[0].id_to_token(i) for i in enc.ids] == enc.tokens
+    assert runs[0].decode(enc.ids, skip_special_tokens=False).replace(" ,", ",") == captions[0].strip().lower()
