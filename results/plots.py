@@ -24,7 +24,7 @@ X_ALIASES = {
     "data_size": ("data.size", "data.num_samples", "data_size", "pretrain.data_size", "data.samples"),
     "train_tokens": ("pretrain.train_tokens", "train_tokens", "pretrain.total_tokens", "pretrain.tokens", "tokens"),
 }
-_SIZE_ORDER = ["N", "Mi", "T", "S", "B", "L", "XL", "H"]  # nano and micro are this suite's CPU sizes
+_SIZE_ORDER = ["P", "N", "Mi", "T", "S", "B", "L", "XL", "H"]  # pico, nano, micro: this suite's CPU sizes
 Y_ALIASES = {"avg_loss": "loss"}
 
 
@@ -81,7 +81,7 @@ def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None, bool]
 
 
 def _series_order(labels) -> list[str]:
-    """Sizes as N < Mi < T < S < B < L < XL < H, numbers numerically, anything else alphabetically."""
+    """Sizes as P < N < Mi < T < S < B < L < XL < H, numbers numerically, anything else alphabetically."""
     labels = list(labels)
     if all(size_from_name(x) for x in labels):
         return sorted(labels, key=lambda x: _SIZE_ORDER.index(size_from_name(x)))

@@ -336,7 +336,7 @@ def size_from_name(name: Any) -> str | None:
     if _blank(name):
         return None
     for tok in re.split(r"[_\-\s@/.]+", str(name).lower()):
-        m = re.match(r"^(nano|micro|tiny|small|base|large|xlarge|huge|xl|n|t|s|b|l|h)\d*$", tok)
+        m = re.match(r"^(pico|nano|micro|tiny|small|base|large|xlarge|huge|xl|n|t|s|b|l|h)\d*$", tok)
         if m:
             return _SIZE_TOKENS[m.group(1)]
     return None

@@ -85,3 +85,11 @@ def test_ablation_bars(ablation_root, tmp_path):
     assert_png(r.paths["png"])
     assert_pdf(r.paths["pdf"])
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_model_names_plot_in_size_order_not_alphabetically(tmp_path):
+    """The demo's sizes: "nano" sorts before "pico" as text, but pico (32 wide) is the smaller model."""
+    for name, loss in (("fm_nano_2e_2d_swiglu_nobias", 2.79), ("fm_pico_2e_2d_swiglu_nobias", 2.85)):
+        finished(tmp_path / "runs", {"model": {"name": name}, "seed": 0}, {"val/loss": loss})
+    r = scaling_plot(collect(tmp_path / "runs").table, x="model_size", y="val/loss", out=tmp_path, name="names")
+    assert list(r.data.sort_values("x_pos")["mean"]) == [2.85, 2.79]  # pico, then nano

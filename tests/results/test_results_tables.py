@@ -159,8 +159,9 @@ def test_write_reports_wrote_unchanged_replaced(transfer_df, tmp_path):
 def test_size_and_label_parsing():
     assert split_size("4M-B (RGB→RGB only)") == ("4M (RGB→RGB only)", "B")
     assert split_size("DeiT III") == ("DeiT III", None) and split_size("MAE L") == ("MAE", "L")
-    assert [size_from_name(n) for n in ("fm_base_12e_12d_swiglu_nobias", "vit_large_patch16", "fm_nano_2e_2d", "B", None)] \
-        == ["B", "L", "N", "B", None]
+    assert [size_from_name(n) for n in ("fm_base_12e_12d_swiglu_nobias", "vit_large_patch16", "fm_nano_2e_2d", "B", None,
+                                        "fm_pico_2e_2d_swiglu_nobias")] \
+        == ["B", "L", "N", "B", None, "P"]
 
 
 def test_unknown_layout_and_where_key():
