@@ -223,6 +223,10 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
             finished, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
             for fut in finished:
                 kind, what = pending.pop(fut)
+                if fut.exception() is not None:  # name the job and where its output went, not only the worker's error
+                    log = what["log"] if kind == "transfer" else logs / f"pretrain-{what}.log"
+                    name = f"{what['key']} ({what['label']})" if kind == "transfer" else what
+                    raise RuntimeError(f"demo: {kind} job {name} failed; its output is in {log}") from fut.exception()
                 if kind == "pretrain":
                     pretrain_metrics[what] = fut.result()
                     checkpoints[what] = pretrain_metrics[what]["checkpoint"]
@@ -325,7 +329,13 @@ def _transfer(job: dict) -> tuple[str, dict]:
 
     torch.set_num_threads(1)
     with _output_to(job["log"]):
-        run = run_transfer(make_config(job["task"], "tiny", job["overrides"]), runs_root=job["runs_root"])
+        try:
+            run = run_transfer(make_config(job["task"], "tiny", job["overrides"]), runs_root=job["runs_root"])
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()  # into the job's log, where the demo's error message points
+            raise
     return str(run.path), dict(run.metrics)
 
 

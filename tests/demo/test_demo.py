@@ -106,3 +106,17 @@ def test_full_demo_task_overrides_resolve_against_the_task_configs():
         assert cfg["train"]["image_size"] == want, task
     coco = make_config("coco", "tiny", ["init=random", "data_root=/nonexistent", *full.task_overrides["coco"]])
     assert coco["mm"]["rpn"]["anchor_scales"] == [4]
+
+
+def test_a_failed_transfer_job_names_itself_and_its_log(tmp_path, monkeypatch):
+    """A job that fails in a worker process stops the demo with the job's name and log, not a bare remote traceback."""
+    import dataclasses
+
+    from results import demo
+
+    bad = dataclasses.replace(demo.SIZES["quick"], transfer_overrides=("train.epochs=1", "train.no_such_key=1"))
+    monkeypatch.setitem(demo.SIZES, "quick", bad)
+    with pytest.raises(RuntimeError, match=r"transfer job in1k.*failed; its output is in .*transfer-in1k-.*\.log") as e:
+        run_demo(tmp_path / "out", tmp_path / "work", size="quick")
+    log = str(e.value).rsplit(" ", 1)[1]
+    assert "no_such_key" in open(log).read()  # the worker's traceback is in the log the message names
