@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import contextlib
-import itertools
 import json
 import multiprocessing
 import os
@@ -27,7 +26,6 @@ from pathlib import Path
 import torch
 
 from fourm.files import atomic_write_json
-from fourm.threads import torch_threads
 
 TASKS = ["in1k", "ade20k", "nyuv2_depth", "coco", "nyuv2_semseg_rgbd"]
 IMAGE_SIZE = 112  # world and tokenizer resolution; the model uses patch 8 -> the 14x14 grid of the @224 modalities
@@ -37,7 +35,7 @@ ENCODE_THREADS = 2  # fixed, not the core count: the token shards (and all that 
 
 @dataclass
 class DemoSize:
-    """How big each step is. ``full`` is the README demo (about 15-20 min on 2 cores); ``quick`` is for tests."""
+    """How big each step is. ``full`` is the README demo (about 25 min on 2 cores); ``quick`` is for tests."""
 
     train_images: int = 384
     val_images: int = 96
