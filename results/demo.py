@@ -204,7 +204,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     # transfers are queued as soon as the first model is done.
     headline: dict[str, dict[str, str]] = {}
     primary: dict[str, dict[str, list[float]]] = {}  # task -> label -> the task's first headline metric, per seed
-    transfer_runs: dict[str, tuple[Path, dict]] = {}  # job log -> run folder, metrics
+    transfer_runs: dict[str, tuple[Path, dict, dict]] = {}  # job log -> run folder, metrics, job
     checkpoints, pretrain_metrics = {}, {}
     # while the first model pretrains, its progress bar holds the terminal's last line: start on a fresh one
     lead = lambda: "" if S.models[0] in checkpoints else "\n"  # noqa: E731
@@ -236,15 +236,15 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
                                         for j in transfer_jobs("4M-demo (pretrained)", checkpoints[what])})
                     continue
                 path, metrics = fut.result()
-                transfer_runs[what["log"]] = (Path(path), metrics)
+                transfer_runs[what["log"]] = (Path(path), metrics, what)
                 print(f"{lead()}  [{len(transfer_runs)}/{n_transfer}] {what['key']:18s} {what['label']:22s} "
                       f"{_headline(what['task'], metrics)}", flush=True)
         # in task and seed order, whatever order the jobs finished in
-        for label in ("4M-demo (pretrained)", "random init"):
-            for j in sorted(transfer_jobs(label, ""), key=lambda j: (S.transfer_tasks.index(j["task"]), j["seed"])):
-                metrics = transfer_runs[j["log"]][1]
-                headline.setdefault(label, {})[j["key"]] = _headline(j["task"], metrics)
-                primary.setdefault(j["task"], {}).setdefault(label, []).append(float(metrics[HEADLINE_KEYS[j["task"]][0]]))
+        order = {"4M-demo (pretrained)": 0, "random init": 1}
+        for _, metrics, j in sorted(transfer_runs.values(), key=lambda r: (order[r[2]["label"]],
+                                                                            S.transfer_tasks.index(r[2]["task"]), r[2]["seed"])):
+            headline.setdefault(j["label"], {})[j["key"]] = _headline(j["task"], metrics)
+            primary.setdefault(j["task"], {}).setdefault(j["label"], []).append(float(metrics[HEADLINE_KEYS[j["task"]][0]]))
     except BaseException:  # a failed or interrupted step: do not leave the other jobs running for minutes
         for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public terminate before 3.14
             proc.terminate()
@@ -261,7 +261,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     # only this invocation's runs: after a change to the demo's settings, the older runs still in <work> would
     # otherwise be averaged into the table as if they were more seeds of the same method
     pretrain_runs = [Path(c).parents[2] for c in checkpoints.values()]
-    coll = collect(*(path for path, _ in transfer_runs.values()), *pretrain_runs)
+    coll = collect(*(path for path, _, _ in transfer_runs.values()), *pretrain_runs)
     coll.save(out)
     tbl = table(coll.table, layout="transfer", out=out, name="transfer_table")
     plot = None
