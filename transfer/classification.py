@@ -179,7 +179,7 @@ def build_optimizer(model: Classifier, train_cfg: dict) -> torch.optim.AdamW:
     groups = layer_decay_param_groups(model, lr, train_cfg["weight_decay"], train_cfg["layer_decay"], model.backbone.depth)
     for g in groups:
         g["lr"] = lr  # timm's scheduler applies lr_scale itself; pre-scaled lrs would be scaled twice
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(train_cfg["betas"]))
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(train_cfg["betas"]), fused=True)  # fused: see fourm.pretrain.loop
 
 
 def build_scheduler(optimizer, train_cfg: dict, updates_per_epoch: int):

@@ -211,6 +211,8 @@ def _train(cfg: dict, progress: bool = True) -> Run:
         if cfg["flip"]:
             flips = torch.rand(bs, generator=torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)) < 0.5
             x = _flip(mcfg.modality, x, flips)
+        if cfg.get("crop"):
+            x = _random_crops(x, cfg["crop"], mcfg.downsample, cfg["seed"] * 10_000_019 + step)
         lr = lr_at(step, total, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -255,6 +257,17 @@ def _train(cfg: dict, progress: bool = True) -> Run:
     run.write_metrics(metrics)
     run.mark_done()
     return run
+
+
+def _random_crops(x: torch.Tensor, size: int, align: int, seed: int) -> torch.Tensor:
+    """One ``size`` px square crop per sample, at offsets on the token grid (multiples of ``align``)."""
+    h, w = x.shape[-2:]
+    if size % align or size > min(h, w):
+        raise ValueError(f"crop={size}: must be a multiple of the downsampling factor {align} and at most {min(h, w)} px")
+    g = torch.Generator().manual_seed(seed)
+    oy = torch.randint(0, (h - size) // align + 1, (len(x),), generator=g) * align
+    ox = torch.randint(0, (w - size) // align + 1, (len(x),), generator=g) * align
+    return torch.stack([xi[..., y : y + size, x_ : x_ + size] for xi, y, x_ in zip(x, oy.tolist(), ox.tolist())])
 
 
 def _flip(modality: str, x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:

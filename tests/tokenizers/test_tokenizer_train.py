@@ -86,3 +86,38 @@ def test_cli_trains_and_reports(tiny_train_overrides, capsys):
     assert run.done and json.loads((run.path / "metrics.json").read_text())["steps"] == 3
     assert fourm_bench(["tokenize", "train", "modality=depth"]) == 2  # missing data=: one clear line
     assert "data" in capsys.readouterr().err
+
+
+def test_random_crops_lie_on_the_token_grid_and_repeat_with_the_seed():
+    from fourm.tokenizers.train import _random_crops
+
+    x = torch.arange(6 * 2 * 32 * 32, dtype=torch.float32).view(6, 2, 32, 32)
+    crops = _random_crops(x, 16, 4, seed=7)
+    assert crops.shape == (6, 2, 16, 16)
+    offsets = []
+    for xi, ci in zip(x, crops):
+        # the crop's top-left value tells where it came from (the tensor is a ramp)
+        y, x_ = divmod(int(ci[0, 0, 0].item()) % (32 * 32), 32)
+        assert y % 4 == 0 and x_ % 4 == 0 and y <= 16 and x_ <= 16
+        assert torch.equal(ci, xi[:, y : y + 16, x_ : x_ + 16])
+        offsets.append((y, x_))
+    assert len(set(offsets)) > 1  # one offset per sample, not one per batch
+    assert torch.equal(_random_crops(x, 16, 4, seed=7), crops)
+    assert not torch.equal(_random_crops(x, 16, 4, seed=8), crops)
+    labels = torch.arange(2 * 32 * 32).view(2, 32, 32)  # semseg: [B, H, W] class ids
+    assert _random_crops(labels, 8, 4, seed=0).shape == (2, 8, 8)
+    with pytest.raises(ValueError, match="crop=18: must be a multiple of the downsampling factor 4"):
+        _random_crops(x, 18, 4, seed=0)
+    with pytest.raises(ValueError, match="at most 32 px"):
+        _random_crops(x, 36, 4, seed=0)
+
+
+def test_crop_training_is_its_own_run_and_encodes_whole_images(tiny_train_overrides):
+    whole = train(compose_config("train", ["modality=depth", *tiny_train_overrides]), progress=False)
+    cropped = train(compose_config("train", ["modality=depth", *tiny_train_overrides, "crop=16"]), progress=False)
+    assert cropped.done and cropped.path != whole.path and cropped.config["crop"] == 16
+    # validation runs on whole images: the same grid and sample count as the whole-image run
+    assert cropped.metrics["grid"] == whole.metrics["grid"] and cropped.metrics["val_samples"] == whole.metrics["val_samples"]
+    a = load_file(whole.path / "tokenizer.safetensors")
+    b = load_file(cropped.path / "tokenizer.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the crops changed what it learned
