@@ -288,8 +288,7 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     summary["history"] = previous.get("history", []) + [{"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "timings_s": timings}]
     atomic_write_json(out / "summary.json", summary)
     print("\n" + tbl.markdown)
-    lost = [t for t, v in summary["pretrained_vs_random"].items() if not v["pretrained_wins"]]
-    print("\npretrained beats random init on " + (f"every task but {', '.join(lost)}" if lost else "every task"))
+    print("\n" + verdict_line(summary["pretrained_vs_random"]))
     print(f"\ndemo done in {timings['total']:.0f} s; outputs in {out}/")
     return summary
 
@@ -405,16 +404,39 @@ def _headline(task: str, metrics: dict) -> str:
 
 
 def verdict(primary: dict[str, dict[str, list[float]]]) -> dict[str, dict]:
-    """Per task: the first headline metric's mean over seeds, pretrained vs random init, and whether pretrained wins."""
+    """Per task: the first headline metric's mean over seeds, pretrained vs random init, and whether pretrained wins.
+
+    With several seeds per init it also gives each init's seed std and whether the gap between the means is larger
+    than the larger of the two (``beyond_spread``): a gap inside the seed spread is not evidence either way. With one
+    seed there is no spread, and ``beyond_spread`` is None."""
+    import statistics
+
     out = {}
     for task, by_label in primary.items():
         pre, rand = by_label.get("4M-demo (pretrained)"), by_label.get("random init")
         if not pre or not rand:
             continue
-        pm, rm = sum(pre) / len(pre), sum(rand) / len(rand)
-        out[task] = {"metric": HEADLINE_KEYS[task][0], "seeds": len(pre), "pretrained": pm, "random init": rm,
-                     "pretrained_wins": pm > rm}
+        pm, rm = statistics.fmean(pre), statistics.fmean(rand)
+        v = {"metric": HEADLINE_KEYS[task][0], "seeds": len(pre), "pretrained": pm, "random init": rm,
+             "pretrained_wins": pm > rm}
+        if len(pre) > 1 and len(rand) > 1:
+            v["std"] = {"pretrained": statistics.stdev(pre), "random init": statistics.stdev(rand)}
+            v["beyond_spread"] = abs(pm - rm) > max(v["std"].values())
+        else:
+            v["beyond_spread"] = None
+        out[task] = v
     return out
+
+
+def verdict_line(v: dict[str, dict]) -> str:
+    """The demo's one-paragraph verdict: where pretrained wins or loses, and which gaps are inside the seed spread."""
+    lost = [t for t, x in v.items() if not x["pretrained_wins"]]
+    line = "pretrained beats random init on " + (f"every task but {', '.join(lost)}" if lost else "every task")
+    noisy = [f"{t} ({x['pretrained']:.3g} vs {x['random init']:.3g}, seed std {max(x['std'].values()):.2g})"
+             for t, x in v.items() if x.get("beyond_spread") is False]
+    if noisy:
+        line += "; gaps inside the seed spread (not evidence either way): " + ", ".join(noisy)
+    return line
 
 
 def cli(argv: list[str]) -> int:
