@@ -4,8 +4,9 @@ world -> text tokenizer -> VQ-VAE tokenizers -> token shards -> pretrain two mod
 tasks plus RGB-D semseg (pretrained and random init) -> collect -> transfer table, scaling plot, summary.
 
 Every training job is single-threaded, so its numbers do not depend on the machine's core count, and there is one
-job per core at a time: the tokenizers all at once, then one pool for pretraining and transfer in which the random-init
-transfers run beside the pretraining (they need none) and the pretrained ones start when the first model is done.
+job per core at a time: the tokenizers one per core (longest first), then one pool for pretraining and transfer in
+which the random-init transfers run beside the pretraining (they need none) and the pretrained ones start when the
+first model is done.
 
 Every step is keyed by its config and skipped when already done, so a rerun only does what is missing.
 Outputs land in ``<out>`` (default ``results/demo``); intermediate data in ``<work>`` (default ``data/demo``).
@@ -35,7 +36,7 @@ ENCODE_THREADS = 2  # fixed, not the core count: the token shards (and all that 
 
 @dataclass
 class DemoSize:
-    """How big each step is. ``full`` is the README demo (about 25 min on 2 cores); ``quick`` is for tests."""
+    """How big each step is. ``full`` is the README demo (about 19 min on 2 cores); ``quick`` is for tests."""
 
     train_images: int = 384
     val_images: int = 96
@@ -58,7 +59,8 @@ class DemoSize:
     blr: float = 0.04  # for the narrowest model (width 64); wider models get blr * 64 / width (see _model_blr)
     transfer_tasks: tuple = tuple(TASKS)
     transfer_overrides: tuple = ()
-    # fine-tuning seeds per task (others: seed 0); the table shows mean ± std and the verdict compares seed means.
+    # fine-tuning seeds per task (others: seed 0); the table shows mean ± std and the verdict compares seed means,
+    # naming the gaps that lie inside the seed spread.
     # IN1K: 96 val images, one image is 1.04 points; one seed moved random init from 35.4 to 43.8. ADE20K: seeds 0/1/2
     # gave 24.7 / 34.5 / 19.2 mIoU for one pretrained encoder (random init: 26.6 / 29.9 / 19.1), so one seed decides
     # nothing there
@@ -329,7 +331,7 @@ def _pretrain(cfg: dict, progress: bool, log: str | None = None) -> dict:
 
 
 # rough relative cost of one transfer run in the full demo (seconds on one core), to queue the long ones first
-TRANSFER_COST = {"coco": 150, "nyuv2_semseg_rgbd": 75, "nyuv2_depth": 80, "ade20k": 55, "in1k": 35}
+TRANSFER_COST = {"coco": 125, "nyuv2_depth": 78, "nyuv2_semseg_rgbd": 62, "ade20k": 42, "in1k": 30}
 
 
 def _transfer(job: dict) -> tuple[str, dict]:
