@@ -174,6 +174,27 @@ def test_official_fixture_loads_every_encoder_key(official_checkpoint):
     assert small(torch.randn(2, 3, 64, 64)).shape == (2, 5)
 
 
+def test_global_pool_averages_the_last_block_and_drops_the_encoder_norm(official_checkpoint):
+    """MAE's fine-tune head: mean of the last block's tokens -> fc_norm -> linear; ``global_pool=false`` keeps the norm."""
+    cfg = {"transfer": {"init": str(official_checkpoint), "model": "fm_nano_2e_2d_swiglu_nobias"},
+           "train": {"image_size": 64, "drop_path": 0.0, "head_init_std": 0.5}}
+    torch.manual_seed(0)
+    pooled = cls.build_model(cfg, num_classes=5).eval()
+    torch.manual_seed(0)
+    normed = cls.build_model({**cfg, "train": {**cfg["train"], "global_pool": False}}, num_classes=5).eval()
+    assert not any(k.startswith("backbone.encoder_norm") for k in pooled.state_dict())
+    assert any(k.startswith("backbone.encoder_norm") for k in normed.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _, feats, _ = normed.backbone.forward_features(x, out_indices=[normed.backbone.depth - 1])
+        last = feats[-1]  # the last block's tokens, before the encoder norm
+        want_pooled = pooled.head(pooled.fc_norm(last.mean(1)))
+        want_normed = normed.head(normed.fc_norm(normed.backbone.encoder_norm(last).mean(1)))
+        torch.testing.assert_close(pooled(x), want_pooled)
+        torch.testing.assert_close(normed(x), want_normed)
+        assert not torch.allclose(pooled(x), normed(x))
+
+
 def _tiny(data_root, tmp_path, init, **extra):
     return resolve("in1k", "tiny", {"init": init, "data_root": str(data_root), "runs_root": str(tmp_path / "runs"),
                                     "train.epochs": 2, **extra})
