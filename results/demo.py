@@ -61,9 +61,9 @@ class DemoSize:
     transfer_overrides: tuple = ()
     # fine-tuning seeds per task (others: seed 0); the table shows mean ± std and the verdict compares seed means,
     # naming the gaps that lie inside the seed spread.
-    # IN1K: 96 val images, one image is 1.04 points; one seed moved random init from 35.4 to 43.8. ADE20K: seeds 0/1/2
-    # gave 24.7 / 34.5 / 19.2 mIoU for one pretrained encoder (random init: 26.6 / 29.9 / 19.1), so one seed decides
-    # nothing there
+    # IN1K: 96 val images, one image is 1.04 points; one seed moved random init from 35.4 to 43.8. ADE20K (lr 5e-3, old
+    # pyramid): seeds 0/1/2 gave 24.7 / 34.5 / 19.2 mIoU for one pretrained encoder (random init: 26.6 / 29.9 / 19.1),
+    # so one seed decides nothing there
     seeds: dict = dataclasses.field(default_factory=lambda: {"in1k": (0, 1, 2), "ade20k": (0, 1, 2)})
     # per task, on top of the tiny profile: the pretraining resolution (mm pipelines included: the tiny profile's resize
     # and slide windows are for 64 px) and schedules long enough for the heads to get past "floor and wall"
@@ -72,7 +72,8 @@ class DemoSize:
         # at chance, so the demo fine-tunes without them
         # lr 3e-3, not the tiny profile's 1e-3: 384 steps at 1e-3 leave the head far from fitting even frozen features
         # (frozen encoder, AdamW 1e-3: 30% top-1; a logistic-regression probe on the same features: 56%), so the
-        # encoder's quality hardly reached the table (pretrained 42.0 vs random 40.6, 3 seeds; at 3e-3: 47.6 vs 43.4)
+        # encoder's quality hardly reached the table (pretrained 42.0 vs random 40.6, 3 seeds; at 3e-3: 47.6 vs 43.4;
+        # both with the old head that pooled after the encoder norm, see transfer.classification.Classifier)
         "in1k": ("train.image_size=112", "train.epochs=8", "train.lr=3e-3", "train.auto_augment=null", "train.reprob=0",
                  "train.mixup=0", "train.cutmix=0", "train.mixup_prob=0"),
         # lr 1e-2: at 2e-3 / 5e-3 both inits underfit 300 iterations (mIoU ~14 / ~25, 3 seeds each); at 1e-2 pretrained
