@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from fourm import modalities as M
-from fourm.data.masking import UnifiedMasking
+from fourm.data.masking import UnifiedMasking, trim_sequence_padding
 from fourm.data.text import load_tokenizer
 from fourm.pretrain.distributed import DistEnv
 
@@ -120,7 +120,9 @@ class PretrainData:
         batch = collate([_pick_crop(s, g) for s in samples], self.modalities)
         mod_dict = self.masking(batch, generator=g)
         r = self.env.rank
-        return slice_rows(mod_dict, r * self.local, (r + 1) * self.local)
+        mcfg, budget = self.cfg["model"], self.cfg["budget"]
+        return trim_sequence_padding(slice_rows(mod_dict, r * self.local, (r + 1) * self.local), mcfg["domains_in"],
+                                     mcfg["domains_out"], budget["num_input_tokens"], budget["num_target_tokens"])
 
     def train_batch(self, step: int, micro: int, seed: int) -> dict:
         return self._masked([self.train[i] for i in self._indices(step, micro)], seed)

@@ -1,5 +1,6 @@
 """4M masking: Dirichlet-mixture budgets (statistics, seeded), image masks, span masking, official batch format."""
 import math
+import random
 import re
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from fourm.data.masking import (
     load_alphas,
     sample_dirichlet,
     shipped_alphas,
+    trim_sequence_padding,
 )
 from fourm.data.text import boxes_to_chunks, load_tokenizer, merge_spans, special_ids, train_wordpiece
 from fourm.modalities import MOD7
+from fourm.models import create_model
 
 FIXTURES = Path("/work/shared/fixtures/official_4m")
 OFFICIAL_TOK = FIXTURES / "text_tokenizer_4m_wordpiece_30k.json"
@@ -558,3 +561,38 @@ def test_pretokenized_sequences_mask_like_strings(tok):
             assert torch.equal(a[n][k], b[n][k]), (n, k)
     with pytest.raises(TypeError, match=r"batch\['caption'\]\[0\]"):
         m({"caption": [[1.5, 2.5]] * B, "det": ids["det"]}, torch.Generator())
+
+
+def test_trimming_sequence_padding_keeps_the_loss_and_gradients(tok):
+    names = ["tok_depth@224", "caption", "det"]
+    B = 8
+    masking = UnifiedMasking(names, one_component({n: 1.0 for n in names}, {n: 1.0 for n in names}), 48, 48, tok)
+    batch = masking(make_batch(names, B, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(3))
+    trimmed = trim_sequence_padding(batch, names, names, 48, 48)
+    for n in ("caption", "det"):
+        full_w, w = batch[n]["tensor"].shape[1], trimmed[n]["tensor"].shape[1]
+        assert full_w == 2 * (256 + 1) and w < 100  # 48-token budgets use a small part of the 514 columns
+        used = ~batch[n]["input_mask"] | ~batch[n]["target_mask"]
+        assert not used[:, w:].any() and used[:, w - 1].any()  # cut right after the last used column
+        for k in ("tensor", "input_mask", "target_mask", "decoder_attention_mask"):
+            assert torch.equal(trimmed[n][k], batch[n][k][:, :w])
+    assert trimmed["tok_depth@224"] is batch["tok_depth@224"]
+
+    torch.manual_seed(0)
+    model = create_model("fm_pico_2e_2d_swiglu_nobias", domains_in=names, domains_out=names,
+                         vocab_sizes={"tok_depth@224": 4096, "caption": tok.get_vocab_size(), "det": tok.get_vocab_size()})
+    grads, losses = [], []
+    for b in (batch, trimmed):
+        model.zero_grad()
+        loss, mod_loss = model(b, 48, 48, rng=random.Random(0))
+        loss.backward()
+        losses.append((loss.item(), {k: v.item() for k, v in mod_loss.items()}))
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-6)
+    assert losses[0][1] == pytest.approx(losses[1][1], abs=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
+
+    # budgets wider than what is left after the cut: the full layout is kept, so the model's shapes stay the same
+    assert trim_sequence_padding(batch, ["caption"], ["caption"], 300, 48) is batch
