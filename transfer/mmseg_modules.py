@@ -142,9 +142,26 @@ class BerHuLoss(nn.Module):
         return self._loss_name
 
 
+def _resize_layer(channels: int, factor: float) -> nn.Module:
+    """DPT's reassemble resampling by ``factor``: a strided transposed conv up, identity, a strided conv down.
+
+    Factors 4, 2, 1 and 0.5 build mmseg's layers exactly; 0.25 is a 7x7 conv of stride 4 (every pixel seen)."""
+    if factor >= 1:
+        if factor != int(factor):
+            raise ValueError(f"DepthDPTHead: rescale {factor} must be an integer >= 1 or 1/2^k")
+        return nn.Identity() if factor == 1 else nn.ConvTranspose2d(channels, channels, int(factor), stride=int(factor))
+    stride = round(1 / factor)
+    if stride & (stride - 1) or abs(stride * factor - 1) > 1e-9:
+        raise ValueError(f"DepthDPTHead: rescale {factor} must be an integer >= 1 or 1/2^k")
+    return nn.Conv2d(channels, channels, 2 * stride - 1, stride=stride, padding=stride - 1)
+
+
 @MODELS.register_module()
 class DepthDPTHead(BaseDecodeHead):
     """DPT for metric depth: reassemble 4 stride-16 maps to strides 4/8/16/32, fuse bottom-up, regress one channel.
+
+    ``rescales`` resamples the four maps (DPT's 4/2/1/0.5 for patch 16); with patch 8 the same strides are
+    2/1/0.5/0.25, else every level, and the head's output, is at twice the resolution (four times the convs).
 
     mmseg's ``DPTHead`` ends in a classifier; this ends in DPT's depth head (conv, 2x up, conv, ReLU, 1x1 conv) and a
     positive activation: ``sigmoid * max_depth`` (bounded, as mmseg's VPD depth head) or ``relu``/``softplus``.
@@ -153,7 +170,8 @@ class DepthDPTHead(BaseDecodeHead):
 
     def __init__(self, embed_dims: int, post_process_channels=(96, 192, 384, 768), channels: int = 256,
                  patch_size: int = 16, max_depth: float = 10.0, activation: str = "sigmoid",
-                 act_cfg=dict(type="ReLU"), fusion_norm_cfg=None, loss_decode=dict(type="BerHuLoss"), **kwargs):
+                 act_cfg=dict(type="ReLU"), fusion_norm_cfg=None, loss_decode=dict(type="BerHuLoss"),
+                 rescales=(4, 2, 1, 0.5), **kwargs):
         if activation not in ("sigmoid", "relu", "softplus"):
             raise ValueError(f"DepthDPTHead: activation must be sigmoid, relu or softplus, got {activation!r}")
         super().__init__(in_channels=[embed_dims] * 4, channels=channels, num_classes=1, out_channels=1, threshold=0.0,
@@ -161,6 +179,9 @@ class DepthDPTHead(BaseDecodeHead):
                          loss_decode=loss_decode, init_cfg=dict(type="TruncNormal", std=0.02, layer=["Conv2d"]), **kwargs)
         self.max_depth, self.activation = max_depth, activation
         self.reassemble_blocks = ReassembleBlocks(embed_dims, list(post_process_channels), "ignore", patch_size)
+        if tuple(rescales) != (4, 2, 1, 0.5):  # mmseg's layers are DPT's for patch 16 (strides 4/8/16/32)
+            self.reassemble_blocks.resize_layers = nn.ModuleList(
+                _resize_layer(c, f) for c, f in zip(post_process_channels, rescales, strict=True))
         self.convs = nn.ModuleList(ConvModule(c, channels, 3, padding=1, act_cfg=None, bias=False) for c in post_process_channels)
         self.fusion_blocks = nn.ModuleList(FeatureFusionBlock(channels, act_cfg, fusion_norm_cfg) for _ in post_process_channels)
         self.fusion_blocks[0].res_conv_unit1 = None  # the coarsest block has nothing to fuse
@@ -179,7 +200,10 @@ class DepthDPTHead(BaseDecodeHead):
         x = [conv(f) for conv, f in zip(self.convs, x)]
         out = self.fusion_blocks[0](x[-1])
         for i in range(1, len(self.fusion_blocks)):
-            out = self.fusion_blocks[i](out, x[-(i + 1)])
+            skip = x[-(i + 1)]
+            if out.shape[-2:] != skip.shape[-2:]:  # a coarsest level rounded up (7 -> 4 -> 8): back onto the finer grid
+                out = F.interpolate(out, size=skip.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+            out = self.fusion_blocks[i](out, skip)
         out = self.depth_head(out)
         if self.activation == "sigmoid":
             return torch.sigmoid(out) * self.max_depth

@@ -30,7 +30,7 @@ def test_paper_config_is_the_multimae_dpt_protocol(tmp_path):
     assert (t["warmup_epochs"], t["warmup_start_factor"], t["schedule"], t["image_size"], t["drop_path"]) == (100, 0.01, "cosine", 256, 0.0)
     assert mm["decode_head"]["type"] == "DepthDPTHead" and mm["decode_head"]["loss_decode"]["type"] == "BerHuLoss"
     assert mm["decode_head"]["post_process_channels"] == [96, 192, 384, 768] and mm["decode_head"]["channels"] == 256
-    assert mm["out_indices"] == [2, 5, 8, 11]
+    assert mm["out_indices"] == [2, 5, 8, 11] and mm["decode_head"]["rescales"] == [4, 2, 1, 0.5]
     assert mm["evaluator"] == {"min_depth": 1e-3, "max_depth": 10.0, "crop_type": "nyu_crop"}
 
 
@@ -49,6 +49,24 @@ def test_dpt_head_predicts_positive_bounded_depth_at_input_resolution():
     out = head(feats)
     assert out.shape == (2, 1, 64, 64)
     assert (out > 0).all() and (out < 10).all()
+
+
+def test_dpt_rescales_set_the_reassemble_strides():
+    """Patch 16 (DPT's 4/2/1/0.5): mmseg's layers as they are. Patch 8: 2/1/0.5/0.25 gives the same strides 4/8/16/32,
+    so the head ends at the input's resolution instead of twice it."""
+    paper = DepthDPTHead(embed_dims=16, post_process_channels=[4, 8, 8, 16], channels=8)
+    layers = paper.reassemble_blocks.resize_layers
+    assert [type(m).__name__ for m in layers] == ["ConvTranspose2d", "ConvTranspose2d", "Identity", "Conv2d"]
+    assert (layers[0].stride, layers[1].stride, layers[3].stride, layers[3].kernel_size) == ((4, 4), (2, 2), (2, 2), (3, 3))
+    patch8 = DepthDPTHead(embed_dims=16, post_process_channels=[4, 8, 8, 16], channels=8, patch_size=8,
+                          rescales=[2, 1, 0.5, 0.25])
+    feats = tuple(torch.randn(2, 16, 14, 14) for _ in range(4))  # a 112 px image at patch 8
+    sizes = [m(torch.randn(2, c, 14, 14)).shape[-1] for m, c in zip(patch8.reassemble_blocks.resize_layers, [4, 8, 8, 16])]
+    assert sizes == [28, 14, 7, 4]  # strides 4/8/16/32 of 112 px (the last rounded up)
+    assert patch8(feats).shape == (2, 1, 112, 112)
+    assert paper(feats).shape == (2, 1, 224, 224)  # 4/2/1/0.5 on a patch-8 map: twice the input
+    with pytest.raises(ValueError, match="rescale 0.3"):
+        DepthDPTHead(embed_dims=16, post_process_channels=[4, 8, 8, 16], channels=8, rescales=[2, 1, 0.5, 0.3])
 
 
 def test_paper_dry_run_builds_model_optimizer_and_data(tmp_path):
