@@ -117,6 +117,20 @@ def test_paper_mmdet_config_is_cascade_mask_rcnn_with_lsj(tmp_path):
     assert mm["train_cfg"]["max_iters"] == 4
 
 
+def test_runner_config_is_formatted_once_and_reads_like_mmengines(tmp_path):
+    from mmengine.config import Config
+
+    from transfer.detection import _formatted_once_config
+
+    mm = mmdet_config(_config("tiny", _write_fake_coco(tmp_path)), tmp_path / "work")
+    cfg = _formatted_once_config(mm)
+    text = cfg.pretty_text
+    assert text == Config(mm).pretty_text and "CascadeRCNN" in text
+    assert cfg.pretty_text is text  # cached: not formatted again
+    assert copy.deepcopy(cfg).pretty_text == text  # the runner keeps a deep copy
+    assert "_pretty_text" not in cfg._cfg_dict and cfg.model["type"] == "CascadeRCNN"  # not a config key
+
+
 def test_anchor_and_roi_strides_follow_the_encoder_patch_size(tmp_path):
     """A patch-8 encoder's pyramid has strides 2..32, not the 4..64 of patch 16 (anchors would sit at twice the scale)."""
     import torch as _torch
