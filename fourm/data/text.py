@@ -103,6 +103,15 @@ def special_ids(tokenizer: Tokenizer) -> SpecialIds:
     )
 
 
+def coord_bins(tokenizer: Tokenizer) -> int | None:
+    """How many coordinate bins the tokenizer's box tokens (``v0=0`` ... ``v3=<bins-1>``) have; None without any.
+
+    Boxes must be written with this many bins: a coordinate the tokenizer lacks (``v0=999`` for a 128-bin one) would
+    be split into word pieces, silently."""
+    found = [int(m.group(1)) for t in tokenizer.get_vocab(with_added_tokens=True) if (m := re.fullmatch(r"v0=(\d+)", t))]
+    return max(found) + 1 if found else None
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a HF ``tokenizers`` JSON (the official 4M WordPiece JSON or one written by :func:`train_wordpiece`)."""
     path = Path(path)

@@ -10,7 +10,7 @@ import torch
 
 from fourm import modalities as M
 from fourm.data.masking import UnifiedMasking, trim_sequence_padding
-from fourm.data.text import load_tokenizer
+from fourm.data.text import coord_bins, load_tokenizer
 from fourm.pretrain.distributed import DistEnv
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -41,20 +41,22 @@ def slice_rows(mod_dict: dict, start: int, stop: int) -> dict:
     return {m: {k: (v[start:stop] if torch.is_tensor(v) else v) for k, v in d.items()} for m, d in mod_dict.items()}
 
 
-def load_token_samples(pattern: str, modalities: list[str]) -> list[dict]:
+def load_token_samples(pattern: str, modalities: list[str], coord_bins: int | None = None) -> list[dict]:
     """Every sample of token shards (braceexpand pattern) in memory, with all its stored crops, in shard order.
 
     A sample holds, per modality, a list over crops (token grids ``[h, w]``, RGB ``uint8 [3, S, S]``, det as box
-    chunk strings) or a single value (caption); ``__crops__`` says how many. Pretraining picks one crop per step.
+    chunk strings with ``coord_bins`` bins, the official 1000 by default) or a single value (caption); ``__crops__``
+    says how many. Pretraining picks one crop per step.
     """
     import io
     import json
 
     import numpy as np
 
-    from fourm.data.text import boxes_to_chunks
+    from fourm.data.text import COORD_BINS, boxes_to_chunks
     from fourm.tokenizers.shards import ShardError, expand_shards, iter_shard
 
+    bins = coord_bins or COORD_BINS
     out = []
     for path in expand_shards(pattern):
         for header, raw in iter_shard(path):
@@ -71,7 +73,7 @@ def load_token_samples(pattern: str, modalities: list[str]) -> list[dict]:
                     sample[m] = raw[ext].decode().strip()
                     continue
                 if kind == "sequence":  # boxes per crop, normalised to the crop -> one text chunk per box
-                    sample[m] = [boxes_to_chunks(b, 1) for b in json.loads(raw[ext])]
+                    sample[m] = [boxes_to_chunks(b, 1, bins) for b in json.loads(raw[ext])]
                 else:
                     arr = np.load(io.BytesIO(raw[ext]), allow_pickle=False)
                     if m in token_mods and int(arr.max(initial=0)) >= token_mods[m]["vocab_size"]:
@@ -92,11 +94,16 @@ class PretrainData:
         mcfg = cfg["model"]
         self.modalities = list(dict.fromkeys(list(mcfg["domains_in"]) + list(mcfg["domains_out"])))
         data = cfg["data"]
-        self.train = train_samples if train_samples is not None else load_token_samples(data["train"], self.modalities)
-        self.val = val_samples if val_samples is not None else load_token_samples(data["val"], self.modalities)
+        tok = load_tokenizer(data["text_tokenizer"]) if any(M.get(m).kind == "sequence" for m in self.modalities) else None
+        bins = coord_bins(tok) if tok is not None else None  # boxes are written in the tokenizer's coordinate bins
+        if "det" in self.modalities and bins is None:
+            raise ValueError(f"data.text_tokenizer={data['text_tokenizer']}: has no box coordinate tokens (v0=0, ...), "
+                             "so det cannot be tokenized; train it with fourm.data.text.train_wordpiece")
+        self.train = (train_samples if train_samples is not None
+                      else load_token_samples(data["train"], self.modalities, bins))
+        self.val = val_samples if val_samples is not None else load_token_samples(data["val"], self.modalities, bins)
         if not self.train:
             raise ValueError(f"data.train={data.get('train')!r}: no samples; run `fourm-bench tokenize encode` first")
-        tok = load_tokenizer(data["text_tokenizer"]) if any(M.get(m).kind == "sequence" for m in self.modalities) else None
         self.masking = UnifiedMasking(self.modalities, _alphas_spec(cfg["alphas"]), cfg["budget"]["num_input_tokens"],
                                       cfg["budget"]["num_target_tokens"], text_tokenizer=tok)
         per_step = cfg["batch_size"]

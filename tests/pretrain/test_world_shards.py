@@ -45,6 +45,46 @@ def test_samples_hold_every_crop_aligned(shards):
     assert isinstance(s["caption"], str) and all(isinstance(c, str) for c in s["det"][0])
 
 
+def test_det_boxes_are_written_in_the_text_tokenizers_coordinate_bins(shards, tmp_path):
+    from fourm.data.text import coord_bins, train_wordpiece
+    from fourm.pretrain.data import PretrainData
+    from fourm.pretrain.distributed import detect
+
+    tok = train_wordpiece(["a red cube on a floor"], 2000, tmp_path / "tok16.json", class_names=world.CLASSES,
+                          coord_bins=16)
+    assert coord_bins(tok) == 16 and tok.get_vocab_size() < 600  # 4 x 16 coordinate tokens, not 4 x 1000
+    cfg = resolve([f"data.train={shards}/train-{{000000..000000}}.tar", f"data.val={shards}/val-{{000000..000000}}.tar",
+                   f"data.text_tokenizer={tmp_path / 'tok16.json'}", f"model.domains_in=[{','.join(MODS_IN)}]",
+                   f"model.domains_out=[{','.join(MODS_OUT)}]", "batch_size=4"])
+    data = PretrainData(cfg, detect())
+    coords = [int(w.split("=")[1]) for s in data.train for crop in s["det"] for chunk in crop for w in chunk.split()
+              if w[:3] in ("v0=", "v1=", "v2=", "v3=")]
+    assert coords and max(coords) <= 15 and max(coords) > 7  # 16 bins, used across their range
+    ids = tok.encode(data.train[0]["det"][0][0]).ids
+    assert tok.token_to_id("[UNK]") not in ids and len(ids) == 5  # 4 coordinate tokens + one class token
+    # the official 1000-bin tokenizer keeps the official boxes
+    assert load_token_samples(str(shards / "train-{000000..000000}.tar"), MODS_IN)[0]["det"] == \
+        load_token_samples(str(shards / "train-{000000..000000}.tar"), MODS_IN, 1000)[0]["det"]
+
+
+def test_a_text_tokenizer_without_box_tokens_is_refused_for_det(shards, tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from fourm.data.text import PAD, EOS, sentinel
+    from fourm.pretrain.data import PretrainData
+    from fourm.pretrain.distributed import detect
+
+    plain = Tokenizer(WordLevel({t: i for i, t in enumerate([PAD, EOS, "[UNK]", sentinel(0), sentinel(1), "cube"])},
+                                unk_token="[UNK]"))
+    plain.save(str(tmp_path / "plain.json"))
+    cfg = resolve([f"data.train={shards}/train-{{000000..000000}}.tar", f"data.val={shards}/val-{{000000..000000}}.tar",
+                   f"data.text_tokenizer={tmp_path / 'plain.json'}", f"model.domains_in=[{','.join(MODS_IN)}]",
+                   f"model.domains_out=[{','.join(MODS_OUT)}]", "batch_size=4"])
+    with pytest.raises(ValueError, match="plain.json: has no box coordinate tokens"):
+        PretrainData(cfg, detect())
+
+
 def test_pretrain_from_world_shards(shards, official_fixture_dir, tmp_path):
     cfg = resolve([f"data.train={shards}/train-{{000000..000000}}.tar", f"data.val={shards}/val-{{000000..000000}}.tar",
                    f"data.text_tokenizer={official_fixture_dir / 'text_tokenizer_4m_wordpiece_30k.json'}",
