@@ -86,6 +86,14 @@ class ImageEncoderEmbedding(_GridEmbedding):
         grid = (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
         return {**d, "x": self.proj(self.patchify(x)), "emb": self.grid_emb(grid).expand(x.shape[0], -1, -1)}
 
+    def select(self, d: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``emb`` of the patches at ``idx`` ``[B, n]`` only (what :meth:`forward` gives there)."""
+        x = d["tensor"]
+        grid = (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
+        patches = self.patchify(x)
+        patches = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        return self.proj(patches), self.grid_emb(grid)[0][idx]
+
 
 class ImageTokenEncoderEmbedding(_GridEmbedding):
     """A grid of VQ token ids -> token embeddings."""
@@ -101,13 +109,29 @@ class ImageTokenEncoderEmbedding(_GridEmbedding):
         ids = ids.reshape(ids.shape[0], -1)
         return {**d, "x": self.token_emb(ids), "emb": self.grid_emb(grid).expand(ids.shape[0], -1, -1)}
 
+    def select(self, d: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``emb`` of the tokens at ``idx`` ``[B, n]`` only."""
+        ids = d["tensor"]
+        grid = tuple(ids.shape[1:3]) if ids.ndim == 3 else self.grid
+        return self.token_emb(ids.reshape(ids.shape[0], -1).gather(1, idx)), self.grid_emb(grid)[0][idx]
+
+
+def _compact_ids(unused: torch.Tensor, length: int) -> torch.Tensor:
+    """Each used token's index among the used tokens of its row (0 for unused ones and past ``length``)."""
+    pos_id = (~unused).to(torch.int64).cumsum(dim=1) - 1
+    return pos_id.masked_fill(unused | (pos_id >= length), 0)
+
 
 def _compact_positions(pos_emb: torch.Tensor, unused: torch.Tensor) -> torch.Tensor:
     """Position embedding of each used token counted among the used tokens only (masked slots get 0)."""
-    pos_id = (~unused).to(torch.int64).cumsum(dim=1) - 1
-    pos_id = pos_id.masked_fill(unused | (pos_id >= pos_emb.shape[1]), 0)
-    out = pos_emb[0][pos_id]  # B x N x D
+    out = pos_emb[0][_compact_ids(unused, pos_emb.shape[1])]  # B x N x D
     return out.masked_fill(unused.unsqueeze(-1), 0.0)
+
+
+def _compact_positions_at(pos_emb: torch.Tensor, unused: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """:func:`_compact_positions` at the columns ``idx`` ``[B, n]`` only."""
+    out = pos_emb[0][_compact_ids(unused, pos_emb.shape[1]).gather(1, idx)]
+    return out.masked_fill(unused.gather(1, idx).unsqueeze(-1), 0.0)
 
 
 class SequenceEncoderEmbedding(_Embedding):
@@ -124,6 +148,11 @@ class SequenceEncoderEmbedding(_Embedding):
     def forward(self, d: dict) -> dict:
         return {**d, "x": self.token_emb(d["tensor"]), "emb": _compact_positions(self.pos_emb, d["input_mask"]) + self.mod_emb}
 
+    def select(self, d: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``emb`` of the tokens at ``idx`` ``[B, n]`` only."""
+        emb = _compact_positions_at(self.pos_emb, d["input_mask"], idx) + self.mod_emb
+        return self.token_emb(d["tensor"].gather(1, idx)), emb
+
 
 class ImageTokenDecoderEmbedding(_GridEmbedding):
     """Decoder side of a token grid: queries are mask tokens at grid positions; logits over the vocab."""
@@ -139,6 +168,12 @@ class ImageTokenDecoderEmbedding(_GridEmbedding):
         grid = tuple(ids.shape[1:3]) if ids.ndim == 3 else self.grid
         ids = ids.reshape(ids.shape[0], -1)
         return {**d, "ids": ids, "emb": self.grid_emb(grid).expand(ids.shape[0], -1, -1)}
+
+    def select(self, d: dict, idx: torch.Tensor) -> tuple[None, torch.Tensor]:
+        """``(None, emb)`` at the query positions ``idx`` ``[B, n]``: the queries themselves are the mask token."""
+        ids = d["tensor"]
+        grid = tuple(ids.shape[1:3]) if ids.ndim == 3 else self.grid
+        return None, self.grid_emb(grid)[0][idx]
 
     def forward_logits(self, y: torch.Tensor) -> torch.Tensor:
         return self.to_logits(y)
@@ -159,6 +194,11 @@ class SequenceDecoderEmbedding(_Embedding):
         ids = d["tensor"]
         emb = _compact_positions(self.pos_emb[:, : self.max_length], d["target_mask"]) + self.mod_emb
         return {**d, "ids": ids, "x": self.token_emb(ids), "emb": emb}
+
+    def select(self, d: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced ``x`` and ``emb`` at the input positions ``idx`` ``[B, n]`` (0 .. L-2) only."""
+        emb = _compact_positions_at(self.pos_emb[:, : self.max_length], d["target_mask"], idx) + self.mod_emb
+        return self.token_emb(d["tensor"].gather(1, idx)), emb
 
     def forward_logits(self, y: torch.Tensor) -> torch.Tensor:
         return self.to_logits(y)

@@ -151,15 +151,6 @@ class FourM(nn.Module):
             nn.init.trunc_normal_(emb.mod_emb, std=0.02)
 
     # --- encoder -----------------------------------------------------------------------------------
-    def cat_encoder_tensors(self, mod_dict: dict):
-        xs, embs, masks, mods = [], [], [], []
-        for mod, d in mod_dict.items():
-            xs.append(d["x"])
-            embs.append(d["emb"])
-            masks.append(d["input_mask"])
-            mods.append(torch.full_like(d["input_mask"], self.modality_info[mod].id, dtype=torch.int16))
-        return torch.cat(xs, 1), torch.cat(embs, 1), torch.cat(masks, 1), torch.cat(mods, 1)
-
     @staticmethod
     def _select(n: int, unused: torch.Tensor) -> torch.Tensor:
         """Indices of the first n used positions per sample, in order (then unused ones): a stable sort on the mask."""
@@ -167,15 +158,35 @@ class FourM(nn.Module):
         return torch.argsort(unused + arange, dim=1)[:, :n]
 
     @staticmethod
-    def _gather_kept(ids_keep, vectors, per_token):
-        """The kept positions of [B, N, D] tensors and of [B, N] tensors, in ``ids_keep`` order."""
-        idx = ids_keep.unsqueeze(-1).expand(-1, -1, vectors[0].shape[2])
-        return [torch.gather(v, 1, idx) for v in vectors], [torch.gather(t, 1, ids_keep) for t in per_token]
+    def _embed_kept(ids_keep: torch.Tensor, parts: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``emb`` ``[B, n, D]`` at ``ids_keep``, positions in the concatenation of ``parts``.
 
-    def forward_mask_encoder(self, encoder_mod_dict: dict, num_encoder_tokens: int):
-        tokens_all, emb_all, mask_all, mod_all = self.cat_encoder_tensors(encoder_mod_dict)
+        ``parts``: per modality, in concatenation order, ``(length, select)`` where ``select(idx)`` embeds that
+        modality's positions ``idx`` (``x`` may be a ``[1, 1, D]`` token). Only the kept tokens are embedded: building
+        every modality's ``[B, N, D]`` tensors first (the official code's way) and gathering from them cost a small
+        model more than its transformer blocks on CPU. The values are the same.
+        """
+        x = emb = None
+        offset = 0
+        for length, select in parts:
+            local = ids_keep - offset
+            inside = ((local >= 0) & (local < length)).unsqueeze(-1)
+            xs, es = select(local.clamp(0, length - 1))
+            xs = xs.expand(es.shape)
+            x, emb = (xs, es) if x is None else (torch.where(inside, xs, x), torch.where(inside, es, emb))
+            offset += length
+        return x, emb
+
+    def forward_mask_encoder(self, mod_dict: dict, num_encoder_tokens: int):
+        """The first ``num_encoder_tokens`` input tokens per sample (modality order, then position), embedded."""
+        mods = [m for m in mod_dict if m in self.encoder_embeddings]
+        masks = [mod_dict[m]["input_mask"] for m in mods]
+        mask_all = torch.cat(masks, 1)
+        mod_all = torch.cat([torch.full_like(mk, self.modality_info[m].id, dtype=torch.int16) for m, mk in zip(mods, masks)], 1)
         ids_keep = self._select(num_encoder_tokens, mask_all)
-        (tokens, emb), (mask, mod_mask) = self._gather_kept(ids_keep, [tokens_all, emb_all], [mask_all, mod_all])
+        mask, mod_mask = torch.gather(mask_all, 1, ids_keep), torch.gather(mod_all, 1, ids_keep)
+        tokens, emb = self._embed_kept(
+            ids_keep, [(mk.shape[1], partial(self.encoder_embeddings[m].select, mod_dict[m])) for m, mk in zip(mods, masks)])
         tokens = tokens.masked_fill(mask.unsqueeze(-1), 0.0)
         emb = emb.masked_fill(mask.unsqueeze(-1), 0.0)
         mod_mask = mod_mask.masked_fill(mask, -1)
@@ -188,32 +199,9 @@ class FourM(nn.Module):
         return self.encoder_norm(x)
 
     # --- decoder -----------------------------------------------------------------------------------
-    def cat_decoder_tensors(self, mod_dict: dict, rng=_random):
-        """Concatenate targets; modality order is shuffled with Python's `random`, as the official code does."""
-        order = rng.sample(tuple(mod_dict.keys()), len(mod_dict))
-        xs, embs, masks, targets, attn, mods = [], [], [], [], [], []
-        for mod in order:
-            d = mod_dict[mod]
-            mid = self.modality_info[mod].id
-            if self.modality_info[mod].kind == "sequence":
-                # Teacher forcing: inputs are positions 0..L-2, targets are the next tokens; a position is valid only
-                # if it and its successor are both targets.
-                xs.append(d["x"][:, :-1])
-                targets.append(d["ids"][:, 1:])
-                embs.append(d["emb"][:, :-1])
-                masks.append(d["target_mask"][:, 1:] | d["target_mask"][:, :-1])
-                attn.append(d["decoder_attention_mask"][:, :-1])
-                mods.append(torch.full_like(d["ids"][:, :-1], mid, dtype=torch.int16))
-            else:
-                emb = d["emb"]
-                xs.append(self.mask_token.expand(emb.shape[0], emb.shape[1], -1))
-                targets.append(d["ids"])
-                embs.append(emb)
-                masks.append(d["target_mask"])
-                attn.append(d["decoder_attention_mask"])
-                mods.append(torch.full_like(d["ids"], mid, dtype=torch.int16))
-        cat = lambda t: torch.cat(t, 1)  # noqa: E731
-        return cat(xs), cat(embs), cat(masks), cat(targets), cat(attn), cat(mods), order
+    def decoder_order(self, mods, rng=_random) -> list[str]:
+        """The decoder's modality order, shuffled with Python's `random` as the official code does."""
+        return rng.sample(tuple(mods), len(mods))
 
     def adapt_decoder_attention_mask(self, decoder_attention_mask: torch.Tensor, mod_mask: torch.Tensor) -> torch.Tensor:
         """Compressed 4M decoder mask -> full [B, N, N] boolean mask (True = masked).
@@ -232,11 +220,33 @@ class FourM(nn.Module):
             mask = mask | (mod_mask.unsqueeze(1) != mod_mask.unsqueeze(2))
         return mask
 
-    def forward_mask_decoder(self, decoder_mod_dict: dict, num_decoder_tokens: int, rng=_random):
-        tokens_all, emb_all, mask_all, target_all, attn_all, mod_all, order = self.cat_decoder_tensors(decoder_mod_dict, rng)
+    def forward_mask_decoder(self, mod_dict: dict, num_decoder_tokens: int, rng=_random):
+        """The first ``num_decoder_tokens`` target queries per sample, in a shuffled modality order, embedded.
+
+        Sequences are teacher-forced: query j holds token j and predicts token j+1; it is valid only if both are
+        targets."""
+        order = self.decoder_order([m for m in mod_dict if m in self.decoder_embeddings], rng)
+        masks, targets, attn, mods, parts = [], [], [], [], []
+        for mod in order:
+            d, emb_layer = mod_dict[mod], self.decoder_embeddings[mod]
+            ids = d["tensor"]
+            if self.modality_info[mod].kind == "sequence":
+                masks.append(d["target_mask"][:, 1:] | d["target_mask"][:, :-1])
+                targets.append(ids[:, 1:])
+                attn.append(d["decoder_attention_mask"][:, :-1])
+                select = partial(emb_layer.select, d)
+            else:
+                ids = ids.reshape(ids.shape[0], -1)
+                masks.append(d["target_mask"])
+                targets.append(ids)
+                attn.append(d["decoder_attention_mask"])
+                select = partial(self._mask_token_queries, emb_layer, d)
+            mods.append(torch.full_like(targets[-1], self.modality_info[mod].id, dtype=torch.int16))
+            parts.append((masks[-1].shape[1], select))
+        mask_all, target_all, attn_all, mod_all = (torch.cat(t, 1) for t in (masks, targets, attn, mods))
         ids_keep = self._select(num_decoder_tokens, mask_all)
-        (tokens, emb), (mask, target_ids, attn, mod_mask) = self._gather_kept(
-            ids_keep, [tokens_all, emb_all], [mask_all, target_all, attn_all, mod_all])
+        mask, target_ids, attn, mod_mask = (torch.gather(t, 1, ids_keep) for t in (mask_all, target_all, attn_all, mod_all))
+        tokens, emb = self._embed_kept(ids_keep, parts)
         tokens = tokens.masked_fill(mask.unsqueeze(-1), 0.0)
         emb = emb.masked_fill(mask.unsqueeze(-1), 0.0)
         target_ids = target_ids.masked_fill(mask, 0)
@@ -244,6 +254,9 @@ class FourM(nn.Module):
         mod_mask = mod_mask.masked_fill(mask, -1)
         return dict(tokens=tokens, emb=emb, mask=mask.unsqueeze(1), target_ids=target_ids, attn_mask=attn_mask,
                     mod_mask=mod_mask, ids_keep=ids_keep, order=order)
+
+    def _mask_token_queries(self, emb_layer, d: dict, idx: torch.Tensor):
+        return self.mask_token, emb_layer.select(d, idx)[1]
 
     def forward_decoder(self, y, context, encoder_mask, attn_mask):
         sa = additive_mask(attn_mask, y.dtype)
@@ -295,12 +308,11 @@ class FourM(nn.Module):
         Returns ``(loss, mod_loss)``; with ``return_logits`` the per-modality logits dict instead; with ``return_all``
         a dict holding every intermediate (encoder/decoder tokens, masks, outputs, logits, losses).
         """
-        enc_dict = {m: self.encoder_embeddings[m](d) for m, d in mod_dict.items() if m in self.encoder_embeddings}
-        dec_dict = {m: self.decoder_embeddings[m].forward_embed(d) for m, d in mod_dict.items() if m in self.decoder_embeddings}
-        if not enc_dict:
+        if not any(m in self.encoder_embeddings for m in mod_dict):
             raise ValueError(f"no input modality of this model in the batch {list(mod_dict)}; model inputs: {list(self.encoder_embeddings)}")
-        enc_tokens, enc_emb, enc_mask, enc_mod_mask, enc_ids = self.forward_mask_encoder(enc_dict, num_encoder_tokens)
-        dec = self.forward_mask_decoder(dec_dict, num_decoder_tokens, rng)
+        dec_dict = dict.fromkeys(m for m in mod_dict if m in self.decoder_embeddings)  # the target modalities, in order
+        enc_tokens, enc_emb, enc_mask, enc_mod_mask, enc_ids = self.forward_mask_encoder(mod_dict, num_encoder_tokens)
+        dec = self.forward_mask_decoder(mod_dict, num_decoder_tokens, rng)
 
         x = self.forward_encoder(enc_tokens + enc_emb, enc_mask)
         context = self.decoder_proj_context(x) + enc_emb
@@ -317,8 +329,7 @@ class FourM(nn.Module):
 
     def encode(self, mod_dict: dict, num_encoder_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder only: (tokens after the final norm, boolean pad mask [B, N])."""
-        enc_dict = {m: self.encoder_embeddings[m](d) for m, d in mod_dict.items() if m in self.encoder_embeddings}
-        tokens, emb, mask, _, _ = self.forward_mask_encoder(enc_dict, num_encoder_tokens)
+        tokens, emb, mask, _, _ = self.forward_mask_encoder(mod_dict, num_encoder_tokens)
         return self.forward_encoder(tokens + emb, mask), mask.squeeze(1)
 
     def weight_decay_exclusions(self) -> set[str]:

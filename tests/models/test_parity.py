@@ -30,7 +30,7 @@ class _Order(Exception):
 
 
 class _OrderOnly:
-    """Stops cat_decoder_tensors right after the modality order is drawn (only the draw is checked)."""
+    """Stops decoder_order right after the modality order is drawn (only the draw is checked)."""
 
     def __init__(self, rng):
         self.rng = rng
@@ -47,7 +47,7 @@ def test_decoder_order_follows_python_random(official_fixture_dir):
 
     model = load_pretrained(official_fixture_dir / "tiny_4m7.safetensors")
     with pytest.raises(_Order) as e:
-        model.cat_decoder_tensors(dict.fromkeys(["tok_depth@224", "caption"]), rng=_OrderOnly(random.Random(1234)))
+        model.decoder_order(["tok_depth@224", "caption"], rng=_OrderOnly(random.Random(1234)))
     assert e.value.args[0] == ["caption", "tok_depth@224"]
 
 
