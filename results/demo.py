@@ -53,8 +53,8 @@ class DemoSize:
     codebook: int = 256
     # box coordinate bins of the text tokenizer: the official 1000. 128 (finer than a pixel at 112 px) shrinks the text
     # vocabulary from 4,299 to 811 tokens and the nano step by 8% (pico 25%), but that nano fine-tuned to ADE20K
-    # 24.1 / 35.4 / 30.9 mIoU (seeds 0-2) against 35.5 / 37.4 / 35.7 for the 1000-bin one, a loss to random init
-    # (one pretraining each, so the bins and the pretraining draw are not separated)
+    # 24.1 / 35.4 / 30.9 mIoU (seeds 0-2) against 35.5 / 37.4 / 35.7 for the 1000-bin one, a loss to random init; with
+    # pretraining seed 1 the order reversed (128: 26.7 / 36.1 / 33.1, 1000: 30.1 / 35.3 / 28.6): the draw decides
     coord_bins: int = 1000
     crops: int = 2
     models: tuple = ("fm_nano_2e_2d_swiglu_nobias", "fm_pico_2e_2d_swiglu_nobias")
