@@ -82,7 +82,7 @@ class DemoSize:
         "in1k": ("train.image_size=112", "train.epochs=8", "train.lr=3e-3", "train.auto_augment=null", "train.reprob=0",
                  "train.mixup=0", "train.cutmix=0", "train.mixup_prob=0"),
         # lr 1e-2: at 2e-3 / 5e-3 both inits underfit 300 iterations (mIoU ~14 / ~25, 3 seeds each); at 1e-2 pretrained
-        # 36.2 +- 1.0 vs random 34.4 +- 2.5; at 2e-2 36.3 +- 4.3 vs 35.1 +- 2.3 (this round's nano, paper strides)
+        # 36.2 +- 1.0 vs random 34.4 +- 2.5; at 2e-2 36.3 +- 4.3 vs 35.1 +- 2.3 (stop 17's nano, paper strides)
         "ade20k": (*dense_overrides(IMAGE_SIZE), PAPER_STRIDES, "train.iters=300", "train.checkpoint_interval=300",
                    "train.lr=1e-2"),
         # DPT reassembled to strides 4/8/16/32 (DPT_STRIDES); 4/2/1/0.5 on the patch-8 map ran every head level and the

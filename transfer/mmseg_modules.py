@@ -146,14 +146,12 @@ def _resize_layer(channels: int, factor: float) -> nn.Module:
     """DPT's reassemble resampling by ``factor``: a strided transposed conv up, identity, a strided conv down.
 
     Factors 4, 2, 1 and 0.5 build mmseg's layers exactly; 0.25 is a 7x7 conv of stride 4 (every pixel seen)."""
-    if factor >= 1:
-        if factor != int(factor):
-            raise ValueError(f"DepthDPTHead: rescale {factor} must be an integer >= 1 or 1/2^k")
-        return nn.Identity() if factor == 1 else nn.ConvTranspose2d(channels, channels, int(factor), stride=int(factor))
-    stride = round(1 / factor)
-    if stride & (stride - 1) or abs(stride * factor - 1) > 1e-9:
+    stride = round(1 / factor) if factor < 1 else 1
+    if (factor >= 1 and factor != int(factor)) or stride & (stride - 1) or (factor < 1 and abs(stride * factor - 1) > 1e-9):
         raise ValueError(f"DepthDPTHead: rescale {factor} must be an integer >= 1 or 1/2^k")
-    return nn.Conv2d(channels, channels, 2 * stride - 1, stride=stride, padding=stride - 1)
+    if factor < 1:
+        return nn.Conv2d(channels, channels, 2 * stride - 1, stride=stride, padding=stride - 1)
+    return nn.Identity() if factor == 1 else nn.ConvTranspose2d(channels, channels, int(factor), stride=int(factor))
 
 
 @MODELS.register_module()

@@ -41,11 +41,11 @@ def slice_rows(mod_dict: dict, start: int, stop: int) -> dict:
     return {m: {k: (v[start:stop] if torch.is_tensor(v) else v) for k, v in d.items()} for m, d in mod_dict.items()}
 
 
-def load_token_samples(pattern: str, modalities: list[str], coord_bins: int | None = None) -> list[dict]:
+def load_token_samples(pattern: str, modalities: list[str], bins: int | None = None) -> list[dict]:
     """Every sample of token shards (braceexpand pattern) in memory, with all its stored crops, in shard order.
 
     A sample holds, per modality, a list over crops (token grids ``[h, w]``, RGB ``uint8 [3, S, S]``, det as box
-    chunk strings with ``coord_bins`` bins, the official 1000 by default) or a single value (caption); ``__crops__``
+    chunk strings in ``bins`` coordinate bins, the official 1000 by default) or a single value (caption); ``__crops__``
     says how many. Pretraining picks one crop per step.
     """
     import io
@@ -56,7 +56,7 @@ def load_token_samples(pattern: str, modalities: list[str], coord_bins: int | No
     from fourm.data.text import COORD_BINS, boxes_to_chunks
     from fourm.tokenizers.shards import ShardError, expand_shards, iter_shard
 
-    bins = coord_bins or COORD_BINS
+    bins = bins or COORD_BINS
     out = []
     for path in expand_shards(pattern):
         for header, raw in iter_shard(path):
