@@ -62,6 +62,21 @@ def test_resume_continues_from_the_saved_step_bit_exactly(tiny_train_overrides, 
     assert resumed.metrics["val"] == full.metrics["val"]
 
 
+def test_validation_only_at_the_end_trains_the_same_weights(tiny_train_overrides, tmp_path):
+    every = train(compose_config("train", ["modality=semseg", *tiny_train_overrides]), progress=False)
+    once = train(compose_config("train", ["modality=semseg", *tiny_train_overrides, "val_every_epochs=0",
+                                          f"out={tmp_path}"]), progress=False)
+    assert once.path != every.path  # its own run (the setting is part of the config)
+    assert [r["epoch"] for r in every.read_log() if r.get("event") == "epoch"] == [1, 2]
+    assert [r for r in once.read_log() if r.get("event") == "epoch"] == []
+    a, b = load_file(every.path / "tokenizer.safetensors"), load_file(once.path / "tokenizer.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the final metrics are measured once either way (the last epoch's validation is reused), and agree
+    assert once.metrics["val"] == every.metrics["val"]
+    last_epoch = [r for r in every.read_log() if r.get("event") == "epoch"][-1]
+    assert every.metrics["val"] == {k.removeprefix("val/"): v for k, v in last_epoch.items() if k.startswith("val/")}
+
+
 def test_config_errors_name_the_file_and_key(tiny_world, tmp_path):
     with pytest.raises(ValueError, match=r"train\.yaml.*\['data'\]"):
         compose_config("train", ["modality=depth"])
