@@ -7,6 +7,7 @@
 * ``BerHuLoss``       reverse Huber loss on valid (gt > 0) pixels, as MultiMAE trains NYUv2 depth.
 * ``AppendDepthChannel`` / ``NYUv2RGBDDataset``  RGB-D inputs: image (RGB order) + depth in metres as channel 4.
 * ``SegCrossEntropyMetric`` / ``DepthLossMetric``  ``val_loss`` from the predictions the evaluator already gets.
+* ``top1_accuracy``   the ``acc_seg`` every decode head logs each step, computed without a strided ``argmax``.
 
 Importing this module registers everything; mmseg and mmdet must each be built under their own ``DefaultScope``.
 """
@@ -24,7 +25,9 @@ from mmcv.transforms import BaseTransform
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModule
 from mmseg.datasets import BaseSegDataset
+from mmseg.models.decode_heads import decode_head as _decode_head
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.models.losses import accuracy as _mmseg_accuracy
 from mmseg.models.decode_heads.dpt_head import FeatureFusionBlock, ReassembleBlocks
 from mmseg.registry import DATASETS, METRICS, MODELS, TRANSFORMS
 from torch import nn
@@ -117,6 +120,29 @@ class FourMBackbone(BaseModule):
         by_index = dict(zip(wanted, feats))
         n_rgb = grid[0] * grid[1]
         return tuple(by_index[i][:, :n_rgb].transpose(1, 2).reshape(b, self.dim, *grid) for i in self.out_indices)
+
+
+# --- the logged segmentation accuracy -------------------------------------------------------------------------
+def top1_accuracy(pred: torch.Tensor, target: torch.Tensor, topk=1, thresh=None, ignore_index=None):
+    """mmseg's ``accuracy`` (the ``acc_seg`` each decode head logs every step), the same value for top-1.
+
+    mmseg takes ``topk`` over the channel axis of the ``[B, C, H, W]`` logits, a strided reduction: 12 ms of a
+    single-threaded 112 px, 15-class step, twice a step (decode and auxiliary head), about 10% of an ADE20K run.
+    ``max`` over the same axis takes 2.6 ms. It only feeds the log, so training is unchanged to the bit.
+    Other ``topk``/``thresh`` go to mmseg's own.
+    """
+    if topk != 1 or thresh is not None or pred.size(0) == 0 or pred.ndim != target.ndim + 1:
+        return _mmseg_accuracy(pred, target, topk=topk, thresh=thresh, ignore_index=ignore_index)
+    with torch.no_grad():
+        correct = pred.detach().max(1).indices == target
+        valid = target != ignore_index if ignore_index is not None else torch.ones_like(correct)
+        eps = torch.finfo(torch.float32).eps
+        correct_k = (correct & valid).reshape(-1).float().sum(0, keepdim=True) + eps
+        return correct_k.mul_(100.0 / (int(valid.sum()) + eps))
+
+
+# decode_head.py calls the name it imported; every decode head (UPerHead, FCNHead, ...) goes through it
+_decode_head.accuracy = top1_accuracy
 
 
 # --- depth head and loss ---------------------------------------------------------------------------------------

@@ -129,3 +129,20 @@ def test_interrupted_run_resumes_from_its_mmengine_checkpoint(layouts, tmp_path,
     after = [r["step"] for r in log[log.index(resumed[0]):] if "loss" in r]
     assert after == [3, 4]
     assert (run.path / "mm" / "iter_4.pth").exists() and 0.0 <= metrics["mIoU"] <= 100.0
+
+
+def test_logged_accuracy_is_mmsegs_value():
+    from mmseg.models.decode_heads import decode_head
+    from mmseg.models.losses import accuracy
+
+    from transfer.mmseg_modules import top1_accuracy
+
+    assert decode_head.accuracy is top1_accuracy  # every decode head logs through it
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(3, 15, 20, 24, generator=g, requires_grad=True)
+    target = torch.randint(0, 15, (3, 20, 24), generator=g)
+    target[0, :5] = 255
+    for ignore in (255, None, 3):
+        assert torch.equal(top1_accuracy(pred, target, ignore_index=ignore), accuracy(pred, target, ignore_index=ignore))
+    # what it does not cover goes to mmseg's own
+    assert top1_accuracy(pred, target, topk=(1, 2)) == accuracy(pred, target, topk=(1, 2))
