@@ -266,6 +266,10 @@ class VQVAE(nn.Module):
             c.codebook_size, c.code_dim, beta=c.beta, ema_decay=c.ema_decay, restart_after=c.restart_after
         )
         self.decoder = Decoder(self.adapter.out_channels, c.channels, c.num_res_blocks, c.code_dim)
+        # channels-last conv weights make oneDNN run every conv in NHWC: single-threaded at 112 px (measured), a
+        # semseg training step is 17% faster and encoding 39%. The values are the same up to float rounding;
+        # checkpoints store contiguous tensors either way
+        self.to(memory_format=torch.channels_last)
 
     @property
     def vocab_size(self) -> int:

@@ -57,6 +57,24 @@ def test_checkpoint_reloads_bit_exactly_with_official_metadata_convention(tmp_pa
     assert load_tokenizer(tmp_path / "run").config == model.config
 
 
+def test_channels_last_weights_store_contiguous_and_compute_the_same(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config("depth")).eval()
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+    weight = lambda m: m.get_submodule(convs[0]).weight  # noqa: E731 (one input channel: both layouts agree)
+    assert weight(model).is_contiguous(memory_format=torch.channels_last) and not weight(model).is_contiguous()
+    save_tokenizer(model, tmp_path / "tok.safetensors")
+    loaded = load_tokenizer(tmp_path / "tok.safetensors")  # safetensors refuses non-contiguous tensors
+    assert weight(loaded).is_contiguous(memory_format=torch.channels_last)
+    # the same network in the default layout: the same latents up to float rounding, the same token ids
+    plain = VQVAE(tiny_config("depth")).eval().to(memory_format=torch.contiguous_format)
+    plain.load_state_dict(model.state_dict())
+    assert weight(plain).is_contiguous()
+    x = 0.5 + 5 * torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.encoder(model.adapter.to_input(x)), plain.encoder(plain.adapter.to_input(x)))
+    assert torch.equal(model.encode(x), plain.encode(x))
+
+
 def test_training_state_resumes_optimizer_and_rng(tmp_path, tiny_config):
     torch.manual_seed(0)
     model = VQVAE(tiny_config("depth")).train()
