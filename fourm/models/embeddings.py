@@ -86,13 +86,14 @@ class ImageEncoderEmbedding(_GridEmbedding):
         grid = (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
         return {**d, "x": self.proj(self.patchify(x)), "emb": self.grid_emb(grid).expand(x.shape[0], -1, -1)}
 
-    def select(self, d: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` and ``emb`` of the patches at ``idx`` ``[B, n]`` only (what :meth:`forward` gives there)."""
+    def select(self, d: dict, idx: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``emb`` of the patches at ``idx`` only (what :meth:`forward` gives there).
+
+        ``idx`` ``[B, n]`` indexes each sample's patches; with ``rows`` (``[K]``, sample of each entry) ``idx`` is
+        ``[K]`` and the results are ``[K, D]``."""
         x = d["tensor"]
         grid = (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
-        patches = self.patchify(x)
-        patches = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-        return self.proj(patches), self.grid_emb(grid)[0][idx]
+        return self.proj(self.patchify(x)[_rows(idx, rows), idx]), self.grid_emb(grid)[0][idx]
 
 
 class ImageTokenEncoderEmbedding(_GridEmbedding):
@@ -109,11 +110,11 @@ class ImageTokenEncoderEmbedding(_GridEmbedding):
         ids = ids.reshape(ids.shape[0], -1)
         return {**d, "x": self.token_emb(ids), "emb": self.grid_emb(grid).expand(ids.shape[0], -1, -1)}
 
-    def select(self, d: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` and ``emb`` of the tokens at ``idx`` ``[B, n]`` only."""
+    def select(self, d: dict, idx: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``emb`` of the tokens at ``idx`` only (``idx`` and ``rows`` as in :meth:`ImageEncoderEmbedding.select`)."""
         ids = d["tensor"]
         grid = tuple(ids.shape[1:3]) if ids.ndim == 3 else self.grid
-        return self.token_emb(ids.reshape(ids.shape[0], -1).gather(1, idx)), self.grid_emb(grid)[0][idx]
+        return self.token_emb(ids.reshape(ids.shape[0], -1)[_rows(idx, rows), idx]), self.grid_emb(grid)[0][idx]
 
 
 def _compact_ids(unused: torch.Tensor, length: int) -> torch.Tensor:
@@ -128,10 +129,17 @@ def _compact_positions(pos_emb: torch.Tensor, unused: torch.Tensor) -> torch.Ten
     return out.masked_fill(unused.unsqueeze(-1), 0.0)
 
 
-def _compact_positions_at(pos_emb: torch.Tensor, unused: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """:func:`_compact_positions` at the columns ``idx`` ``[B, n]`` only."""
-    out = pos_emb[0][_compact_ids(unused, pos_emb.shape[1]).gather(1, idx)]
-    return out.masked_fill(unused.gather(1, idx).unsqueeze(-1), 0.0)
+def _rows(idx: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """The sample index of each entry of ``idx``: ``rows`` as given, or ``[B, 1]`` (broadcast over ``[B, n]``)."""
+    return rows if rows is not None else torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+
+
+def _compact_positions_at(pos_emb: torch.Tensor, unused: torch.Tensor, idx: torch.Tensor,
+                          rows: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_compact_positions` at the columns ``idx`` only (``[B, n]``, or ``[K]`` of the samples ``rows``)."""
+    r = _rows(idx, rows)
+    out = pos_emb[0][_compact_ids(unused, pos_emb.shape[1])[r, idx]]
+    return out.masked_fill(unused[r, idx].unsqueeze(-1), 0.0)
 
 
 class SequenceEncoderEmbedding(_Embedding):
@@ -148,10 +156,10 @@ class SequenceEncoderEmbedding(_Embedding):
     def forward(self, d: dict) -> dict:
         return {**d, "x": self.token_emb(d["tensor"]), "emb": _compact_positions(self.pos_emb, d["input_mask"]) + self.mod_emb}
 
-    def select(self, d: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` and ``emb`` of the tokens at ``idx`` ``[B, n]`` only."""
-        emb = _compact_positions_at(self.pos_emb, d["input_mask"], idx) + self.mod_emb
-        return self.token_emb(d["tensor"].gather(1, idx)), emb
+    def select(self, d: dict, idx: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``emb`` of the tokens at ``idx`` only (``idx`` and ``rows`` as in :meth:`ImageEncoderEmbedding.select`)."""
+        emb = _compact_positions_at(self.pos_emb, d["input_mask"], idx, rows) + self.mod_emb[0]
+        return self.token_emb(d["tensor"][_rows(idx, rows), idx]), emb
 
 
 class ImageTokenDecoderEmbedding(_GridEmbedding):
@@ -169,8 +177,8 @@ class ImageTokenDecoderEmbedding(_GridEmbedding):
         ids = ids.reshape(ids.shape[0], -1)
         return {**d, "ids": ids, "emb": self.grid_emb(grid).expand(ids.shape[0], -1, -1)}
 
-    def select(self, d: dict, idx: torch.Tensor) -> tuple[None, torch.Tensor]:
-        """``(None, emb)`` at the query positions ``idx`` ``[B, n]``: the queries themselves are the mask token."""
+    def select(self, d: dict, idx: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[None, torch.Tensor]:
+        """``(None, emb)`` at the query positions ``idx``: the queries themselves are the mask token."""
         ids = d["tensor"]
         grid = tuple(ids.shape[1:3]) if ids.ndim == 3 else self.grid
         return None, self.grid_emb(grid)[0][idx]
@@ -195,10 +203,11 @@ class SequenceDecoderEmbedding(_Embedding):
         emb = _compact_positions(self.pos_emb[:, : self.max_length], d["target_mask"]) + self.mod_emb
         return {**d, "ids": ids, "x": self.token_emb(ids), "emb": emb}
 
-    def select(self, d: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced ``x`` and ``emb`` at the input positions ``idx`` ``[B, n]`` (0 .. L-2) only."""
-        emb = _compact_positions_at(self.pos_emb[:, : self.max_length], d["target_mask"], idx) + self.mod_emb
-        return self.token_emb(d["tensor"].gather(1, idx)), emb
+    def select(self, d: dict, idx: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced ``x`` and ``emb`` at the input positions ``idx`` (0 .. L-2) only (``idx`` and ``rows`` as in
+        :meth:`ImageEncoderEmbedding.select`)."""
+        emb = _compact_positions_at(self.pos_emb[:, : self.max_length], d["target_mask"], idx, rows) + self.mod_emb[0]
+        return self.token_emb(d["tensor"][_rows(idx, rows), idx]), emb
 
     def forward_logits(self, y: torch.Tensor) -> torch.Tensor:
         return self.to_logits(y)
