@@ -204,7 +204,7 @@ def _train(cfg: dict, progress: bool = True) -> Run:
 
     bar = tqdm(total=total, initial=step, desc=f"tokenizer {mcfg.modality}", unit="step", disable=not progress)
     t0 = time.perf_counter()
-    evaluated_at = None
+    every, evaluated_at = cfg.get("val_every_epochs", 1), None
     while step < total:
         epoch, i = divmod(step, steps_per_epoch)
         perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch))
@@ -230,7 +230,6 @@ def _train(cfg: dict, progress: bool = True) -> Run:
             run.log(step=step, epoch=epoch, lr=lr, **rec)
             bar.set_postfix(loss=f"{rec['recon_loss']:.4f}", usage=f"{rec['usage']:.2f}")
         if step % steps_per_epoch == 0:
-            every = cfg.get("val_every_epochs", 1)
             if every and ((epoch + 1) % every == 0 or step == total):
                 final, evaluated_at = evaluate(model, val_x), step
                 run.log(event="epoch", epoch=epoch + 1, step=step, **{f"val/{k}": v for k, v in final.items()})
