@@ -66,11 +66,9 @@ class DemoSize:
     transfer_overrides: tuple = ()
     # fine-tuning seeds per task (others: seed 0); the table shows mean ± std and the verdict compares seed means,
     # naming the gaps that lie inside the seed spread.
-    # IN1K: 96 val images, one image is 1.04 points; one seed moved random init from 35.4 to 43.8. ADE20K (lr 5e-3, old
-    # pyramid): seeds 0/1/2 gave 24.7 / 34.5 / 19.2 mIoU for one pretrained encoder (random init: 26.6 / 29.9 / 19.1),
-    # so one seed decides nothing there
-    # NYUv2 RGB-D semseg: one pretrained encoder scored 19.6 / 33.6 / 17.4 mIoU over seeds 0/1/2 (random init
-    # 21.8 / 23.0 / 17.0), so its single-seed cell was a draw too
+    # IN1K: 96 val images, one image is 1.04 points; one seed moved random init from 35.4 to 43.8. ADE20K and RGB-D
+    # semseg: fine-tuned, seeds 0/1/2 gave 24.7 / 34.5 / 19.2 mIoU for one encoder, so one seed decided nothing; the
+    # linear probe's spread is about 1 point, and its seeds are cheap (about 10 s a run)
     seeds: dict = dataclasses.field(default_factory=lambda: {"in1k": (0, 1, 2), "ade20k": (0, 1, 2),
                                                              "nyuv2_semseg_rgbd": (0, 1, 2)})
     # per task, on top of the tiny profile: the pretraining resolution (mm pipelines included: the tiny profile's resize
@@ -84,16 +82,15 @@ class DemoSize:
         # both with the old head that pooled after the encoder norm, see transfer.classification.Classifier)
         "in1k": ("train.image_size=112", "train.epochs=8", "train.lr=3e-3", "train.auto_augment=null", "train.reprob=0",
                  "train.mixup=0", "train.cutmix=0", "train.mixup_prob=0"),
-        # lr 1e-2: at 2e-3 / 5e-3 both inits underfit 300 iterations (mIoU ~14 / ~25, 3 seeds each); at 1e-2 pretrained
-        # 36.2 +- 1.0 vs random 34.4 +- 2.5; at 2e-2 36.3 +- 4.3 vs 35.1 +- 2.3 (stop 17's nano, paper strides)
-        "ade20k": (*dense_overrides(IMAGE_SIZE), PAPER_STRIDES, "train.iters=300", "train.checkpoint_interval=300",
+        # the semseg tasks: linear probing (LINEAR_SEG_PROBE), not fine-tuning, which cannot tell the inits apart here
+        "ade20k": (*dense_overrides(IMAGE_SIZE), *LINEAR_SEG_PROBE, "train.iters=300", "train.checkpoint_interval=300",
                    "train.lr=1e-2"),
         # DPT reassembled to strides 4/8/16/32 (DPT_STRIDES); 4/2/1/0.5 on the patch-8 map ran every head level and the
         # output at twice the resolution: 0.45 vs 0.21 s a step; delta1 pretrained 74/74/73 vs random 69/71/71 (seeds 0-2;
         # before: 69.5 vs 63.4, seed 0)
         "nyuv2_depth": (*dense_overrides(IMAGE_SIZE), DPT_STRIDES, "train.iters=150", "train.checkpoint_interval=150"),
-        "nyuv2_semseg_rgbd": (*dense_overrides(IMAGE_SIZE), PAPER_STRIDES, "train.iters=300",
-                              "train.checkpoint_interval=300", "train.lr=5e-3"),
+        "nyuv2_semseg_rgbd": (*dense_overrides(IMAGE_SIZE), *LINEAR_SEG_PROBE, "train.iters=300",
+                              "train.checkpoint_interval=300", "train.lr=1e-2"),
         # 128 px: the detector pads its input to a multiple of 32, so 112 px images would cost the same and leave the
         # encoder's position grid stretched over padding (AP box 3.9 vs 4.8 pretrained, 0.9 vs 1.1 random). Patch 8
         # gives a stride-8 map, so pyramid scales 2/1/0.5 -> strides 4/8/16 (+32). The world's objects are 12-55 px at
@@ -109,11 +106,20 @@ class DemoSize:
     })
 
 
-# ViTDet's pyramid rescales the patch-16 map by 4/2/1/0.5 to strides 4/8/16/32; with patch 8 that is 2/1/0.5/0.25.
-# The tiny profile's 4/2/1/0.5 gives a stride-2 level whose UPerHead convs cost most of a run: ADE20K 3 seeds,
-# pretrained 21.9/33.0/22.4 vs 24.7/34.5/19.2 mIoU, random init 24.0/24.8/25.4 vs 26.6/29.9/19.1, in 60 s vs 85 s a run
-PAPER_STRIDES = "mm.neck.rescales=[2,1,0.5,0.25]"
-DPT_STRIDES = "mm.decode_head.rescales=[2,1,0.5,0.25]"  # the same for the depth head's reassemble blocks
+# The demo's semantic segmentation (ADE20K, RGB-D NYUv2) is linear probing, DINOv2's linear protocol: the encoder frozen,
+# a 1x1 conv on its last block's patch tokens (stride 8), upsampled; no neck, no auxiliary head. Fine-tuning cannot
+# tell the inits apart on this world: trained to convergence (600 iterations, no photometric jitter) UperNet reached
+# 62.8 +- 0.3 mIoU from the pretrained nano and 62.6 +- 0.2 from random init, with the same per-class IoUs to +-3, and
+# 62.1 vs 61.5 from 96 training images instead of 384: the fine-tuning set alone teaches the colour-to-class lookup
+# both converge to; at 300 iterations both sat mid-way with seed spreads of 2-8 points. The frozen encoder is what
+# the pretraining changed: 50.1 +- 1.2 vs 39.8 +- 1.0 mIoU on ADE20K (3 seeds each), in half the time of fine-tuning.
+LINEAR_SEG_PROBE = ("train.freeze_encoder=true", "mm.neck=null", "mm.auxiliary_head=null", "mm.decode_head.type=FCNHead",
+                    "~mm.decode_head.pool_scales=null",  # hydra: delete the key (an UPerHead option)
+                    "+mm.decode_head.in_index=3", "+mm.decode_head.num_convs=0", "+mm.decode_head.concat_input=false",
+                    "mm.decode_head.dropout_ratio=0")
+# ViTDet's pyramid rescales the patch-16 map by 4/2/1/0.5 to strides 4/8/16/32; with patch 8 that is 2/1/0.5/0.25, here
+# for the depth head's reassemble blocks
+DPT_STRIDES = "mm.decode_head.rescales=[2,1,0.5,0.25]"
 
 
 def dense_overrides(size: int) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ Importing this module registers everything; mmseg and mmdet must each be built u
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,17 +57,23 @@ class FourMBackbone(BaseModule):
     ``out_indices`` picks blocks explicitly; otherwise ``base_out_indices`` (blocks of a 12-block encoder) are scaled
     to this encoder's depth.
     Extra input channels are dropped when the encoder has no depth embedding, so RGB-only and RGB-D runs share data.
+    ``frozen`` keeps the encoder as loaded (no gradients, always in eval mode, so no drop path): linear probing.
     """
 
     def __init__(self, init: str = "random", model: str = "fm_base_12e_12d_swiglu_nobias", modalities=(RGB,),
                  image_size: int = 224, drop_path_rate: float = 0.0, out_indices: Sequence[int] | None = None,
-                 base_out_indices: Sequence[int] = BASE_OUT_INDICES, depth_tokenizer: str | None = None, init_cfg=None):
+                 base_out_indices: Sequence[int] = BASE_OUT_INDICES, depth_tokenizer: str | None = None,
+                 frozen: bool = False, init_cfg=None):
         super().__init__(init_cfg)
         modalities = list(modalities)
         if modalities[0] != RGB or not set(modalities) <= {RGB, DEPTH_TOKENS}:
             raise ValueError(f"FourMBackbone: modalities must be [{RGB!r}] or [{RGB!r}, {DEPTH_TOKENS!r}], got {modalities}")
         self.modalities = modalities
         self.encoder_model = build_encoder(init, model, modalities, image_size, drop_path_rate)
+        self.frozen = bool(frozen)
+        if self.frozen:
+            self.encoder_model.requires_grad_(False)
+            self.encoder_model.eval()
         self.dim = self.encoder_model.dim
         self.patch_size = self.encoder_model.patch_size
         depth = self.encoder_model.depth
@@ -96,6 +103,8 @@ class FourMBackbone(BaseModule):
         super().train(mode)
         if self.depth_tokenizer is not None:
             self.depth_tokenizer.eval()  # frozen: its quantizer statistics must not move
+        if self.frozen:
+            self.encoder_model.eval()
         return self
 
     def depth_tokens(self, depth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -116,7 +125,8 @@ class FourMBackbone(BaseModule):
                 raise ValueError("FourMBackbone: RGB-D encoder got a 3-channel input; add AppendDepthChannel to the pipeline")
             inputs[DEPTH_TOKENS] = self.depth_tokens(x[:, 3:4], grid)
         wanted = sorted(set(self.out_indices))
-        _, feats, _ = self.encoder_model.forward_features(inputs, out_indices=wanted)
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            _, feats, _ = self.encoder_model.forward_features(inputs, out_indices=wanted)
         by_index = dict(zip(wanted, feats))
         n_rgb = grid[0] * grid[1]
         return tuple(by_index[i][:, :n_rgb].transpose(1, 2).reshape(b, self.dim, *grid) for i in self.out_indices)

@@ -229,11 +229,13 @@ def encoder_dim(init: str, model: str) -> int:
 
 
 def backbone(config: dict, modalities=("rgb@224",), depth_tokenizer: str | None = None) -> dict:
-    """The ``FourMBackbone`` config of a transfer config (init, model, crop size, drop path, out_indices of a 12-block base)."""
+    """The ``FourMBackbone`` config of a transfer config (init, model, crop size, drop path, out_indices of a 12-block
+    base, and ``train.freeze_encoder``: a frozen encoder, as in linear probing)."""
     t, train, mm = config["transfer"], config["train"], config.get("mm", {})
     return dict(type="FourMBackbone", init=str(t["init"]), model=t["model"], modalities=list(modalities),
                 image_size=int(train["image_size"]), drop_path_rate=float(train.get("drop_path", 0.0)),
-                base_out_indices=list(mm.get("out_indices", (3, 5, 7, 11))), depth_tokenizer=depth_tokenizer)
+                base_out_indices=list(mm.get("out_indices", (3, 5, 7, 11))), depth_tokenizer=depth_tokenizer,
+                frozen=bool(train.get("freeze_encoder", False)))
 
 
 def pair(v) -> tuple[int, int]:

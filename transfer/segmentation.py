@@ -57,8 +57,20 @@ def seg_pipelines(config: dict, load_extra: list[dict] | None = None) -> tuple[l
     return train, test
 
 
+def decode_head(head: dict, dim: int, num_classes: int, norm_cfg: dict) -> dict:
+    """The decode head over the pyramid: all four levels, or the one level ``head["in_index"]`` (an int) names."""
+    head = dict(head)
+    levels = head.pop("in_index", [0, 1, 2, 3])
+    in_channels = dim if isinstance(levels, int) else [dim] * len(levels)
+    if head.get("type") == "FCNHead" and head.get("num_convs", 2) == 0:
+        head["channels"] = in_channels  # a linear head (1x1 conv on the features): mmseg requires channels == input
+    return dict(**head, in_channels=in_channels, in_index=levels, num_classes=num_classes, norm_cfg=norm_cfg,
+                align_corners=False)
+
+
 def encoder_decoder(config: dict, num_classes: int, backbone: dict, in_channels: int = 3) -> dict:
-    """EncoderDecoder: backbone -> Feature2Pyramid -> decode head (+ auxiliary head), from the ``mm`` section."""
+    """EncoderDecoder: backbone -> Feature2Pyramid (``mm.neck``; null: the encoder's maps as they are) -> decode head
+    (+ auxiliary head), from the ``mm`` section."""
     mm, crop = config["mm"], R.pair(config["train"]["image_size"])
     dim = R.encoder_dim(str(config["transfer"]["init"]), config["transfer"]["model"])
     norm_cfg = dict(mm.get("norm_cfg", {"type": "BN", "requires_grad": True}))
@@ -70,9 +82,8 @@ def encoder_decoder(config: dict, num_classes: int, backbone: dict, in_channels:
         data_preprocessor=dict(type="SegDataPreProcessor", mean=mean, std=std, bgr_to_rgb=in_channels == 3,
                                pad_val=0, seg_pad_val=255, size=crop),
         backbone=backbone,
-        neck=dict(**mm["neck"], embed_dim=dim, norm_cfg=norm_cfg),
-        decode_head=dict(**mm["decode_head"], in_channels=[dim] * 4, in_index=[0, 1, 2, 3], num_classes=num_classes,
-                         norm_cfg=norm_cfg, align_corners=False),
+        neck=dict(**mm["neck"], embed_dim=dim, norm_cfg=norm_cfg) if mm.get("neck") else None,
+        decode_head=decode_head(mm["decode_head"], dim, num_classes, norm_cfg),
         train_cfg=dict(),
         test_cfg={**mm["test_cfg"], **({"crop_size": R.pair(mm["test_cfg"]["crop_size"]),
                                          "stride": R.pair(mm["test_cfg"]["stride"])} if mm["test_cfg"].get("mode") == "slide" else {})},

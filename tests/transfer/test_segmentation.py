@@ -99,6 +99,38 @@ def test_tiny_trains_and_evaluates_end_to_end(layouts, tmp_path, init):
     assert again.metrics == m
 
 
+def test_linear_probe_trains_only_the_head_on_a_frozen_encoder(layouts, tmp_path):
+    """The demo's semseg protocol: frozen encoder (weights as loaded, no drop path), a 1x1 conv on its last block."""
+    from results.demo import LINEAR_SEG_PROBE
+    from transfer.adapter import build_encoder
+
+    path = str(official_fixture())
+    c = resolve("ade20k", "tiny", [f"data_root={layouts}", f"init={path}", f"runs_root={tmp_path / 'runs'}",
+                                   *LINEAR_SEG_PROBE])
+    built = segmentation.build(c)
+    model, optim = built["model"], built["optimizer"]
+    assert not model.with_neck and not model.with_auxiliary_head
+    head = model.decode_head
+    assert type(head).__name__ == "FCNHead" and isinstance(head.convs, torch.nn.Identity) and head.in_index == 3
+    assert head.conv_seg.in_channels == model.backbone.dim
+    model.train()
+    assert model.backbone.frozen and not model.backbone.encoder_model.training and head.training
+    trained = {id(p) for g in optim.optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in head.parameters()}  # the encoder is in no param group
+
+    run = run_transfer(c)
+    assert run.done and 0.0 <= run.metrics["mIoU"] <= 100.0
+    steps = [r for r in run.read_log() if "step" in r and "loss" in r]
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    with torch.serialization.safe_globals(mmseg_runner.MMENGINE_CHECKPOINT_GLOBALS):
+        state = torch.load(run.path / "mm" / f"iter_{c['train']['iters']}.pth", map_location="cpu")["state_dict"]
+    loaded = build_encoder(path, c["transfer"]["model"], ["rgb@224"], c["train"]["image_size"]).state_dict()
+    for k, v in loaded.items():
+        assert torch.equal(state[f"backbone.encoder_model.{k}"], v), k
+    head0 = segmentation.build(c)["model"].decode_head.conv_seg.weight  # the same seed's initial head
+    assert not torch.equal(state["decode_head.conv_seg.weight"], head0)
+
+
 def test_interrupted_run_resumes_from_its_mmengine_checkpoint(layouts, tmp_path, monkeypatch):
     c = resolve("ade20k", "tiny", {"data_root": str(layouts), "init": "random", "train.iters": "4",
                                    "train.checkpoint_interval": "2", "train.log_interval": "1"})
