@@ -116,6 +116,13 @@ def test_full_demo_task_overrides_resolve_against_the_task_configs():
         assert cfg["train"]["image_size"] == want, task
     coco = make_config("coco", "tiny", ["init=random", "data_root=/nonexistent", *full.task_overrides["coco"]])
     assert coco["mm"]["rpn"]["anchor_scales"] == [4]
+    # the semseg tasks are linear probes: frozen encoder, no neck, one linear head on the last block
+    assert demo.linear_probe_tasks(full) == ["ade20k", "nyuv2_semseg_rgbd"] and demo.linear_probe_tasks(demo.SIZES["quick"]) == []
+    for task in ("ade20k", "nyuv2_semseg_rgbd"):
+        mm = make_config(task, "tiny", ["init=random", "data_root=/nonexistent", *full.task_overrides[task]])["mm"]
+        assert mm["neck"] is None and mm["auxiliary_head"] is None
+        assert {k: mm["decode_head"][k] for k in ("type", "in_index", "num_convs")} == {"type": "FCNHead", "in_index": 3,
+                                                                                          "num_convs": 0}
 
 
 def test_a_failed_transfer_job_names_itself_and_its_log(tmp_path, monkeypatch):
