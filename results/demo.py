@@ -36,7 +36,7 @@ ENCODE_THREADS = 2  # fixed, not the core count: the token shards (and all that 
 
 @dataclass
 class DemoSize:
-    """How big each step is. ``full`` is the README demo (7 min on 2 cores here, about twice that on slower machines); ``quick`` is for tests."""
+    """How big each step is. ``full`` is the README demo (7-14 min on 2 cores, by machine); ``quick`` is for tests."""
 
     train_images: int = 384
     val_images: int = 96
