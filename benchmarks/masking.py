@@ -25,7 +25,7 @@ from fourm import modalities as registry
 from fourm.data.masking import UnifiedMasking, load_alphas
 from fourm.data.text import boxes_to_text, load_tokenizer, special_ids, train_wordpiece
 
-OFFICIAL_TOKENIZER = Path("/work/shared/fixtures/official_4m/text_tokenizer_4m_wordpiece_30k.json")
+OFFICIAL_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official_4m" / "text_tokenizer_4m_wordpiece_30k.json"
 WORDS = ("a small red bicycle leaning against white wall two dogs running on sandy beach at sunset old man in blue "
          "coat reading newspaper park bench next to sleeping dog three zebras grazing tall grass kitchen with").split()
 CLASSES = ("person", "dog", "cat", "car", "bicycle", "teddy bear", "bench", "zebra")

@@ -51,6 +51,26 @@ class Modality:
     def has_decoder(self) -> bool:
         return self.kind != "image"
 
+    def __getitem__(self, key: str):
+        """The official ``modality_info[name][key]`` view, so code written against ml-4m reads this registry as is:
+        ``type`` is 'img' or 'seq', ``max_tokens`` the tokens it has; other keys are the fields of the same name."""
+        if key == "type":
+            return "seq" if self.kind == "sequence" else "img"
+        if key == "max_tokens":
+            return self.num_tokens
+        if key in _INFO_KEYS:
+            return getattr(self, key)
+        raise KeyError(f"modality {self.name!r} has no info key {key!r}; keys: ['type', 'max_tokens', *{sorted(_INFO_KEYS)}]")
+
+    def get(self, key: str, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+_INFO_KEYS = {"id", "name", "vocab_size", "input_size", "patch_size", "num_channels", "min_tokens", "num_tokens", "pad_id"}
+
 
 _REGISTRY: dict[str, Modality] = {}
 

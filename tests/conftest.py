@@ -14,7 +14,7 @@ def official_fixture_dir() -> Path:
     from fourm.models.parity import default_fixture_dir
 
     d = default_fixture_dir()
-    assert (d / "tiny_4m7.safetensors").exists(), f"official fixture missing at {d} (shared/ must sit beside the repo)"
+    assert (d / "tiny_4m7.safetensors").exists(), f"official fixture missing at {d} (the repository ships it under tests/fixtures/official_4m)"
     return d
 
 

@@ -1,4 +1,4 @@
-"""Numerical parity with the official 4M code, on the fixture made by it (``shared/fixtures/official_4m``).
+"""Numerical parity with the official 4M code, on the fixture made by it (``tests/fixtures/official_4m``).
 
 `fourm-bench parity [--fixture DIR]` loads the tiny official checkpoint, replays the recorded RGB-encoder call and
 the masked multimodal forward, and prints the max abs difference of every recorded output.
@@ -18,11 +18,11 @@ TOLERANCE = 1e-5
 
 
 def default_fixture_dir() -> Path:
-    """`$FOURM_OFFICIAL_FIXTURE`, else ``shared/fixtures/official_4m`` beside the repo."""
+    """`$FOURM_OFFICIAL_FIXTURE`, else the copy the repository ships in ``tests/fixtures/official_4m``."""
     env = os.environ.get("FOURM_OFFICIAL_FIXTURE")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "official_4m"
+    return Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "official_4m"
 
 
 def fixture_batch(io: dict[str, torch.Tensor]) -> dict:

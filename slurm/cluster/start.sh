@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start a real one-node SLURM cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd) on this machine, as root.
 # Idempotent: when the node is already idle and accounting answers, it returns 0 at once.
-# Facts behind each step: /work/shared/notes/local-slurm.md. Stop with slurm/cluster/stop.sh.
+# Facts behind each step: docs/cluster.md. Stop with slurm/cluster/stop.sh.
 #
 # Environment knobs (defaults in brackets):
 #   FOURM_SLURM_CLUSTER [fourm]   cluster name        FOURM_SLURM_PARTITION [dev]  default partition

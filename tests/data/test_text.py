@@ -15,8 +15,7 @@ from fourm.data.text import (
     train_wordpiece,
 )
 
-OFFICIAL = Path("/work/shared/fixtures/official_4m/text_tokenizer_4m_wordpiece_30k.json")
-needs_official = pytest.mark.skipif(not OFFICIAL.is_file(), reason="official 4M fixtures not present")
+OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "official_4m" / "text_tokenizer_4m_wordpiece_30k.json"
 
 CAPTIONS = [
     "a small red bicycle leaning against a white wall",
@@ -33,7 +32,6 @@ def trained(tmp_path_factory):
     return path
 
 
-@needs_official
 def test_official_tokenizer_loads_and_has_4m_specials():
     tok = load_tokenizer(OFFICIAL)
     ids = special_ids(tok)
@@ -43,7 +41,6 @@ def test_official_tokenizer_loads_and_has_4m_specials():
     assert tok.token_to_id("teddy bear") == 4204 + sorted(COCO_CLASSES).index("teddy bear")
 
 
-@needs_official
 def test_trained_tokenizer_has_official_special_ids(trained):
     ours, official = load_tokenizer(trained), load_tokenizer(OFFICIAL)
     ov = official.get_vocab()
@@ -99,7 +96,6 @@ def test_boxes_round_trip_within_one_bin():
                 assert abs(v - g) <= 0.5 * s / (bins - 1) + 1e-9
 
 
-@needs_official
 def test_boxes_round_trip_through_official_tokenizer():
     tok = load_tokenizer(OFFICIAL)
     text = boxes_to_text([(3, 4, 30, 40, "wine glass"), (10, 10, 20, 20, "dog")], 64)
