@@ -15,6 +15,7 @@ BENCHMARKS = {
     "train_step": ("benchmarks.train_step:main", "FourM train step vs a naive reference (tokens/s)"),
     "transfer": ("benchmarks.transfer:cli", "classification fine-tune step vs simpler baselines"),
     "collect": ("benchmarks.collect:main", "collecting 10,000 run folders vs a naive reader"),
+    "generation": ("benchmarks.generation:main", "KV-cached captions and batched guidance vs the official computation"),
     "sweep": ("benchmarks.sweep:main", "planning a 1,000-point grid (dry run) vs one hydra compose per config"),
 }
 

@@ -1,10 +1,11 @@
 """Any-to-any generation with a FourM: MaskGIT, ROAR and autoregressive decoding, guidance, chaining.
 
 ``GenerationSampler(model).generate(mod_dict, schedule, ...)`` has the official API and produces the official
-sampler's tokens (tested for identity on tokens recorded from it). Two things differ, neither changing a token:
+sampler's tokens (tested for identity on tokens recorded from it). Two things may differ, neither changing a token:
 autoregressive decoding keeps a key/value cache instead of recomputing the whole prefix for every token, and a guided
-step runs its conditional and unconditional passes as one batch. ``kv_cache=False`` / ``batch_guidance=False`` give
-the official computation (the benchmarks' reference).
+step can run its conditional and unconditional passes as one batch (``batch_guidance``; by default on CUDA only: the
+unconditional pass sees fewer tokens, and on CPU padding it to the conditional one costs more than a second pass
+saves, see docs/performance.md). ``kv_cache=False, batch_guidance=False`` is the official computation.
 
 Exactness needs the official RNG use: with a seed, step ``i`` of the schedule reseeds with ``seed + i`` once before
 its sampling (ROAR draws its order from that seed first); temperature 0 is argmax with every confidence 1, so MaskGIT
@@ -29,7 +30,7 @@ from fourm.models.blocks import additive_mask
 class GenerationSampler(nn.Module):
     """Generates the targets of a schedule, step by step, from whatever ``mod_dict`` holds as inputs."""
 
-    def __init__(self, model, kv_cache: bool = True, batch_guidance: bool = True):
+    def __init__(self, model, kv_cache: bool = True, batch_guidance: bool | None = None):
         super().__init__()
         self.model = model
         self.kv_cache = kv_cache
@@ -131,7 +132,10 @@ class GenerationSampler(nn.Module):
 
     def _contexts(self, dicts: list[dict]):
         """One encoder pass per dict, or one for all of them stacked along the batch (``batch_guidance``)."""
-        if len(dicts) == 1 or not self.batch_guidance:
+        batch = self.batch_guidance
+        if batch is None:
+            batch = self.model.mask_token.device.type == "cuda"
+        if len(dicts) == 1 or not batch:
             return [self._encode(d) for d in dicts]
         return [self._encode(_stack(dicts))]
 

@@ -35,9 +35,9 @@ def test_schedule_matches_the_official_expansion(recorded, case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_generation_is_identical_to_the_official_sampler(recorded, case):
-    """KV cache and batched guidance on (the defaults): every token and mask as the official code made them."""
+    """KV cache and batched guidance on: every token and mask as the official code made them."""
     torch.set_num_threads(1)
-    _assert_identical(_generate(recorded, case), recorded.outputs(case))
+    _assert_identical(_generate(recorded, case, batch_guidance=True), recorded.outputs(case))
 
 
 @pytest.mark.parametrize("case", ["guided_greedy", "maskgit_sampled", "roar_sampled_topk", "caption_sampled_topp"])
