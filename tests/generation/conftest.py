@@ -11,7 +11,6 @@ from tokenizers import Tokenizer
 from fourm.generation import build_chained_generation_schedules, init_empty_target_modality, init_full_input_modality
 from fourm.models.checkpoint import load_pretrained
 
-CASES = ["chain_greedy", "guided_greedy", "maskgit_sampled", "roar_sampled_topk", "caption_sampled_topp"]
 
 
 class Recorded:

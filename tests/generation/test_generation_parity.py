@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fourm.generation import GenerationSampler, cosine_schedule, linear_schedule, linear_temp_schedule, onex_temp_schedule
-from tests.generation.conftest import CASES
+CASES = ["chain_greedy", "guided_greedy", "maskgit_sampled", "roar_sampled_topk", "caption_sampled_topp"]
 
 
 def _generate(recorded, case, **sampler_kw):
