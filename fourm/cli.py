@@ -18,6 +18,8 @@ COMMANDS = {
     "transfer": ("transfer.run:cli", "fine-tune the 4M encoder on IN1K / ADE20K / NYUv2 / COCO"),
     "sweep": ("slurm.sweep:cli", "expand an ablation grid and launch it (SLURM or local)"),
     "status": ("slurm.status:cli", "state of every run of a sweep"),
+    "generate": ("fourm.generation.cli:cli", "any-to-any generation from images, a picture per input"),
+    "oob": ("fourm.generation.oob:cli", "out-of-the-box (zero-shot) evaluation of a pretrained 4M"),
     "results": ("results.cli:cli", "collect runs, write tables and plots"),
     "demo": ("results.demo:cli", "the end-to-end demo on the synthetic world"),
     "bench": ("benchmarks.run:cli", "throughput benchmarks (ratios against in-process baselines)"),

@@ -1,7 +1,7 @@
 """`fourm-bench results collect|table|plot`.
 
     fourm-bench results collect ROOT... [--out DIR] [--select last|best] [--by METRIC[:min|max]]
-    fourm-bench results table --layout transfer|ablation|custom [--in collected.parquet | ROOT...] [--out DIR]
+    fourm-bench results table --layout transfer|ablation|custom|oob [--in collected.parquet | ROOT...] [--out DIR]
                               [--select last|best --by METRIC] [--where KEY=VALUE]... [layout options]
     fourm-bench results plot --x model_size|data_size|train_tokens|KEY --y avg_loss|METRIC [--series KEY]
                              [--in collected.parquet | ROOT...] [--out DIR] [--bars]
@@ -79,7 +79,7 @@ def cmd_table(argv: list[str]) -> int:
     from results.tables import table
 
     p = argparse.ArgumentParser(prog="fourm-bench results table", description="paper-layout tables (md, tex, csv)")
-    p.add_argument("--layout", choices=("transfer", "ablation", "custom"), default="transfer")
+    p.add_argument("--layout", choices=("transfer", "ablation", "custom", "oob"), default="transfer")
     _add_source(p)
     p.add_argument("--name", help="file stem (default: table_<layout>)")
     p.add_argument("--decimals", type=int)
@@ -114,6 +114,10 @@ def cmd_table(argv: list[str]) -> int:
         if "=" in metric:
             metric = dict(item.split("=", 1) for item in metric.split(","))
         kwargs.update(where=where, metric=metric, tasks=split(args.tasks), keys=split(args.keys), reference=args.reference)
+    elif args.layout == "oob":
+        df = _load(args)
+        if args.method_key:
+            kwargs["method_key"] = args.method_key
     else:
         df = _load(args)
         if not args.index:

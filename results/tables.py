@@ -32,7 +32,7 @@ from fourm.runs import atomic_write_text
 from results.collect import BASE_COLUMNS, default_direction
 
 PUBLISHED_TRANSFER = Path(__file__).resolve().parent / "published" / "4m_transfer.csv"
-LAYOUTS = ("transfer", "ablation", "custom")
+LAYOUTS = ("transfer", "ablation", "custom", "oob")
 TASK_KEY = "transfer.task"
 
 
@@ -726,6 +726,44 @@ def custom_table(long_df: pd.DataFrame, *, index: Sequence[str], columns: Sequen
 
 # --------------------------------------------------------------------------------------------------------------------
 
+# (task prefix, metric, label, direction) of the out-of-the-box benchmark (fourm.generation.oob), in row order
+OOB_ROWS = [
+    ("depth", "delta1", "RGB → depth δ1 (median-scaled)", "max"), ("depth", "abs_rel", "RGB → depth abs rel", "min"),
+    ("normal", "angle_mean", "RGB → normals mean angle (°)", "min"),
+    ("normal", "angle_median", "RGB → normals median angle (°)", "min"),
+    ("normal", "within_11deg", "RGB → normals % within 11.25°", "max"),
+    ("semseg", "miou", "RGB → semseg mIoU", "max"), ("det", "ap", "RGB → det box AP", "max"),
+    ("caption", "bleu4", "RGB → caption BLEU-4", "max"),
+]
+
+
+def oob_table(long_df: pd.DataFrame, *, method_key: str = "method", decimals: int = 1) -> TableResult:
+    """The out-of-the-box table: per method and task metric, the generated value, the tokenizer's ceiling and the
+    trivial baseline (runs with ``task: oob``; several runs of a method give mean ± std)."""
+    if long_df is None or long_df.empty or "task" not in long_df.columns:
+        raise ValueError("no out-of-the-box runs (task: oob) in the collection; make them with `fourm-bench oob`")
+    df = long_df[long_df["task"] == "oob"]
+    if df.empty:
+        raise ValueError("no out-of-the-box runs (task: oob) in the collection; make them with `fourm-bench oob`")
+    header = ["method", "task", "generated", "tokenizer ceiling", "trivial baseline"]
+    rows, records = [], []
+    for method, g in df.groupby(method_key if method_key in df.columns else "run_id", sort=True):
+        for task, metric, label, direction in OOB_ROWS:
+            vals = {sfx: g.loc[g["metric"] == f"{task}/{metric}{sfx}", "value"].astype(float) for sfx in ("", ".ceiling", ".baseline")}
+            if vals[""].empty:
+                continue
+            stats = {sfx: mean_std(v) for sfx, v in vals.items()}
+            gen, base = stats[""][0], stats[".baseline"][0]
+            beats = (gen > base) if direction == "max" else (gen < base)
+            d = 3 if metric == "abs_rel" else decimals
+            rows.append([Cell(str(method)), Cell(label)] + [Cell(format_mean_std(*stats[sfx], d), bold=(sfx == "" and beats))
+                                                            for sfx in ("", ".ceiling", ".baseline")])
+            records.append({"method": method, "task": label, "metric": f"{task}/{metric}", "generated": gen,
+                            "ceiling": stats[".ceiling"][0], "baseline": base, "beats_baseline": bool(beats)})
+    numeric = [False, False, True, True, True]
+    md = render_markdown(header, rows, numeric) + "\nBold: the generation beats the trivial baseline.\n"
+    return TableResult("oob", pd.DataFrame(records), md, render_latex(header, rows, numeric))
+
 
 def table(long_df: pd.DataFrame | None, layout: str = "transfer", out: str | os.PathLike | None = None,
           name: str | None = None, **kwargs) -> TableResult:
@@ -736,6 +774,8 @@ def table(long_df: pd.DataFrame | None, layout: str = "transfer", out: str | os.
         result = ablation_table(long_df, **kwargs)
     elif layout == "custom":
         result = custom_table(long_df, **kwargs)
+    elif layout == "oob":
+        result = oob_table(long_df, **kwargs)
     else:
         raise ValueError(f"unknown table layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if out is not None:

@@ -108,7 +108,9 @@ class FourM(nn.Module):
             self.config["vocab_sizes"] = dict(vocab_sizes)
         if act_layer not in ACTIVATIONS:
             raise ValueError(f"act_layer {act_layer!r} is not one of {sorted(ACTIVATIONS)}")
-        self.modality_info = {m.name: m for m in mods_in + mods_out}
+        # what this model sees of each modality: its image and patch size (e.g. rgb@224 at 112 px in patches of 8)
+        self.modality_info = {m.name: m if m.kind == "sequence" else dataclasses.replace(m, input_size=image_size, patch_size=patch_size)
+                              for m in mods_in + mods_out}
         self.dim = dim
         self.decoder_causal_mask = decoder_causal_mask
         self.decoder_sep_mask = decoder_sep_mask

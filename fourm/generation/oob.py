@@ -1,0 +1,265 @@
+"""`fourm-bench oob`: what a pretrained 4M predicts out of the box (no fine-tuning), as a run in the run store.
+
+    fourm-bench oob model=<checkpoint> tokenizers.depth=<run> tokenizers.semseg=<run> text_tokenizer=<json> \\
+        data=<4M-layout dataset> split=val runs_root=runs/oob [method=<label>] [num=] [steps=8] [batch=8]
+
+Each task generates one target from RGB alone (MaskGIT ``steps`` steps at temperature 0 for token grids, greedy
+autoregressive for text) and scores it against the split's ground truth:
+
+* RGB -> depth: ``delta1`` and ``abs_rel`` after per-image median scaling (prediction x median(gt) / median(pred)
+  over valid pixels, the usual zero-shot depth protocol), with the tokenizers' depth metric;
+* RGB -> normals: mean and median angular error, % within 11.25 degrees;
+* RGB -> semseg: ``miou`` (and pixel accuracy), the tokenizers' confusion-matrix mIoU;
+* RGB -> det: COCO box AP (pycocotools; generated boxes all have score 1);
+* RGB -> caption: corpus BLEU-4 against the one reference caption per image (lower-cased words, no smoothing).
+
+Every metric is computed three times in the same run: from the generated tokens, from the ground truth passed
+through the same tokenizer and decoder (``.ceiling``, what the tokenizer allows at best), and for a trivial baseline
+(``.baseline``: one constant depth, median-scaled; the majority class; the mean normal; one full-image box of the
+most frequent class; the split's first caption for every image). A task appears when the model has its target and
+its tokenizer is given. ``fourm-bench results table --layout oob`` renders the runs.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fourm.data.layouts import FOURM_MODALITIES
+from fourm.data.text import boxes_to_text, text_to_boxes
+from fourm.generation.cli import Generator, GenerateError, load_image
+from fourm.generation.detokenize import sequence_text
+from fourm.runs import open_run
+from fourm.tokenizers.metrics import ReconstructionMeter, fit_constant
+from fourm.tokenizers.modality_io import center_box, crop_resize_flip, list_stems, read_raw, split_root, to_tensor
+
+DEFAULTS = dict(model=None, text_tokenizer=None, data=None, split="val", runs_root="runs/oob", method=None, num=None,
+                steps=8, batch=8, seed=0, threads=None)
+TASKS = {"tok_depth@224": "depth", "tok_normal@224": "normal", "tok_semseg@224": "semseg", "det": "det", "caption": "caption"}
+
+
+# --- metrics -----------------------------------------------------------------------------------------------------
+def median_scaled(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each predicted depth map times median(target) / median(pred) over the target's valid pixels."""
+    out = pred.clone()
+    for i in range(pred.shape[0]):
+        valid = target[i] > 0
+        if valid.any():
+            out[i] = pred[i] * target[i][valid].median() / pred[i][valid].median().clamp_min(1e-6)
+    return out
+
+
+def normal_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Angular errors in degrees at the target's valid (non-zero) pixels."""
+    valid = target.abs().sum(1) > 0
+    cos = F.cosine_similarity(pred.double(), target.double(), dim=1, eps=1e-8)[valid].clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos))
+
+
+def bleu4(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU-4 (x100) with one reference per hypothesis: lower-cased words, punctuation split off."""
+    def words(s):
+        return s.lower().replace(",", " ").replace(".", " ").split()
+
+    match, total = [0] * 4, [0] * 4
+    hyp_len = ref_len = 0
+    for h, r in zip(hypotheses, references):
+        hw, rw = words(h), words(r)
+        hyp_len, ref_len = hyp_len + len(hw), ref_len + len(rw)
+        for n in range(1, 5):
+            hc = collections.Counter(tuple(hw[i:i + n]) for i in range(len(hw) - n + 1))
+            rc = collections.Counter(tuple(rw[i:i + n]) for i in range(len(rw) - n + 1))
+            match[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+            total[n - 1] += max(len(hw) - n + 1, 0)
+    if min(match) == 0 or hyp_len == 0:
+        return 0.0
+    log_p = sum(math.log(m / t) for m, t in zip(match, total)) / 4
+    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return 100 * bp * math.exp(log_p)
+
+
+def box_ap(gt: list[list], pred: list[list], size: int) -> dict[str, float]:
+    """COCO box AP / AP50 (x100) of per-image predicted boxes (score 1 each) against per-image ground truth."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    import contextlib
+    import io
+
+    names = sorted({b[4] for boxes in gt for b in boxes} | {b[4] for boxes in pred for b in boxes})
+    cat = {n: i + 1 for i, n in enumerate(names)}
+    anns, dets = [], []
+    for img, boxes in enumerate(gt):
+        for x0, y0, x1, y1, n in boxes:
+            anns.append(dict(id=len(anns) + 1, image_id=img, category_id=cat[n], bbox=[x0, y0, x1 - x0, y1 - y0],
+                             area=(x1 - x0) * (y1 - y0), iscrowd=0))
+    for img, boxes in enumerate(pred):
+        for x0, y0, x1, y1, n in boxes:
+            if x1 > x0 and y1 > y0:
+                dets.append(dict(image_id=img, category_id=cat[n], bbox=[x0, y0, x1 - x0, y1 - y0], score=1.0))
+    if not anns or not dets:
+        return {"ap": 0.0, "ap50": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = dict(images=[dict(id=i, width=size, height=size) for i in range(len(gt))], annotations=anns,
+                            categories=[dict(id=i, name=n) for n, i in cat.items()])
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"ap": 100 * max(float(ev.stats[0]), 0.0), "ap50": 100 * max(float(ev.stats[1]), 0.0)}
+
+
+# --- the benchmark -----------------------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> dict:
+    cfg = dict(DEFAULTS, tokenizers={})
+    for a in argv:
+        if "=" not in a:
+            raise GenerateError(f"argument {a!r} is not key=value; see `fourm-bench oob --help`")
+        k, v = a.split("=", 1)
+        if k.startswith("tokenizers."):
+            cfg["tokenizers"][k.split(".", 1)[1]] = v
+        elif k not in DEFAULTS:
+            raise GenerateError(f"unknown argument {k!r}; known: {sorted(DEFAULTS) + ['tokenizers.<modality>']}")
+        else:
+            cfg[k] = int(v) if k in ("num", "steps", "batch", "seed", "threads") else v
+    for k in ("model", "data"):
+        if not cfg[k]:
+            raise GenerateError(f"{k}= is required")
+    return cfg
+
+
+def _ground_truth(root: Path, stems: list[str], modality: str, size: int):
+    if modality in ("caption",):
+        return [read_raw(root, "caption", s).strip() for s in stems]
+    if modality == "det":
+        out = []
+        for s in stems:
+            h = to_tensor("rgb", read_raw(root, "rgb", s)).shape[-1]
+            out.append([(x0 * size / h, y0 * size / h, x1 * size / h, y1 * size / h, n)
+                        for x0, y0, x1, y1, n, *_ in read_raw(root, "det", s)])
+        return out
+    xs = []
+    for s in stems:
+        x = to_tensor(modality, read_raw(root, modality, s))
+        xs.append(crop_resize_flip(modality, x, center_box(*x.shape[-2:]), size, False))
+    return torch.stack(xs)
+
+
+@torch.no_grad()
+def evaluate(cfg: dict, progress: bool = True) -> dict[str, float]:
+    """Run the benchmark; returns the flat metrics (``<task>/<metric>[.ceiling|.baseline]``)."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    root = split_root(cfg["data"], cfg["split"])
+    probe = Generator({**_gen_cfg(cfg), "targets": []})
+    model = probe.model
+    tasks = [t for t in TASKS if t in model.decoder_embeddings and probe.detok.can_decode(t)]
+    if not tasks:
+        raise GenerateError(f"{cfg['model']} has none of the targets {list(TASKS)} with a tokenizer given; pass "
+                            "tokenizers.<modality>=<run> (and text_tokenizer= for caption/det)")
+    stems = list_stems(root, ["rgb", *[TASKS[t] for t in tasks]])[: cfg["num"]]
+    size = probe.image_size
+    gens = {}
+    for t in tasks:  # one loaded model, one schedule per task
+        gens[t] = copy.copy(probe)
+        gens[t].cfg = {**probe.cfg, "targets": [t]}
+    preds: dict[str, list] = {t: [] for t in tasks}
+    bar = tqdm(total=len(stems) * len(tasks), desc="oob", unit="gen", disable=not progress)
+    for b in range(0, len(stems), cfg["batch"]):
+        chunk = stems[b: b + cfg["batch"]]
+        images = torch.stack([load_image(FOURM_MODALITIES["rgb"].path(root, s), size)[0] for s in chunk])
+        for t, g in gens.items():
+            out = g.generate(images, cfg["seed"] + b)
+            preds[t] += g.detok.decode(t, out[t])
+            bar.update(len(chunk))
+    bar.close()
+    metrics: dict[str, float] = {"num_images": len(stems)}
+    for t in tasks:
+        mod = TASKS[t]
+        gt = _ground_truth(root, stems, mod, size if mod in ("caption", "det") else probe.detok.tokenizers[t].config.image_size)
+        metrics.update({f"{mod}/{k}": v for k, v in _score(t, mod, preds[t], gt, probe).items()})
+    return metrics
+
+
+def _gen_cfg(cfg: dict) -> dict:
+    return dict(model=cfg["model"], text_tokenizer=cfg["text_tokenizer"], tokenizers=cfg["tokenizers"], cond=["rgb@224"],
+                steps=cfg["steps"], scheme="maskgit", temp=0.0, text_temp=0.0, top_p=0.0, top_k=0, text_tokens=64,
+                cfg=1.0, inpaint=None, caption=None, boxes=None)
+
+
+def _score(target: str, mod: str, pred: list, gt, gen: Generator) -> dict[str, float]:
+    """The task's metrics for the prediction, the tokenizer's ceiling and the trivial baseline."""
+    out = {}
+    if mod in ("depth", "semseg", "normal"):
+        vq = gen.detok.tokenizers[target]
+        pred = torch.stack(pred)
+        ceiling = torch.cat([vq.reconstruct(gt[i:i + 16]) for i in range(0, len(gt), 16)])
+        const = fit_constant(mod, gt, num_classes=vq.config.num_classes)
+        baseline = const.expand(gt.shape[0], *const.shape[:-2], *gt.shape[-2:]).to(gt.dtype if mod == "semseg" else torch.float32)
+        for suffix, p in (("", pred), (".ceiling", ceiling), (".baseline", baseline)):
+            if mod == "depth":
+                meter = ReconstructionMeter("depth")
+                meter.update(median_scaled(p, gt), gt)
+                m = meter.compute()
+                out[f"delta1{suffix}"], out[f"abs_rel{suffix}"] = 100 * m["delta1"], m["abs_rel"]
+            elif mod == "semseg":
+                meter = ReconstructionMeter("semseg", num_classes=vq.config.num_classes)
+                meter.update(p, gt)
+                m = meter.compute()
+                out[f"miou{suffix}"], out[f"pixel_acc{suffix}"] = 100 * m["miou"], 100 * m["pixel_acc"]
+            else:
+                err = normal_errors(p, gt)
+                out[f"angle_mean{suffix}"] = float(err.mean())
+                out[f"angle_median{suffix}"] = float(err.median())
+                out[f"within_11deg{suffix}"] = 100 * float((err < 11.25).double().mean())
+    elif mod == "det":
+        tok, bins, size = gen.text_tokenizer, gen.detok.bins, gen.image_size
+        ceiling = [text_to_boxes(sequence_text(tok.encode(boxes_to_text(b, size, bins)).ids, tok), size, bins) for b in gt]
+        common = collections.Counter(b[4] for boxes in gt for b in boxes).most_common(1)[0][0]
+        baseline = [[(0.0, 0.0, float(size), float(size), common)] for _ in gt]
+        for suffix, p in (("", pred), (".ceiling", ceiling), (".baseline", baseline)):
+            out.update({f"{k}{suffix}": v for k, v in box_ap(gt, p, size).items()})
+    else:
+        tok = gen.text_tokenizer
+        ceiling = [sequence_text(tok.encode(c).ids, tok) for c in gt]
+        for suffix, p in (("", pred), (".ceiling", ceiling), (".baseline", [gt[0]] * len(gt))):
+            out[f"bleu4{suffix}"] = bleu4(p, gt)
+    return out
+
+
+def run_oob(cfg: dict, progress: bool = True):
+    """Evaluate into a run folder of ``runs_root`` keyed by the config; a finished run is returned as is."""
+    config = {"task": "oob", "method": cfg["method"] or Path(cfg["model"]).stem, "model": str(cfg["model"]),
+              "tokenizers": {k: str(v) for k, v in sorted(cfg["tokenizers"].items())},
+              "text_tokenizer": cfg["text_tokenizer"], "data": str(cfg["data"]), "split": cfg["split"],
+              "num": cfg["num"], "steps": cfg["steps"], "seed": cfg["seed"]}
+    run = open_run(cfg["runs_root"], config)
+    if run.done:
+        return run
+    metrics = evaluate(cfg, progress)
+    run.log(event="oob", **{k: v for k, v in metrics.items() if "." not in k})
+    run.write_metrics(metrics)
+    run.mark_done()
+    return run
+
+
+def cli(argv: list[str]) -> int:
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        run = run_oob(parse_args(argv))
+    except (GenerateError, FileNotFoundError, ValueError) as e:
+        print(f"fourm-bench oob: {e}")
+        return 2
+    for k, v in sorted(run.metrics.items()):
+        print(f"{k:32s} {v:10.3f}")
+    print(f"run folder: {run.path}")
+    return 0

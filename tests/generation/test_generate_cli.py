@@ -1,0 +1,119 @@
+"""`fourm-bench generate` and `fourm-bench oob` on a tiny world with seeded tokenizers and a tiny random 4M."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fourm.generation import cli as gen_cli
+from fourm.generation import oob
+from fourm.models.checkpoint import save_checkpoint
+from fourm.models.factory import create_model
+from results.collect import collect
+from results.tables import table
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, official_fixture_dir):
+    from ablations.tiny_world import build
+
+    root = tmp_path_factory.mktemp("gen")
+    params = build(root, num_train=4, num_val=4)
+    torch.manual_seed(0)
+    mods_out = ["tok_depth@224", "tok_semseg@224", "caption", "det"]
+    model = create_model("fm_pico_2e_2d_swiglu_nobias", domains_in=["rgb@224", *mods_out], domains_out=mods_out,
+                         image_size=56, patch_size=4, vocab_sizes={"tok_depth@224": 64, "tok_semseg@224": 64})
+    ckpt = save_checkpoint(model, root / "model.safetensors")
+    toks = [f"tokenizers.{m}={root / 'tokenizers' / f'{m}.safetensors'}" for m in ("depth", "semseg")]
+    return dict(root=root, ckpt=ckpt, toks=toks, text=params["text_tokenizer"], split=root / "world" / "val")
+
+
+def _generate(tiny, out, *extra):
+    return gen_cli.cli([f"model={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}",
+                        "targets=tok_depth@224,tok_semseg@224,caption,det", f"input={tiny['split']}", f"out={out}",
+                        "text_tokens=8", "steps=2", *extra])
+
+
+def test_generate_writes_a_grid_and_arrays_per_input_and_skips_them_on_rerun(tiny, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert _generate(tiny, out) == 0
+    stems = sorted(p.stem for p in (tiny["split"] / "rgb").iterdir())
+    assert sorted(p.stem for p in out.glob("*.png")) == stems
+    arrays = np.load(out / f"{stems[0]}.npz")
+    assert arrays["tok_depth@224.tokens"].shape == (196,)
+    assert arrays["tok_depth@224"].shape == (1, 56, 56) and (arrays["tok_depth@224"] > 0).all()  # metres
+    assert arrays["tok_semseg@224"].shape == (56, 56)
+    texts = json.loads((out / f"{stems[0]}.json").read_text())
+    assert isinstance(texts["caption"], str) and isinstance(texts["det"], list)
+    png = Image.open(out / f"{stems[0]}.png")
+    assert png.size[0] > 5 * 128  # input + four generated tiles
+    record = json.loads((out / "generate.json").read_text())
+    assert set(record["seeds"]) == set(stems)
+    mtime = (out / f"{stems[0]}.png").stat().st_mtime_ns
+    assert _generate(tiny, out) == 0
+    assert "already done" in capsys.readouterr().out
+    assert (out / f"{stems[0]}.png").stat().st_mtime_ns == mtime
+    # other settings into the same folder: refused, nothing overwritten
+    assert _generate(tiny, out, "seed=3") == 2
+    assert "other settings" in capsys.readouterr().out
+
+
+def test_generate_is_seeded_and_conditioning_can_be_partial_or_edited(tiny, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _generate(tiny, a, "num=1", "temp=1.0") == 0
+    assert _generate(tiny, b, "num=1", "temp=1.0") == 0
+    stem = next(a.glob("*.npz")).stem
+    assert np.array_equal(np.load(a / f"{stem}.npz")["tok_depth@224.tokens"], np.load(b / f"{stem}.npz")["tok_depth@224.tokens"])
+    gen = gen_cli.Generator(gen_cli.parse_args([f"model={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}",
+                                                "cond=rgb@224,caption", "targets=tok_depth@224", "input=x", "out=y",
+                                                "inpaint=0,0,28,28", "caption=a red cube"]))
+    mod = gen.inputs(torch.zeros(2, 3, 56, 56))
+    hidden = mod["rgb@224"]["input_mask"][0].view(14, 14)
+    assert hidden[:7, :7].all() and not hidden[7:, :].any() and not hidden[:, 7:].any()
+    cap = mod["caption"]
+    assert gen.text_tokenizer.decode(cap["tensor"][0][~cap["input_mask"][0]].tolist()) == "a red cube"
+
+
+def test_generate_errors_name_the_fix(tiny, tmp_path, capsys):
+    assert gen_cli.cli([f"model={tiny['ckpt']}", f"text_tokenizer={tiny['text']}", "targets=tok_depth@224",
+                        f"input={tiny['split']}", f"out={tmp_path}"]) == 2
+    assert "tokenizers.depth=<run>" in capsys.readouterr().out
+    assert gen_cli.cli([f"model={tiny['ckpt']}", *tiny["toks"], "targets=tok_normal@224",
+                        f"input={tiny['split']}", f"out={tmp_path}"]) == 2
+    assert "'tok_normal@224' is not a modality of" in capsys.readouterr().out
+    assert gen_cli.cli([f"model={tiny['ckpt']}", *tiny["toks"], "targets=caption", f"input={tiny['split']}",
+                        f"out={tmp_path}"]) == 2
+    assert "pass text_tokenizer=" in capsys.readouterr().out
+
+
+def test_oob_run_scores_generation_ceiling_and_baseline(tiny, tmp_path):
+    cfg = oob.parse_args([f"model={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}",
+                          f"data={tiny['root'] / 'world'}", "split=val", f"runs_root={tmp_path}", "steps=2", "method=pico"])
+    run = oob.run_oob(cfg, progress=False)
+    m = run.metrics
+    assert run.done and m["num_images"] == 4
+    for key in ("depth/delta1", "depth/abs_rel", "semseg/miou", "det/ap", "caption/bleu4"):
+        assert {key, f"{key}.ceiling", f"{key}.baseline"} <= set(m)
+    assert m["caption/bleu4.ceiling"] == pytest.approx(100.0)  # the WordPiece round trip keeps every word
+    assert m["det/ap.ceiling"] > 90 and m["det/ap.baseline"] < 5  # 1000 coordinate bins vs one full-image box
+    # a rerun is the finished run, untouched
+    assert oob.run_oob(cfg, progress=False).path == run.path
+    tbl = table(collect(tmp_path).table, layout="oob")
+    assert [r["metric"] for r in tbl.frame.to_dict("records")] == [
+        "depth/delta1", "depth/abs_rel", "semseg/miou", "det/ap", "caption/bleu4"]
+    assert tbl.frame["generated"].tolist()[0] == pytest.approx(m["depth/delta1"])
+
+
+def test_metrics_on_known_inputs():
+    gt = torch.rand(2, 1, 8, 8) + 1
+    assert oob.median_scaled(3 * gt, gt) == pytest.approx(gt)
+    assert oob.bleu4(["a red cube on a floor"], ["a red cube on a floor"]) == pytest.approx(100.0)
+    assert oob.bleu4(["the the the the"], ["a red cube on a floor"]) == 0.0
+    boxes = [[(1, 1, 20, 20, "cube"), (30, 30, 50, 50, "cone")]]
+    assert oob.box_ap(boxes, boxes, 56)["ap"] == pytest.approx(100.0)
+    assert oob.box_ap(boxes, [[(30, 30, 50, 50, "cube")]], 56)["ap"] == 0.0
+    n = torch.nn.functional.normalize(torch.randn(1, 3, 4, 4), dim=1)
+    assert float(oob.normal_errors(n, n).max()) < 1e-3
