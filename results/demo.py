@@ -238,6 +238,19 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
                          "log": str(logs / f"transfer-{task}-{'random' if label == 'random init' else 'pretrained'}-{seed}.log")})
         return sorted(jobs, key=lambda j: -TRANSFER_COST.get(j["task"], 1))
 
+    def oob_job(checkpoint: str) -> dict:
+        """The pretrained model's out-of-the-box run and its chained generations for four validation images."""
+        common = [f"model={checkpoint}", f"text_tokenizer={tok_path}",
+                  *[f"tokenizers.{m}={p}" for m, p in tokenizer_runs.items()]]
+        targets = [TOKEN_MODS[m] for m in ("depth", "semseg") if m in S.tokenizer_modalities] + ["caption"]
+        generate = [*common, f"targets={','.join(targets)}", f"input={wroot / 'val'}", "num=4", "text_tokens=32", "threads=1"]
+        from fourm.runs import run_id
+
+        generate.append(f"out={work / 'generations' / run_id({'args': generate})}")
+        return {"oob": [*common, f"data={wroot}", "split=val", f"runs_root={work / 'oob'}", "method=4M-demo (pretrained)",
+                        "threads=1"], "generate": generate, "log": str(logs / "oob.log")}
+
+    oob_run, generations = None, None
     # Every job is single-threaded (reproducible: results do not depend on how many run side by side), and the pool has
     # one worker per core. The first model pretrains on one core from the start; the other core takes the second model
     # (it only feeds the scaling plot), then the random-init transfers, which need no pretraining; the pretrained
@@ -274,6 +287,13 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
                         timings["pretrain"] = time.perf_counter() - t
                         pending.update({pool.submit(_transfer, j): ("transfer", j)
                                         for j in transfer_jobs("4M-demo (pretrained)", checkpoints[what])})
+                        job = oob_job(checkpoints[what])
+                        pending[pool.submit(_out_of_the_box, job)] = ("oob", job)
+                    continue
+                if kind == "oob":
+                    oob_run, generations = fut.result()
+                    print(f"{lead()}  out of the box: {json.dumps({k: round(v, 2) for k, v in oob_run[1].items() if '.' not in k})}",
+                          flush=True)
                     continue
                 path, metrics = fut.result()
                 transfer_runs[what["log"]] = (Path(path), metrics, what)
@@ -312,11 +332,18 @@ def run_demo(out: str | Path = "results/demo", work: str | Path = "data/demo", s
     plot = None
     if len(S.models) > 1:  # a mini scaling curve: validation loss of the pretraining runs against model size
         plot = scaling_plot(collect(*pretrain_runs).table, x="model_size", y="val/loss", out=out, name="scaling")
+    oob_files = {}
+    if oob_run is not None:
+        tbl_oob = table(collect(oob_run[0]).table, layout="oob")
+        tbl_oob.write(out, "oob_table")
+        oob_files = {"oob_table": str(out / "oob_table.md"), "generations": str(stack_pngs(generations, out / "generations.png"))}
+        print("\n" + tbl_oob.markdown)
     timings["results"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     summary = {"size": asdict(S), "timings_s": timings, "checkpoints": checkpoints, "tokenizers": tokenizer_runs,
                "headline": headline, "pretrained_vs_random": verdict(primary), "linear_probe_tasks": probed,
-               "table": str(out / "transfer_table.md"), "plot": [str(p) for p in plot.paths.values()] if plot else []}
+               "table": str(out / "transfer_table.md"), "plot": [str(p) for p in plot.paths.values()] if plot else [],
+               **oob_files}
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary["history"] = previous.get("history", []) + [{"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "timings_s": timings}]
     atomic_write_json(out / "summary.json", summary)
@@ -384,6 +411,39 @@ def _transfer(job: dict) -> tuple[str, dict]:
             traceback.print_exc()  # into the job's log, where the demo's error message points
             raise
     return str(run.path), dict(run.metrics)
+
+
+def _out_of_the_box(job: dict) -> tuple[tuple[str, dict], str]:
+    """The out-of-the-box run and the chained generations, in a single-threaded worker; returns
+    ((run folder, metrics), generations folder)."""
+    from fourm.generation import cli as generate_cli
+    from fourm.generation import oob
+
+    torch.set_num_threads(1)
+    with _output_to(job["log"]):
+        run = oob.run_oob(oob.parse_args(job["oob"]), progress=False)
+        out = generate_cli.run_generate(generate_cli.parse_args(job["generate"]), progress=False)
+    return (str(run.path), dict(run.metrics)), str(out)
+
+
+def stack_pngs(folder: str | Path, path: Path) -> Path:
+    """The per-input generation grids of ``folder`` stacked top to bottom into one PNG (written atomically)."""
+    import io
+
+    from PIL import Image
+
+    from fourm.tokenizers.checkpoint import atomic_write_bytes
+
+    tiles = [Image.open(p).convert("RGB") for p in sorted(Path(folder).glob("*.png"))]
+    img = Image.new("RGB", (max(t.width for t in tiles), sum(t.height for t in tiles)), (255, 255, 255))
+    y = 0
+    for t in tiles:
+        img.paste(t, (0, y))
+        y += t.height
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 @contextlib.contextmanager

@@ -7,11 +7,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from slurm import manifest as mf
+from slurm.submit import make_launcher
 
 # SLURM state -> what a reader of the table needs to know
 _SHOWN = {
@@ -79,8 +83,6 @@ def log_tail(log_dir: str | os.PathLike, job_id: str, lines: int = 15) -> str:
 
 def status(sweep_dir_or_manifest: str | os.PathLike, tail_lines: int = 15) -> StatusTable:
     """One row per run of the sweep, in run-id order."""
-    from slurm.submit import make_launcher
-
     data = mf.load(sweep_dir_or_manifest)
     runs = data["runs"]
     latest = {rid: mf.latest_job(e) for rid, e in runs.items()}
@@ -105,6 +107,24 @@ def status(sweep_dir_or_manifest: str | os.PathLike, tail_lines: int = 15) -> St
                 row.log_tail = log_tail(data["log_dir"], job["job_id"], tail_lines)
         rows.append(row)
     return StatusTable(rows)
+
+
+def wait(sweep_dir_or_manifest: str | os.PathLike, poll_s: float = 2.0, timeout_s: float | None = None) -> dict:
+    """Block (with a progress bar) until no run of the sweep has an active job; returns the final states by run."""
+    t0 = time.monotonic()
+    with tqdm(desc="waiting for jobs", unit="run") as bar:
+        while True:
+            table = status(sweep_dir_or_manifest)
+            active = [r for r in table.rows if r.active]
+            bar.total = len(table.rows)
+            bar.n = len(table.rows) - len(active)
+            bar.refresh()
+            if not active:
+                return {r.run_id: r.state for r in table.rows}
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"{len(active)} runs still active after {timeout_s:.0f} s: "
+                                   + ", ".join(f"{r.run_id}={r.state}" for r in active))
+            time.sleep(poll_s)
 
 
 def cli(argv: list[str]) -> int:

@@ -7,7 +7,7 @@ writes its metrics and DONE through :mod:`fourm.runs`; this module only decides 
     jobs = [Job(run_dir, cfg, "fourm.pretrain.loop:run"), Job(eval_dir, cfg2, "transfer.run:run", after=(rid,))]
     submit("sweeps/s1", jobs, Resources(timeout_min=240, gpus_per_node=1))   # sbatch arrays, afterok deps
     resubmit("sweeps/s1")     # only runs neither DONE nor queued/running
-    status("sweeps/s1")       # slurm.status
+    status("sweeps/s1")       # slurm.status (and wait)
 
 The sweep folder holds ``manifest.json`` (run id -> run folder, config, entry, jobs) and ``logs/<job id>/``.
 """
@@ -360,23 +360,3 @@ def resubmit(sweep_dir_or_manifest: str | os.PathLike, python: str | None = None
         launcher = make_launcher(data["launcher"], data["log_dir"], python)
         todo, states = _plan(data, launcher)
         return _submit_planned(path.parent, data, todo, states, launcher)
-
-
-def wait(sweep_dir_or_manifest: str | os.PathLike, poll_s: float = 2.0, timeout_s: float | None = None) -> dict:
-    """Block (with a progress bar) until no run of the sweep has an active job; returns the final states by run."""
-    from slurm.status import status
-
-    t0 = time.monotonic()
-    with tqdm(desc="waiting for jobs", unit="run") as bar:
-        while True:
-            table = status(sweep_dir_or_manifest)
-            active = [r for r in table.rows if r.active]
-            bar.total = len(table.rows)
-            bar.n = len(table.rows) - len(active)
-            bar.refresh()
-            if not active:
-                return {r.run_id: r.state for r in table.rows}
-            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-                raise TimeoutError(f"{len(active)} runs still active after {timeout_s:.0f} s: "
-                                   + ", ".join(f"{r.run_id}={r.state}" for r in active))
-            time.sleep(poll_s)

@@ -18,7 +18,7 @@ from ablations.tiny_world import build, set_args
 from fourm.runs import Run, find_runs, run_id
 from slurm import jobs, scheduler
 from slurm.status import status
-from slurm.submit import wait
+from slurm.status import wait
 from slurm.sweep import cli
 
 pytestmark = pytest.mark.slurm

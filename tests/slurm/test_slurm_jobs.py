@@ -17,7 +17,8 @@ from slurm import submit as sub
 from slurm.regression_job import train
 from slurm.lock import RunLock
 from slurm.status import status
-from slurm.submit import Job, Resources, RunEntry, SlurmLauncher, resubmit, submit, wait
+from slurm.status import wait
+from slurm.submit import Job, Resources, RunEntry, SlurmLauncher, resubmit, submit
 
 pytestmark = pytest.mark.slurm
 ENTRY = "slurm.regression_job:train"
