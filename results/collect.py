@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import operator
 import os
 from pathlib import Path
@@ -52,6 +53,7 @@ try:  # libyaml is ~20x faster than the pure-Python loader; fall back so a build
 except AttributeError:  # pragma: no cover
     _YamlLoader = yaml.SafeLoader
 
+PARALLEL_FROM = 4000  # below this many folders a second process costs more than it saves
 BASE_COLUMNS = ("run_id", "metric", "value", "source", "eval_step", "select", "path")
 _BASE_SET = frozenset(BASE_COLUMNS)
 ENV_FIELDS = ("git_sha", "host", "python", "torch", "time")
@@ -373,33 +375,69 @@ def collect(
     paths = find_run_paths(*roots)  # sorted str(run.path) of fourm.runs.find_runs, without a Path per run
     result = Collection(table=pd.DataFrame(), selection=selection, roots=[str(r) for r in roots])
 
+    show = progress if progress is not None else len(paths) > 2000
+    workers = min(os.cpu_count() or 1, 4) if len(paths) >= PARALLEL_FROM else 1
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        # parsing is Python-bound: split the folders over the cores (forked workers, so nothing is re-imported)
+        step = -(-len(paths) // workers)
+        chunks = [paths[i:i + step] for i in range(0, len(paths), step)]
+        with multiprocessing.get_context("fork").Pool(len(chunks) - 1) as pool:
+            pending = [pool.apply_async(_read_runs, (c, selection, False)) for c in chunks[1:]]
+            parts = [_read_runs(chunks[0], selection, False)] + [p.get() for p in pending]  # this process reads one too
+    else:
+        parts = [_read_runs(paths, selection, show)]
+    run_rows: list[dict] = []
+    metric_run: list[int] = []
+    metric_name: list[str] = []
+    metric_value: list[float] = []
+    metric_source: list[str] = []
+    for rows, m_run, m_name, m_value, m_source, partial, corrupt, warnings, fallbacks in parts:
+        offset = len(run_rows)
+        run_rows += rows
+        metric_run += [offset + i for i in m_run]
+        metric_name += m_name
+        metric_value += m_value
+        metric_source += m_source
+        result.partial += partial
+        result.corrupt += corrupt
+        result.warnings += warnings
+        result.fallbacks += fallbacks
+    result.done = len(run_rows)
+    result.table = _build_table(run_rows, metric_run, metric_name, metric_value, metric_source)
+    result.table.attrs.update({"select": str(selection), **result.counts})
+    return result
+
+
+def _read_runs(paths: list[str], selection: "Selection", show: bool):
+    """Read the given run folders: per-run rows, the metric columns (run index, name, value, source), and the
+    partial, corrupt, warning and fallback listings."""
+    partial, corrupt, warnings, fallbacks = [], [], [], []
     # Build columns, not per-run frames: one DataFrame construction at the end is what makes 10k runs fast.
     run_rows: list[dict] = []
     metric_run: list[int] = []
     metric_name: list[str] = []
     metric_value: list[float] = []
     metric_source: list[str] = []
-    show = progress if progress is not None else len(paths) > 2000
     for path in tqdm(paths, desc="collect", unit="run", disable=not show, mininterval=0.5):
         # plain strings and os calls: pathlib and file objects cost more than the reads at 10k runs
         base = path if path.endswith("/") else path + "/"  # os.path.join(path, "")
         try:
             os.stat(base + "DONE")
         except (OSError, ValueError):  # os.path.exists(...) is False
-            result.partial.append(path)
+            partial.append(path)
             continue
         try:
             config, values, sources, step, rule = _read_done_run(path, selection, base)
         except (ValueError, OSError) as e:
-            result.corrupt.append((path, str(e)))
+            corrupt.append((path, str(e)))
             continue
         try:
             env = _read_env(path, base)
         except (ValueError, OSError) as e:  # env.json is provenance, not a result: keep the run, say so
             env = {}
-            result.warnings.append(f"{path}: env.json unreadable ({e})")
+            warnings.append(f"{path}: env.json unreadable ({e})")
         if rule.startswith("last(no"):
-            result.fallbacks.append(path)
+            fallbacks.append(path)
         index = len(run_rows)
         row = {"run_id": "" if path == "." else path.rpartition("/")[2],  # Path(path).name
                "eval_step": step, "select": rule, "path": path}
@@ -415,10 +453,7 @@ def collect(
         metric_name.extend(values)
         metric_value.extend(values.values())
         metric_source.extend(sources.values())  # same keys in the same order as values
-    result.done = len(run_rows)
-    result.table = _build_table(run_rows, metric_run, metric_name, metric_value, metric_source)
-    result.table.attrs.update({"select": str(selection), **result.counts})
-    return result
+    return run_rows, metric_run, metric_name, metric_value, metric_source, partial, corrupt, warnings, fallbacks
 
 
 def _build_table(run_rows, metric_run, metric_name, metric_value, metric_source) -> pd.DataFrame:

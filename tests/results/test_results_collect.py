@@ -198,3 +198,16 @@ def test_collect_reads_files_like_open(tmp_path):
     assert (c.table.loc[c.table["seed"] == 0, "note"] == "x" * 200_000).all()  # a file over one read's chunk
     reasons = dict(c.corrupt)
     assert reasons == {str(folder.path): f"[Errno 21] Is a directory: '{folder.path / 'metrics.json'}'"}
+
+
+def test_many_folders_are_read_in_parallel_with_the_same_result(transfer_root, monkeypatch):
+    root, _ = transfer_root
+    """Above PARALLEL_FROM folders collect splits them over processes; the table and listings are unchanged."""
+    import results.collect as rc
+
+    serial = collect(root)
+    monkeypatch.setattr(rc, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(rc.os, "cpu_count", lambda: 2)
+    parallel = collect(root)
+    pd.testing.assert_frame_equal(parallel.table, serial.table)
+    assert (parallel.partial, parallel.corrupt, parallel.counts) == (serial.partial, serial.corrupt, serial.counts)
