@@ -42,7 +42,7 @@ class DemoSize:
     val_images: int = 96
     # an unlabelled split of its own for pretraining, 4x the transfer train set (4M pretrains on CC12M, not on the
     # transfer tasks' images); 0 pretrains on the train split. Pretraining on the 384 train images themselves left
-    # IN1K 5 points below random init (3 seeds); this split lifts it to about random's level (see README)
+    # IN1K 5 points below random init (3 seeds); this split lifts it to about random's level (docs/findings.md)
     pretrain_images: int = 1536
     tokenizer_modalities: tuple = ("rgb", "depth", "semseg")
     tokenizer_epochs: int = 10
@@ -60,7 +60,7 @@ class DemoSize:
     models: tuple = ("fm_nano_2e_2d_swiglu_nobias", "fm_pico_2e_2d_swiglu_nobias")
     batch_size: int = 16
     tokens: int = 64
-    total_tokens: int = 4_800_000  # ~2,300 steps: 586 left the model at the positional prior (see README)
+    total_tokens: int = 4_800_000  # ~2,300 steps: 586 left the model at the positional prior (docs/findings.md)
     blr: float = 0.04  # for the narrowest model (width 64); wider models get blr * 64 / width (see _model_blr)
     transfer_tasks: tuple = tuple(TASKS)
     transfer_overrides: tuple = ()
@@ -77,9 +77,8 @@ class DemoSize:
         # 384 images x 8 epochs: RandAugment/Mixup/CutMix/erasing (the paper recipe for 1.28M images) keep both inits
         # at chance, so the demo fine-tunes without them
         # lr 3e-3, not the tiny profile's 1e-3: 384 steps at 1e-3 leave the head far from fitting even frozen features
-        # (frozen encoder, AdamW 1e-3: 30% top-1; a logistic-regression probe on the same features: 56%), so the
-        # encoder's quality hardly reached the table (pretrained 42.0 vs random 40.6, 3 seeds; at 3e-3: 47.6 vs 43.4;
-        # both with the old head that pooled after the encoder norm, see transfer.classification.Classifier)
+        # (frozen encoder, AdamW 1e-3: 30% top-1; a logistic-regression probe on the same features: 56%); see
+        # docs/findings.md
         "in1k": ("train.image_size=112", "train.epochs=8", "train.lr=3e-3", "train.auto_augment=null", "train.reprob=0",
                  "train.mixup=0", "train.cutmix=0", "train.mixup_prob=0"),
         # the semseg tasks: linear probing (LINEAR_SEG_PROBE), not fine-tuning, which cannot tell the inits apart here

@@ -1,4 +1,4 @@
-"""Session-wide fixtures shared by every test area."""
+"""Fixtures shared by every test area, made once per test run."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -50,7 +50,7 @@ for bin in /usr/sbin/munged /usr/bin/mysqld_safe /usr/sbin/slurmdbd /usr/sbin/sl
 done
 [ ${#missing[@]} -eq 0 ] || die "missing ${missing[*]}; install the Debian packages: apt-get install slurm-wlm slurmdbd munge mariadb-server (or run 'make setup' as root)"
 
-# Two test sessions starting the cluster at once must not both write configs and start daemons.
+# Two test runs starting the cluster at once must not both write configs and start daemons.
 # Every daemon below is started with 9>&-: an inherited lock fd would hold this lock for the daemon's life.
 exec 9>/run/lock/fourm-bench-slurm.lock
 flock -w 300 9 || die "another start.sh/stop.sh holds /run/lock/fourm-bench-slurm.lock for over 5 min"
@@ -128,7 +128,7 @@ if [ ! -d /var/lib/mysql/mysql ]; then
 fi
 if ! mysqladmin ping >/dev/null 2>&1; then
   say "starting MariaDB"
-  # setsid: the server must outlive the shell (and test session) that started it
+  # setsid: the server must outlive the shell (and test run) that started it
   setsid -f mysqld_safe --user=mysql >/var/log/mysqld_safe.out 2>&1 </dev/null 9>&-
   wait_for 60 mysqladmin ping || die "MariaDB did not answer 'mysqladmin ping' within 60 s" /var/log/mysqld_safe.out /var/log/mysql/error.log /var/lib/mysql/"$HOST".err
 fi

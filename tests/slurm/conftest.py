@@ -1,4 +1,4 @@
-"""The real local SLURM cluster, started once per test session (it stays up afterwards: the next run finds it warm)."""
+"""The real local SLURM cluster, started once per test run (it stays up afterwards: the next run finds it warm)."""
 from __future__ import annotations
 
 import shutil
@@ -23,7 +23,7 @@ def slurm_cluster() -> LocalCluster:
 
 @pytest.fixture
 def job_dir():
-    """A folder for one test's sweep and runs, outside pytest's rotating basetemp: other sessions running pytest
+    """A folder for one test's sweep and runs, outside pytest's rotating basetemp: other pytest runs
     on this machine prune old basetemps, and a SLURM job must never see its run folder vanish mid-test."""
     path = Path(tempfile.mkdtemp(prefix="fourm-slurm-test-"))
     yield path
