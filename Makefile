@@ -14,7 +14,13 @@ $(STAMP): setup/install.sh setup/build_mmcv.sh setup/requirements.txt pyproject.
 demo: setup
 	$(VENV)/bin/fourm-bench demo
 
-test: setup
+DEV_STAMP := $(VENV)/.dev-stamp
+
+$(DEV_STAMP): $(STAMP) setup/requirements-dev.txt
+	$(PY) -m pip install -q -r setup/requirements-dev.txt
+	touch $@
+
+test: setup $(DEV_STAMP)
 	$(PY) -m pytest -q -ra tests
 
 info: setup

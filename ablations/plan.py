@@ -52,16 +52,18 @@ class _Checks:
     transfer: dict = {}
 
     def masking_error(self, mods: tuple, alphas, n_in: int, n_tg: int) -> str | None:
-        from fourm.data.masking import UnifiedMasking
+        from fourm.data.masking import MissingTextTokenizer, UnifiedMasking
 
         key = (mods, repr(alphas), n_in, n_tg)
         if key not in self.masking:
             try:
                 UnifiedMasking(list(mods), alphas, n_in, n_tg, text_tokenizer=None)
                 self.masking[key] = None
-            except ValueError as e:
+            except MissingTextTokenizer:
                 # the tokenizer is loaded from data files on the worker; every alphas/budget check runs before this one
-                self.masking[key] = None if "need text_tokenizer=" in str(e) else str(e)
+                self.masking[key] = None
+            except ValueError as e:
+                self.masking[key] = str(e)
             except (FileNotFoundError, KeyError) as e:
                 self.masking[key] = str(e.args[0] if e.args else e)
         return self.masking[key]
@@ -83,7 +85,7 @@ class _Checks:
 def check_pretrain(cfg: dict, checks: _Checks) -> tuple[str, str] | None:
     """(key, problem) for the first thing wrong with a resolved pretraining config, or None."""
     from fourm.models import config_for
-    from fourm.pretrain.data import _alphas_spec
+    from fourm.pretrain.data import alphas_spec
 
     model = cfg.get("model") or {}
     try:
@@ -114,7 +116,7 @@ def check_pretrain(cfg: dict, checks: _Checks) -> tuple[str, str] | None:
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
             return key, f"{value!r} must be a {'non-negative' if key == 'seed' else 'positive'} int"
     mods = tuple(dict.fromkeys(dom_in + dom_out))
-    problem = checks.masking_error(mods, _alphas_spec(cfg.get("alphas")), n_in, n_tg)
+    problem = checks.masking_error(mods, alphas_spec(cfg.get("alphas")), n_in, n_tg)
     if problem:
         return "alphas", problem
     return None

@@ -318,6 +318,10 @@ def _token_range(value, what: str) -> tuple[int, int]:
 # --- the masking -----------------------------------------------------------------------------------------------
 
 
+class MissingTextTokenizer(ValueError):
+    """Sequence modalities were asked for without the text tokenizer they need (every other check ran before)."""
+
+
 class UnifiedMasking:
     """Mask a batch of modalities the 4M way (see the module docstring).
 
@@ -387,7 +391,7 @@ class UnifiedMasking:
         if any(m.kind == "sequence" for m in self.mods):
             if text_tokenizer is None:
                 seqs = [m.name for m in self.mods if m.kind == "sequence"]
-                raise ValueError(
+                raise MissingTextTokenizer(
                     f"UnifiedMasking: sequence modalities {seqs} need text_tokenizer= (fourm.data.text.load_tokenizer)"
                 )
             self.specials = special_ids(text_tokenizer)

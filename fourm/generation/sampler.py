@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fourm.data.text import merge_spans
 from fourm.generation.modality_dicts import empty_img_modality, empty_seq_modality, sentinel_ids
-from fourm.generation.schedules import ScheduleError, _check_cfg, kind_of
+from fourm.generation.schedules import ScheduleError, check_cfg_scale, kind_of
 from fourm.models.blocks import additive_mask
 
 
@@ -271,7 +271,7 @@ class GenerationSampler(nn.Module):
             elif isinstance(scale, (list, tuple)):
                 raise ScheduleError(f"{where}: a list of cfg scales weighs several conditions; use "
                                     "generate_multi_guided, or one float here")
-            _check_cfg(scale, where)
+            check_cfg_scale(scale, where)
             missing = [c for c in step.get("cfg_cond_domains", []) if c not in mod_dict and not multi]
             if missing and scale != 1.0:
                 raise ScheduleError(f"{where}: guidance conditions {missing} are not in mod_dict")

@@ -80,10 +80,10 @@ def _temp_schedule(name: str, temp: float, token_schedule: np.ndarray, where: st
     raise ScheduleError(f"{where}: unknown temperature schedule {name!r}; use constant, linear or onex:{{min_t}}:{{power}}")
 
 
-def _check_cfg(scale, where: str):
+def check_cfg_scale(scale, where: str):
     if isinstance(scale, (list, tuple)):
         for s in scale:
-            _check_cfg(s, where)
+            check_cfg_scale(s, where)
         return
     if isinstance(scale, bool) or not isinstance(scale, float):
         raise ScheduleError(f"{where}: cfg scale {scale!r} ({type(scale).__name__}) must be a float; pass "
@@ -127,7 +127,7 @@ def build_chained_generation_schedules(
         where = f"target {target!r} (#{i})"
         if scheme not in SCHEMES:
             raise ScheduleError(f"{where}: unknown scheme {scheme!r}; use one of {SCHEMES}")
-        _check_cfg(cfg_scales[i], where)
+        check_cfg_scale(cfg_scales[i], where)
         if modality_info is not None:
             if target not in modality_info:
                 raise ScheduleError(f"{where}: the model has no modality {target!r}; its modalities: {sorted(modality_info)}")

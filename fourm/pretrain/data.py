@@ -104,7 +104,7 @@ class PretrainData:
         self.val = val_samples if val_samples is not None else load_token_samples(data["val"], self.modalities, bins)
         if not self.train:
             raise ValueError(f"data.train={data.get('train')!r}: no samples; run `fourm-bench tokenize encode` first")
-        self.masking = UnifiedMasking(self.modalities, _alphas_spec(cfg["alphas"]), cfg["budget"]["num_input_tokens"],
+        self.masking = UnifiedMasking(self.modalities, alphas_spec(cfg["alphas"]), cfg["budget"]["num_input_tokens"],
                                       cfg["budget"]["num_target_tokens"], text_tokenizer=tok)
         per_step = cfg["batch_size"]
         if per_step % (env.world_size * cfg["accum_steps"]):
@@ -163,7 +163,7 @@ def data_vocab_sizes(cfg: dict) -> dict[str, int]:
     return out
 
 
-def _alphas_spec(alphas_cfg):
+def alphas_spec(alphas_cfg):
     return alphas_cfg["spec"] if isinstance(alphas_cfg, dict) and "spec" in alphas_cfg else alphas_cfg
 
 

@@ -201,10 +201,10 @@ def resolve(overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fourm.tokenizers.train import _quote_braces  # braceexpand shard patterns need quoting for hydra
+    from fourm.tokenizers.train import quote_braces  # braceexpand shard patterns need quoting for hydra
 
     with initialize_config_dir(config_dir=str(Path(__file__).parent / "configs"), version_base=None):
-        cfg = compose(config_name="config", overrides=[_quote_braces(o) for o in overrides])
+        cfg = compose(config_name="config", overrides=[quote_braces(o) for o in overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -36,7 +36,7 @@ from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-def _quote_braces(override: str) -> str:
+def quote_braces(override: str) -> str:
     """``shards=a-{000..003}.tar`` -> ``shards='a-{000..003}.tar'``: hydra's grammar reads bare braces as a dict."""
     key, eq, value = override.partition("=")
     if eq and "{" in value and "$" not in value and value[:1] not in ("'", '"'):
@@ -53,7 +53,7 @@ def compose_config(name: str, overrides: list[str]) -> dict:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [_quote_braces(o) for o in overrides]
+    overrides = [quote_braces(o) for o in overrides]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = compose(config_name=name, overrides=list(overrides))
