@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from transfer.adapter import encoder_config
+from transfer.mm_runner import formatted_once_config, runner_context
 
 IMAGENET_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255: what 4M's RGB encoder was trained with
 IMAGENET_STD = [58.395, 57.12, 57.375]
@@ -239,54 +240,6 @@ def _cuda() -> bool:
 
 
 # --- running ---------------------------------------------------------------------------------------------------------
-def _runner_class():
-    import torch
-    from mmengine.model import is_model_wrapper
-    from mmengine.runner import Runner
-    from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
-
-    class RunFolderRunner(Runner):
-        """mmengine's Runner, except that checkpoints inside its own ``work_dir`` load with ``weights_only=False``.
-
-        mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; torch >= 2.6 then refuses its checkpoints
-        (they pickle mmengine's HistoryBuffer, numpy arrays and ``getattr`` references). Allow-listing ``getattr``
-        globally would weaken every other load, so instead full unpickling is granted to exactly one kind of file: one
-        this runner wrote into its own run folder. Anything else (``load_from`` a download) keeps torch's safe loader.
-        """
-
-        def load_checkpoint(self, filename, map_location="cpu", strict=False, revise_keys=[(r"^module.", "")]):  # noqa: B006
-            own = Path(filename).resolve().is_relative_to(Path(self.work_dir).resolve())
-            if own:
-                checkpoint = torch.load(filename, map_location=map_location, weights_only=False)
-            else:
-                checkpoint = _load_checkpoint(filename, map_location=map_location)
-            self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
-            model = self.model.module if is_model_wrapper(self.model) else self.model
-            checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
-            self._has_loaded = True
-            self.logger.info(f"Load checkpoint from {filename}")
-            return checkpoint
-
-    return RunFolderRunner
-
-
-def _formatted_once_config(cfg: dict):
-    """An mmengine Config whose ``pretty_text`` is formatted once: the runner asks for it at start, for the config
-    dump and in every checkpoint's meta, and each time yapf takes ~2.4 s on one core (12 s of a 200-iteration demo run)."""
-    from mmengine.config import Config
-
-    class FormattedOnceConfig(Config):
-        @property
-        def pretty_text(self) -> str:
-            text = self.__dict__.get("_pretty_text")
-            if text is None:
-                text = super().pretty_text
-                object.__setattr__(self, "_pretty_text", text)  # Config.__setattr__ would store it as a config key
-            return text
-
-    return FormattedOnceConfig(cfg)
-
-
 def _run_store_hook(run, max_iters: int, log_every: int):
     import torch
     from mmengine.hooks import Hook
@@ -349,14 +302,14 @@ def build(config: dict, work_dir: str | os.PathLike | None = None) -> dict:
     """Model, optimizer wrapper and dataloaders of a COCO transfer config, without training (dry runs, inspection)."""
     import tempfile
 
-    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
 
     _registered()
     work_dir = work_dir or tempfile.mkdtemp(prefix="fourm_coco_")
     cfg = mmdet_config(config, work_dir)
 
-    with DefaultScope.overwrite_default_scope("mmdet"):
-        runner = _runner_class().from_cfg(_formatted_once_config(cfg))
+    with runner_context("mmdet"):
+        runner = Runner.from_cfg(formatted_once_config(cfg))
         optim_wrapper = runner.build_optim_wrapper(cfg["optim_wrapper"])
         return {"model": runner.model, "optim_wrapper": optim_wrapper, "optimizer": optim_wrapper.optimizer,
                 "train_dataloader": runner.build_dataloader(cfg["train_dataloader"]),
@@ -369,13 +322,13 @@ METRIC_KEYS = {"coco/bbox_mAP": "bbox_mAP", "coco/bbox_mAP_50": "bbox_mAP_50", "
 
 def run(config: dict, run) -> dict:
     """Train and evaluate in ``<run>/mmdet`` (resuming its last checkpoint); returns bbox/segm mAP (fractions)."""
-    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
 
     _registered()
     cfg = mmdet_config(config, Path(run.path) / "mmdet")
     max_iters = cfg["train_cfg"]["max_iters"]
-    with DefaultScope.overwrite_default_scope("mmdet"):
-        runner = _runner_class().from_cfg(_formatted_once_config(cfg))
+    with runner_context("mmdet"):
+        runner = Runner.from_cfg(formatted_once_config(cfg))
         hook = _run_store_hook(run, max_iters, max(1, int(config["train"].get("log_interval", 50))))
         runner.register_hook(hook)
         runner.train()

@@ -5,10 +5,7 @@ evaluator pieces; this module adds what every mmseg task does the same way: the 
 cosine schedule, iteration- or epoch-based loop, checkpoints in ``<run>/mm`` (a re-run resumes from the latest), the
 run-store log with a tqdm bar, and metrics from ``runner.test()``.
 
-Resuming under torch >= 2.6: mmengine 0.10.7 calls ``torch.load`` with the default ``weights_only=True``, which rejects
-the non-tensor objects mmengine itself writes into its checkpoints. We allow-list exactly those globals
-(:data:`MMENGINE_CHECKPOINT_GLOBALS`) with ``torch.serialization.safe_globals`` for the duration of our own runs only,
-so loading stays restricted (no arbitrary pickles) and nothing global is patched.
+Scope and checkpoint loading (torch >= 2.6 against mmengine 0.10.7) are :mod:`transfer.mm_runner`'s, as for mmdet.
 """
 from __future__ import annotations
 
@@ -17,7 +14,6 @@ import os
 import uuid
 from pathlib import Path
 
-import numpy as np
 import torch
 from mmengine.config import ConfigDict
 from mmengine.hooks import Hook
@@ -27,25 +23,13 @@ from tqdm import tqdm
 import transfer.layer_decay  # noqa: F401  (registers FourMLayerDecayOptimizerConstructor)
 import transfer.mmseg_modules  # noqa: F401  (registers the backbone, heads, transforms, metrics)
 from transfer.adapter import encoder_config
+from transfer.mm_runner import checkpoint_globals, runner_context
 
 SCOPE = "mmseg"
 DRY_RUN_WORK_DIR = "dry-run-not-written"  # build_pieces never creates a Runner, so nothing is written there
 
 
-def _checkpoint_globals() -> list:
-    from mmengine.logging.history_buffer import HistoryBuffer
-
-    np_core = getattr(np, "_core", None) or np.core
-    return [
-        HistoryBuffer,  # message_hub log_scalars
-        np_core.multiarray._reconstruct, np.ndarray, np.dtype, np_core.multiarray.scalar,  # numpy values in the meta
-        type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64)), type(np.dtype(np.int32)),
-        type(np.dtype(np.bool_)),
-        getattr,  # numpy 2 pickles dtype classes as getattr(numpy.dtypes, "<Name>DType")
-    ]
-
-
-MMENGINE_CHECKPOINT_GLOBALS = _checkpoint_globals()
+MMENGINE_CHECKPOINT_GLOBALS = list(checkpoint_globals())
 
 
 class RunStoreHook(Hook):
@@ -185,8 +169,7 @@ def _total_iters(runner) -> int:
 def build_runner(kw: dict, resume: bool = True):
     """A Runner for ``kw``; resumes from ``work_dir``'s latest checkpoint when there is one.
 
-    Call it inside ``DefaultScope.overwrite_default_scope("mmseg")`` and keep using the runner there: leaving that
-    context drops the scope the runner registered (which is what keeps mmseg and mmdet apart in one process).
+    Call it inside ``transfer.mm_runner.runner_context("mmseg")`` and keep using the runner there.
     """
     from mmengine.runner import Runner
     from mmengine.runner.checkpoint import find_latest_checkpoint
@@ -198,7 +181,7 @@ def build_runner(kw: dict, resume: bool = True):
 
 def train_and_test(kw: dict, run=None, desc: str = "transfer") -> dict:
     """Train (resuming if ``work_dir`` holds a checkpoint), then test; returns the test metrics as plain floats."""
-    with DefaultScope.overwrite_default_scope(SCOPE), torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+    with runner_context(SCOPE):
         runner = build_runner(kw)
         if run is not None:
             interval = int(kw["default_hooks"]["logger"]["interval"])

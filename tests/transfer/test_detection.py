@@ -120,10 +120,10 @@ def test_paper_mmdet_config_is_cascade_mask_rcnn_with_lsj(tmp_path):
 def test_runner_config_is_formatted_once_and_reads_like_mmengines(tmp_path):
     from mmengine.config import Config
 
-    from transfer.detection import _formatted_once_config
+    from transfer.mm_runner import formatted_once_config
 
     mm = mmdet_config(_config("tiny", _write_fake_coco(tmp_path)), tmp_path / "work")
-    cfg = _formatted_once_config(mm)
+    cfg = formatted_once_config(mm)
     text = cfg.pretty_text
     assert text == Config(mm).pretty_text and "CascadeRCNN" in text
     assert cfg.pretty_text is text  # cached: not formatted again
