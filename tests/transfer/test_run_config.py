@@ -109,3 +109,32 @@ def test_done_runs_are_skipped_and_unfinished_ones_run(tmp_path, monkeypatch):
     again = transfer_run.run_transfer(cfg)
     assert again.path == r.path and calls == [r.id]  # not run twice
     assert [rec.get("event") for rec in r.read_log()].count("done") == 1
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("task", ["in1k", "ade20k", "nyuv2_depth", "coco", "nyuv2_semseg_rgbd"])
+def test_tiny_profile_is_the_paper_recipe_plus_the_keys_it_names(task):
+    """tiny.yaml composes paper.yaml (hydra defaults) and names only what it changes: the resolved configs differ
+    exactly in those keys, so a test of the tiny profile runs the paper recipe's code path."""
+    import yaml
+
+    from transfer.configs import CONFIG_DIR, resolve
+
+    tiny_file = yaml.safe_load((CONFIG_DIR / task / "tiny.yaml").read_text())
+    assert tiny_file["defaults"] == ["paper", "_self_"]
+    named = set(_flat({k: v for k, v in tiny_file.items() if k != "defaults"}))
+    args = {"init": "random", "data_root": "/tmp", "model": "fm_nano_2e_2d_swiglu_nobias"}
+    paper, tiny = _flat(resolve(task, "paper", args)), _flat(resolve(task, "tiny", args))
+    differ = {k for k in set(paper) | set(tiny) if paper.get(k, "<absent>") != tiny.get(k, "<absent>")}
+    differ -= {"transfer.model"}  # given on the command line to both
+    assert differ <= named, f"{task}: tiny differs from paper in keys it does not name: {sorted(differ - named)}"
+    assert differ, f"{task}: the tiny profile changes nothing"
