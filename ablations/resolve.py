@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
+from fourm.configs import compose
 import fourm.pretrain.loop as loop
 
 CONFIG_DIR = Path(loop.__file__).parent / "configs"
@@ -38,9 +37,7 @@ class PretrainResolver:
     def _base(self, group_overrides: tuple[str, ...]):
         key = (str(self.config_dir), group_overrides)
         if key not in self._bases:
-            GlobalHydra.instance().clear()
-            with initialize_config_dir(config_dir=str(self.config_dir), version_base=None):
-                self._bases[key] = compose(config_name="config", overrides=list(group_overrides))
+            self._bases[key] = compose(self.config_dir, "config", list(group_overrides))
         return self._bases[key]
 
     def __call__(self, overrides: dict[str, str]) -> dict:

@@ -198,14 +198,11 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
 
 def resolve(overrides: list[str]) -> dict:
     """Compose the hydra config (fourm/pretrain/configs) with overrides into a plain dict."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fourm.tokenizers.train import quote_braces  # braceexpand shard patterns need quoting for hydra
+    from fourm.configs import compose
 
-    with initialize_config_dir(config_dir=str(Path(__file__).parent / "configs"), version_base=None):
-        cfg = compose(config_name="config", overrides=[quote_braces(o) for o in overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(compose(Path(__file__).parent / "configs", "config", overrides), resolve=True)
 
 
 def run_from_config(cfg: dict, run_dir: str | None = None, **kwargs) -> dict:

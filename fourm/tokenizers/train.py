@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from fourm.configs import compose
 from fourm.runs import Run, open_run, run_id
 from fourm.threads import torch_threads
 from fourm.tokenizers.checkpoint import (
@@ -36,35 +37,16 @@ from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-def quote_braces(override: str) -> str:
-    """``shards=a-{000..003}.tar`` -> ``shards='a-{000..003}.tar'``: hydra's grammar reads bare braces as a dict."""
-    key, eq, value = override.partition("=")
-    if eq and "{" in value and "$" not in value and value[:1] not in ("'", '"'):
-        return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return override
-
-
 def compose_config(name: str, overrides: list[str]) -> dict:
     """Compose ``configs/<name>.yaml`` with hydra overrides (``key=value``, ``group=option``) into a plain dict.
 
     Values with braceexpand patterns are quoted for hydra, so ``shards=x-{000000..000003}.tar`` works unquoted.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    overrides = [quote_braces(o) for o in overrides]
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name=name, overrides=list(overrides))
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            raise ValueError(
-                f"{CONFIG_DIR / (name + '.yaml')}: required keys {missing} are not set; pass them as key=value"
-            )
-        return OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ValueError(f"{CONFIG_DIR / (name + '.yaml')} with overrides {list(overrides)}: {e}") from None
+    cfg = compose(CONFIG_DIR, name, overrides)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"{CONFIG_DIR / (name + '.yaml')}: required keys {missing} are not set; pass them as key=value")
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def model_config(cfg: dict) -> VQVAEConfig:

@@ -60,23 +60,13 @@ def model_size(model: str) -> str | None:
 
 
 def _compose(task: str, profile: str, hydra_overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from fourm.configs import ComposeError, compose
 
-    path = config_file(task, profile)
-    if GlobalHydra.instance().is_initialized():  # e.g. inside a hydra app or after an interrupted compose
-        GlobalHydra.instance().clear()
+    config_file(task, profile)  # unknown task or profile: one error listing what exists
     try:
-        with initialize_config_dir(version_base=None, config_dir=str(CONFIG_DIR), job_name="transfer"):
-            return compose(config_name=f"{task}/{profile}", overrides=hydra_overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"{path}: cannot apply overrides {hydra_overrides}: {e}") from None
-    except Exception as e:  # a YAML syntax error surfaces as yaml.YAMLError
-        if type(e).__module__.startswith("yaml"):
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        raise
+        return compose(CONFIG_DIR, f"{task}/{profile}", hydra_overrides, job_name="transfer")
+    except ComposeError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _flat_keys(d: dict, prefix: str = "") -> list[str]:

@@ -1,0 +1,42 @@
+"""Hydra config composition, the one way every command turns a YAML recipe plus ``key=value`` overrides into a config."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class ComposeError(ValueError):
+    """A recipe that does not compose with its overrides; the message names the file, the overrides and hydra's reason."""
+
+
+def quote_braces(override: str) -> str:
+    """``shards=a-{000..003}.tar`` -> ``shards='a-{000..003}.tar'``: hydra's grammar reads bare braces as a dict."""
+    key, eq, value = override.partition("=")
+    if eq and "{" in value and "$" not in value and value[:1] not in ("'", '"'):
+        return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return override
+
+
+def compose(config_dir: str | os.PathLike, name: str, overrides: list[str] = (), job_name: str = "fourm-bench"):
+    """``<config_dir>/<name>.yaml`` composed with ``overrides`` (braceexpand patterns quoted) -> an OmegaConf config.
+
+    A hydra left initialised by a caller (a hydra app, an interrupted compose) is cleared first."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [quote_braces(o) for o in overrides]
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    path = Path(config_dir) / f"{name}.yaml"
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None, job_name=job_name):
+            return hydra_compose(config_name=name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ComposeError(f"{path} with overrides {overrides}: {e}") from None
+    except Exception as e:  # a YAML syntax error surfaces as yaml.YAMLError
+        if type(e).__module__.startswith("yaml"):
+            raise ComposeError(f"{path}: not valid YAML: {e}") from None
+        raise
