@@ -1,19 +1,23 @@
 """The modality registry: name -> what the model needs to know about a modality.
 
 Kinds:
-  ``image``         raw pixels, patch-embedded (e.g. ``rgb@224``); encoder-only.
-  ``image_tokens``  a 2-D grid of discrete VQ tokens (e.g. ``tok_depth@224``).
-  ``sequence``      a 1-D token sequence with span masking (``caption``, ``det``).
+  ``image``               raw pixels, patch-embedded (``rgb@224``); encoder-only.
+  ``image_tokens``        a 2-D grid of discrete VQ tokens (``tok_depth@224``); with ``pos_emb="learned"`` a small
+                          set of global tokens, each with its own learned position embedding (``tok_dinov2_global``).
+  ``sequence``            a 1-D token sequence with span masking (``caption``, ``det``, ``metadata``, ...).
+  ``embedding_sequence``  a sequence of float embeddings with a validity mask (``t5_caption``); encoder-only.
 
-4M-7 is built in; 4M-21 modalities (or your own) are added with :func:`register`.
-Modality ids follow the official code: sha256 of the name, modulo 2**15.
+The table below is the official 4M-21 release (4M-7 is the subset :data:`MOD7`); your own modalities are added with
+:func:`register`. Patch sizes are those of the official 224 px models: a model of another resolution keeps each
+modality's grid relative to its own (``FourM.modality_info`` holds what a model sees). Modality ids follow the
+official code: sha256 of the name, modulo 2**15.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 
-KINDS = ("image", "image_tokens", "sequence")
+KINDS = ("image", "image_tokens", "sequence", "embedding_sequence")
 
 
 def modality_id(name: str) -> int:
@@ -34,6 +38,8 @@ class Modality:
     max_tokens: int | None = None  # None: every token of the grid
     pad_id: int = 0  # sequences
     tokenizer: str | None = None  # where the official tokenizer lives (informational)
+    pos_emb: str = "sincos"  # image_tokens: "sincos" (a fixed 2-D table) or "learned" (global tokens)
+    embedding_dim: int | None = None  # embedding_sequence: width of the input embeddings (T5-XXL: 4096)
     id: int = -1
 
     @property
@@ -42,20 +48,25 @@ class Modality:
 
     @property
     def num_tokens(self) -> int:
-        """Tokens this modality contributes at most (grid cells for images, max_length for sequences)."""
-        if self.kind == "sequence":
+        """Tokens this modality contributes at most (grid cells for images, max_tokens for sequences)."""
+        if self.kind in ("sequence", "embedding_sequence"):
             return self.max_tokens or self.max_length
         return self.max_tokens or self.grid * self.grid
 
     @property
     def has_decoder(self) -> bool:
-        return self.kind != "image"
+        return self.kind in ("image_tokens", "sequence")
+
+    @property
+    def type(self) -> str:
+        """The official type: 'img' (images, token grids, global tokens), 'seq' or 'seq_emb'."""
+        return {"sequence": "seq", "embedding_sequence": "seq_emb"}.get(self.kind, "img")
 
     def __getitem__(self, key: str):
         """The official ``modality_info[name][key]`` view, so code written against ml-4m reads this registry as is:
         ``type`` is 'img' or 'seq', ``max_tokens`` the tokens it has; other keys are the fields of the same name."""
         if key == "type":
-            return "seq" if self.kind == "sequence" else "img"
+            return self.type
         if key == "max_tokens":
             return self.num_tokens
         if key in _INFO_KEYS:
@@ -81,8 +92,12 @@ def register(name: str, kind: str, *, overwrite: bool = False, **fields) -> Moda
         raise ValueError(f"modality {name!r}: kind must be one of {KINDS}, got {kind!r}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"modality {name!r} is already registered (pass overwrite=True to replace it)")
-    if kind != "image" and not fields.get("vocab_size"):
+    if kind in ("image_tokens", "sequence") and not fields.get("vocab_size"):
         raise ValueError(f"modality {name!r}: a {kind} modality needs vocab_size")
+    if kind == "embedding_sequence" and not fields.get("embedding_dim"):
+        raise ValueError(f"modality {name!r}: an embedding_sequence needs embedding_dim (the input embeddings' width)")
+    if fields.get("pos_emb", "sincos") not in ("sincos", "learned"):
+        raise ValueError(f"modality {name!r}: pos_emb must be 'sincos' or 'learned', got {fields['pos_emb']!r}")
     mod = Modality(name=name, kind=kind, id=modality_id(name), **fields)
     _REGISTRY[name] = mod
     return mod
@@ -114,7 +129,7 @@ def check(names_: list[str], where: str = "config") -> list[Modality]:
     return [_REGISTRY[n] for n in names_]
 
 
-# --- 4M-7 (the modalities of the released 4M-7 checkpoints) -------------------------------------------
+# --- 4M-21 (the official release's table; 4M-7 is its first eight) -------------------------------------------
 register("rgb@224", "image", num_channels=3)
 register("tok_rgb@224", "image_tokens", vocab_size=16384, tokenizer="EPFL-VILAB/4M_tokenizers_rgb_16k_224-448")
 register("tok_depth@224", "image_tokens", vocab_size=8192, tokenizer="EPFL-VILAB/4M_tokenizers_depth_8k_224-448")
@@ -126,24 +141,22 @@ register("det", "sequence", vocab_size=30000, max_length=256, max_tokens=256)
 
 MOD7 = ["rgb@224", "tok_rgb@224", "tok_depth@224", "tok_normal@224", "tok_semseg@224", "tok_clip@224", "caption", "det"]
 
+# patch-14 feature maps (16 x 16 tokens at 224 px), their global embeddings (16 tokens, patch 56: a 4 x 4 grid with a
+# learned position embedding), edges, and text modalities sharing the caption's WordPiece vocabulary
+register("tok_dinov2@224", "image_tokens", vocab_size=8192, patch_size=14, tokenizer="EPFL-VILAB/4M_tokenizers_DINOv2-B14_8k_224-448")
+register("tok_imagebind@224", "image_tokens", vocab_size=8192, patch_size=14, tokenizer="EPFL-VILAB/4M_tokenizers_ImageBind-H14_8k_224-448")
+register("tok_dinov2_global", "image_tokens", vocab_size=8192, patch_size=56, max_tokens=16, pos_emb="learned",
+         tokenizer="EPFL-VILAB/4M_tokenizers_DINOv2-B14-global_8k_16_224")
+register("tok_imagebind_global", "image_tokens", vocab_size=8192, patch_size=56, max_tokens=16, pos_emb="learned",
+         tokenizer="EPFL-VILAB/4M_tokenizers_ImageBind-H14-global_8k_16_224")
+register("tok_canny_edge@224", "image_tokens", vocab_size=8192, tokenizer="EPFL-VILAB/4M_tokenizers_edge_8k_224-512")
+register("tok_sam_edge@224", "image_tokens", vocab_size=8192, tokenizer="EPFL-VILAB/4M_tokenizers_edge_8k_224-512")
+register("color_palette", "sequence", vocab_size=30000, max_length=23, max_tokens=23)
+register("metadata", "sequence", vocab_size=30000, max_length=40, max_tokens=40)
+register("human_poses", "sequence", vocab_size=30000, max_length=263, max_tokens=275)  # as released: 275 vs 263
+register("sam_instance", "sequence", vocab_size=30000, max_length=290, max_tokens=290)
+register("t5_caption", "embedding_sequence", embedding_dim=4096, max_length=77, max_tokens=77)
 
-def register_4m21() -> None:
-    """Register the extra 4M-21 modalities (token vocabularies as in the 4M-21 release)."""
-    extra = {
-        "tok_dinov2@224": 8192,
-        "tok_imagebind@224": 8192,
-        "tok_sam_edge@224": 8192,
-        "tok_canny_edge@224": 8192,
-        "tok_sam_instance@224": 1024,
-        "human_poses": 30000,
-        "color_palette": 30000,
-        "metadata": 30000,
-        "t5_caption": 30000,
-    }
-    for name, vocab in extra.items():
-        if name in _REGISTRY:
-            continue
-        if name.startswith("tok_"):
-            register(name, "image_tokens", vocab_size=vocab)
-        else:
-            register(name, "sequence", vocab_size=vocab, max_length=256, max_tokens=256)
+MOD21 = MOD7 + ["tok_dinov2@224", "tok_imagebind@224", "tok_dinov2_global", "tok_imagebind_global",
+                "tok_canny_edge@224", "tok_sam_edge@224", "color_palette", "metadata", "human_poses", "sam_instance",
+                "t5_caption"]

@@ -2,6 +2,7 @@
 from fourm.generation.modality_dicts import (
     custom_text,
     empty_img_modality,
+    empty_seq_emb_modality,
     empty_seq_modality,
     expand_to_batch,
     init_empty_target_modality,
@@ -20,5 +21,5 @@ from fourm.generation.schedules import (
 __all__ = [
     "GenerationSampler", "ScheduleError", "build_chained_generation_schedules", "cosine_schedule", "linear_schedule",
     "linear_temp_schedule", "onex_temp_schedule", "init_empty_target_modality", "init_full_input_modality",
-    "custom_text", "expand_to_batch", "empty_img_modality", "empty_seq_modality",
+    "custom_text", "expand_to_batch", "empty_img_modality", "empty_seq_modality", "empty_seq_emb_modality",
 ]

@@ -45,6 +45,19 @@ def empty_seq_modality(mod_dict: dict, key: str, s1_id: int = S1_ID) -> dict:
     return mod_dict
 
 
+def empty_seq_emb_modality(mod_dict: dict, key: str) -> dict:
+    """An embedding sequence with nothing in it: zero rows, only the first one visible (as the official code keeps
+    one position so that a guided pass still has the modality)."""
+    d = mod_dict[key]
+    d["tensor"] = torch.zeros_like(d["tensor"])
+    d["input_mask"] = torch.ones_like(d["input_mask"])
+    d["input_mask"][:, 0] = False
+    d["target_mask"] = torch.ones_like(d["target_mask"])
+    if "decoder_attention_mask" in d:
+        d["decoder_attention_mask"] = torch.zeros_like(d["decoder_attention_mask"])
+    return mod_dict
+
+
 def init_empty_target_modality(mod_dict: dict, modality_info, domain: str, batch_size: int, num_tokens: int,
                                device) -> dict:
     """Add ``domain`` to ``mod_dict`` as a target with ``num_tokens`` positions, all still to generate."""

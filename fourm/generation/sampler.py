@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fourm.data.text import merge_spans
-from fourm.generation.modality_dicts import empty_img_modality, empty_seq_modality, sentinel_ids
+from fourm.generation.modality_dicts import empty_img_modality, empty_seq_emb_modality, empty_seq_modality, sentinel_ids
 from fourm.generation.schedules import ScheduleError, check_cfg_scale, kind_of
 from fourm.models.blocks import additive_mask
 
@@ -350,7 +350,9 @@ class GenerationSampler(nn.Module):
         """A copy of ``mod_dict`` with each guidance condition emptied (nothing of it visible)."""
         out = copy.deepcopy(mod_dict)
         for mod in conds:
-            if kind_of(self.model.modality_info[mod]) == "seq":
+            if self.model.modality_info[mod]["type"] == "seq_emb":
+                empty_seq_emb_modality(out, mod)
+            elif kind_of(self.model.modality_info[mod]) == "seq":
                 empty_seq_modality(out, mod)
             else:
                 empty_img_modality(out, mod)

@@ -54,11 +54,17 @@ class _Embedding(nn.Module):
 
 
 class _GridEmbedding(_Embedding):
-    def __init__(self, dim: int, image_size: int, patch_size: int):
+    """A grid of positions: a fixed 2-D sin-cos table, or (``learned_pos``, global tokens) a learned one."""
+
+    def __init__(self, dim: int, image_size: int, patch_size: int, learned_pos: bool = False):
         super().__init__(dim)
         self.patch_size = patch_size
         self.grid = (image_size // patch_size, image_size // patch_size)
-        self.register_buffer("pos_emb", sincos_2d(*self.grid, dim))
+        if learned_pos:
+            self.pos_emb = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], dim))
+            nn.init.normal_(self.pos_emb, std=0.02)
+        else:
+            self.register_buffer("pos_emb", sincos_2d(*self.grid, dim))
 
     def grid_emb(self, grid: tuple[int, int]) -> torch.Tensor:
         return resize_pos_emb(self.pos_emb, self.grid, grid) + self.mod_emb
@@ -99,8 +105,8 @@ class ImageEncoderEmbedding(_GridEmbedding):
 class ImageTokenEncoderEmbedding(_GridEmbedding):
     """A grid of VQ token ids -> token embeddings."""
 
-    def __init__(self, dim: int, vocab_size: int, image_size: int = 224, patch_size: int = 16):
-        super().__init__(dim, image_size, patch_size)
+    def __init__(self, dim: int, vocab_size: int, image_size: int = 224, patch_size: int = 16, learned_pos: bool = False):
+        super().__init__(dim, image_size, patch_size, learned_pos)
         self.vocab_size = vocab_size
         self.token_emb = nn.Embedding(vocab_size, dim)
 
@@ -162,11 +168,38 @@ class SequenceEncoderEmbedding(_Embedding):
         return self.token_emb(d["tensor"][_rows(idx, rows), idx]), emb
 
 
+class SequenceEmbEncoderEmbedding(_Embedding):
+    """A sequence of float embeddings (T5 caption embeddings) -> a biased linear projection; positions count the
+    visible rows only, as for token sequences."""
+
+    def __init__(self, dim: int, embedding_dim: int, max_length: int = 77, max_sincos: int = 512):
+        super().__init__(dim)
+        self.embedding_dim = embedding_dim
+        self.max_length = max_length
+        self.register_buffer("pos_emb", sincos_1d(max(max_sincos, max_length), dim))
+        self.emb_proj = nn.Linear(embedding_dim, dim, bias=True)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.embedding_dim:
+            raise ValueError(f"embedding sequence of width {x.shape[-1]}; this model projects {self.embedding_dim}-wide "
+                             "embeddings (a [B, L, width] float tensor with its input_mask)")
+
+    def forward(self, d: dict) -> dict:
+        self._check(d["tensor"])
+        return {**d, "x": self.emb_proj(d["tensor"]), "emb": _compact_positions(self.pos_emb, d["input_mask"]) + self.mod_emb}
+
+    def select(self, d: dict, idx: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``emb`` of the rows at ``idx`` only (``idx`` and ``rows`` as in :meth:`ImageEncoderEmbedding.select`)."""
+        self._check(d["tensor"])
+        emb = _compact_positions_at(self.pos_emb, d["input_mask"], idx, rows) + self.mod_emb[0]
+        return self.emb_proj(d["tensor"][_rows(idx, rows), idx]), emb
+
+
 class ImageTokenDecoderEmbedding(_GridEmbedding):
     """Decoder side of a token grid: queries are mask tokens at grid positions; logits over the vocab."""
 
-    def __init__(self, dim: int, vocab_size: int, image_size: int = 224, patch_size: int = 16):
-        super().__init__(dim, image_size, patch_size)
+    def __init__(self, dim: int, vocab_size: int, image_size: int = 224, patch_size: int = 16, learned_pos: bool = False):
+        super().__init__(dim, image_size, patch_size, learned_pos)
         self.vocab_size = vocab_size
         self.token_emb = nn.Embedding(vocab_size, dim)  # unused by the masked forward; kept for the official layout
         self.to_logits = nn.Linear(dim, vocab_size, bias=False)

@@ -45,9 +45,22 @@ def config_for(name: str, **overrides) -> dict:
             "mlp_ratio": 4.0, **VARIANTS[m["variant"]], **overrides}
 
 
-def create_model(name: str, **overrides) -> FourM:
-    """Build a FourM by official name; e.g. ``create_model("fm_base_12e_12d_swiglu_nobias")``."""
-    return FourM.from_config(config_for(name, **overrides))
+def domains(release: str) -> dict:
+    """``domains_in`` / ``domains_out`` of an official release: "4m7" or "4m21" (the ``4m-{b,l,xl}_mod21`` configs:
+    19 inputs, the 17 that are not input-only as outputs), sorted as the official training script sorts them."""
+    from fourm import modalities as M
+
+    names = {"4m7": M.MOD7, "4m21": M.MOD21}
+    if release not in names:
+        raise ValueError(f"unknown release {release!r}; known: {sorted(names)}")
+    ins = sorted(names[release])
+    return {"domains_in": ins, "domains_out": [m for m in ins if M.get(m).has_decoder]}
+
+
+def create_model(name: str, release: str | None = None, **overrides) -> FourM:
+    """Build a FourM by official name; e.g. ``create_model("fm_base_12e_12d_swiglu_nobias", release="4m21")`` (the
+    release's domains; default the 4M-7 ones)."""
+    return FourM.from_config(config_for(name, **({**domains(release), **overrides} if release else overrides)))
 
 
 def transformer_parameters(model: FourM) -> int:

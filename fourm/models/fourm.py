@@ -16,6 +16,7 @@ from fourm.models.embeddings import (
     ImageTokenDecoderEmbedding,
     ImageTokenEncoderEmbedding,
     SequenceDecoderEmbedding,
+    SequenceEmbEncoderEmbedding,
     SequenceEncoderEmbedding,
     init_linear_,
 )
@@ -62,20 +63,35 @@ def with_vocab_sizes(mods: list[M.Modality], vocab_sizes: dict | None) -> list[M
     return [dataclasses.replace(m, vocab_size=vocab_sizes[m.name]) if m.name in vocab_sizes else m for m in mods]
 
 
+def token_patch_size(mod: M.Modality, image_size: int, patch_size: int) -> int:
+    """Pixels per token of a token modality in a model of ``image_size`` / ``patch_size``: the registry's grid is the
+    official 224 px one (patch 16), so a modality keeps its grid relative to the model's (patch 14 -> 16 x 16 at
+    14 x 14, global tokens at patch 56 -> 4 x 4)."""
+    model_grid = image_size // patch_size
+    if (model_grid * 16) % mod.patch_size or image_size % (model_grid * 16 // mod.patch_size):
+        raise ValueError(f"modality {mod.name!r} (patch {mod.patch_size} at 224 px) has no whole grid in a model of "
+                         f"{image_size} px / patch {patch_size}; pick an image size that is a multiple of its grid")
+    return image_size // (model_grid * 16 // mod.patch_size)
+
+
 def encoder_embedding(mod: M.Modality, dim: int, image_size: int, patch_size: int) -> nn.Module:
     if mod.kind == "image":
         return ImageEncoderEmbedding(dim, image_size, patch_size, mod.num_channels)
     if mod.kind == "image_tokens":
-        return ImageTokenEncoderEmbedding(dim, mod.vocab_size, image_size, patch_size)
+        return ImageTokenEncoderEmbedding(dim, mod.vocab_size, image_size, token_patch_size(mod, image_size, patch_size),
+                                          learned_pos=mod.pos_emb == "learned")
+    if mod.kind == "embedding_sequence":
+        return SequenceEmbEncoderEmbedding(dim, mod.embedding_dim, mod.max_length)
     return SequenceEncoderEmbedding(dim, mod.vocab_size, mod.max_length, mod.pad_id)
 
 
 def decoder_embedding(mod: M.Modality, dim: int, image_size: int, patch_size: int) -> nn.Module:
     if mod.kind == "image_tokens":
-        return ImageTokenDecoderEmbedding(dim, mod.vocab_size, image_size, patch_size)
+        return ImageTokenDecoderEmbedding(dim, mod.vocab_size, image_size, token_patch_size(mod, image_size, patch_size),
+                                          learned_pos=mod.pos_emb == "learned")
     if mod.kind == "sequence":
         return SequenceDecoderEmbedding(dim, mod.vocab_size, mod.max_length, mod.pad_id)
-    raise ValueError(f"modality {mod.name!r} ({mod.kind}) cannot be a decoder target; pick a tokenized variant")
+    raise ValueError(f"modality {mod.name!r} ({mod.kind}) is input-only and cannot be in domains_out; pick a tokenized variant")
 
 
 def norm_layer_for(norm_bias: bool):
@@ -109,8 +125,7 @@ class FourM(nn.Module):
         if act_layer not in ACTIVATIONS:
             raise ValueError(f"act_layer {act_layer!r} is not one of {sorted(ACTIVATIONS)}")
         # what this model sees of each modality: its image and patch size (e.g. rgb@224 at 112 px in patches of 8)
-        self.modality_info = {m.name: m if m.kind == "sequence" else dataclasses.replace(m, input_size=image_size, patch_size=patch_size)
-                              for m in mods_in + mods_out}
+        self.modality_info = {m.name: self._as_seen(m, image_size, patch_size) for m in mods_in + mods_out}
         self.dim = dim
         self.decoder_causal_mask = decoder_causal_mask
         self.decoder_sep_mask = decoder_sep_mask
@@ -138,6 +153,14 @@ class FourM(nn.Module):
             for name, emb in self.decoder_embeddings.items():
                 if name in self.encoder_embeddings:
                     emb.mod_emb = self.encoder_embeddings[name].mod_emb
+
+    @staticmethod
+    def _as_seen(m: M.Modality, image_size: int, patch_size: int) -> M.Modality:
+        if m.kind == "image":
+            return dataclasses.replace(m, input_size=image_size, patch_size=patch_size)
+        if m.kind == "image_tokens":
+            return dataclasses.replace(m, input_size=image_size, patch_size=token_patch_size(m, image_size, patch_size))
+        return m
 
     @classmethod
     def from_config(cls, config: dict) -> "FourM":
