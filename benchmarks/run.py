@@ -16,6 +16,7 @@ BENCHMARKS = {
     "transfer": ("benchmarks.transfer:cli", "classification fine-tune step vs simpler baselines"),
     "collect": ("benchmarks.collect:main", "collecting 10,000 run folders vs a naive reader"),
     "generation": ("benchmarks.generation:main", "KV-cached captions and batched guidance vs the official computation"),
+    "mfu": ("benchmarks.mfu:main", "FLOPs of a 4M train step (checked against torch's counter), tokens/s, MFU on GPUs"),
     "sweep": ("benchmarks.sweep:main", "planning a 1,000-point grid (dry run) vs one hydra compose per config"),
 }
 
