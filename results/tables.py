@@ -734,6 +734,8 @@ OOB_ROWS = [
     ("normal", "within_11deg", "RGB → normals % within 11.25°", "max"),
     ("semseg", "miou", "RGB → semseg mIoU", "max"), ("det", "ap", "RGB → det box AP", "max"),
     ("caption", "bleu4", "RGB → caption BLEU-4", "max"),
+    ("retrieval", "recall@1", "caption → image retrieval R@1 (CLIP tokens)", "max"),
+    ("retrieval", "recall@5", "caption → image retrieval R@5 (CLIP tokens)", "max"),
 ]
 
 

@@ -11,7 +11,10 @@ autoregressive for text) and scores it against the split's ground truth:
 * RGB -> normals: mean and median angular error, % within 11.25 degrees;
 * RGB -> semseg: ``miou`` (and pixel accuracy), the tokenizers' confusion-matrix mIoU;
 * RGB -> det: COCO box AP (pycocotools; generated boxes all have score 1);
-* RGB -> caption: corpus BLEU-4 against the one reference caption per image (lower-cased words, no smoothing).
+* RGB -> caption: corpus BLEU-4 against the one reference caption per image (lower-cased words, no smoothing);
+* retrieval, when the model has ``tok_clip@224`` and reads captions: CLIP tokens predicted from each caption alone
+  and from each image alone, each pooled to one vector (the mean of the model's own embeddings of the predicted
+  tokens, L2-normalised), and recall@1/5 (%) of the matching image among the split's images; the baseline is chance.
 
 Every metric is computed three times in the same run: from the generated tokens, from the ground truth passed
 through the same tokenizer and decoder (``.ceiling``, what the tokenizer allows at best), and for a trivial baseline
@@ -181,11 +184,63 @@ def evaluate(cfg: dict, progress: bool = True) -> dict[str, float]:
             bar.update(len(chunk))
     bar.close()
     metrics: dict[str, float] = {"num_images": len(stems)}
+    if "tok_clip@224" in model.decoder_embeddings and "caption" in model.encoder_embeddings and probe.text_tokenizer:
+        metrics.update({f"retrieval/{k}": v for k, v in _retrieval(probe, root, stems, cfg, size).items()})
     for t in tasks:
         mod = TASKS[t]
         gt = _ground_truth(root, stems, mod, size if mod in ("caption", "det") else probe.detok.tokenizers[t].config.image_size)
         metrics.update({f"{mod}/{k}": v for k, v in _score(t, mod, preds[t], gt, probe).items()})
     return metrics
+
+
+def recall_at(query: torch.Tensor, keys: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    """Recall@k (%) of key i for query i, by cosine similarity of L2-normalised rows."""
+    sim = F.normalize(query, dim=1) @ F.normalize(keys, dim=1).T
+    rank = (sim > sim.diag().unsqueeze(1)).sum(1)  # how many keys beat the matching one
+    return {f"recall@{k}": 100 * float((rank < k).double().mean()) for k in ks}
+
+
+def _clip_features(gen: Generator, mod: dict, cond: str, seed: int) -> torch.Tensor:
+    """tok_clip@224 predicted from ``mod``'s ``cond`` alone, pooled over the model's embeddings of the tokens."""
+    from fourm.generation.modality_dicts import init_empty_target_modality
+    from fourm.generation.schedules import build_chained_generation_schedules
+
+    info, B = gen.model.modality_info, next(iter(mod.values()))["tensor"].shape[0]
+    n = info["tok_clip@224"]["max_tokens"]
+    init_empty_target_modality(mod, info, "tok_clip@224", B, n, "cpu")
+    sched = build_chained_generation_schedules(
+        cond_domains=[cond], target_domains=["tok_clip@224"], tokens_per_target=[n], autoregression_schemes=["maskgit"],
+        decoding_steps=[gen.cfg["steps"]], token_decoding_schedules=["cosine"], temps=[0.0], temp_schedules=["constant"],
+        cfg_scales=[1.0], cfg_schedules=["constant"], modality_info=info)
+    tokens = gen.sampler.generate(mod, sched, seed=seed)["tok_clip@224"]["tensor"].long()
+    table = gen.model.encoder_embeddings["tok_clip@224"].token_emb.weight if "tok_clip@224" in gen.model.encoder_embeddings \
+        else gen.model.decoder_embeddings["tok_clip@224"].to_logits.weight
+    return F.normalize(table[tokens].mean(1), dim=1)
+
+
+def _retrieval(gen: Generator, root: Path, stems: list[str], cfg: dict, size: int) -> dict[str, float]:
+    from fourm.generation.modality_dicts import init_full_input_modality
+
+    tok, info = gen.text_tokenizer, gen.model.modality_info
+    eos, pad = tok.token_to_id("[EOS]"), tok.token_to_id("[PAD]")
+    image_f, text_f = [], []
+    for b in range(0, len(stems), cfg["batch"]):
+        chunk = stems[b: b + cfg["batch"]]
+        images = torch.stack([load_image(FOURM_MODALITIES["rgb"].path(root, s), size)[0] for s in chunk])
+        mod = {"rgb@224": {"tensor": images}}
+        init_full_input_modality(mod, info, "rgb@224", "cpu")
+        image_f.append(_clip_features(gen, mod, "rgb@224", cfg["seed"] + b))
+        ids = [tok.encode(read_raw(root, "caption", s).strip()).ids[: info["caption"]["max_tokens"] - 1] + [eos] for s in chunk]
+        L = max(map(len, ids))
+        tensor = torch.tensor([r + [pad] * (L - len(r)) for r in ids])
+        mask = torch.tensor([[False] * len(r) + [True] * (L - len(r)) for r in ids])
+        mod = {"caption": {"tensor": tensor, "input_mask": mask, "target_mask": torch.ones_like(mask),
+                           "decoder_attention_mask": torch.zeros_like(mask)}}
+        text_f.append(_clip_features(gen, mod, "caption", cfg["seed"] + b))
+    out = recall_at(torch.cat(text_f), torch.cat(image_f))
+    n = len(stems)
+    out.update({"recall@1.baseline": 100 / n, "recall@5.baseline": 100 * min(5, n) / n})
+    return out
 
 
 def _gen_cfg(cfg: dict) -> dict:

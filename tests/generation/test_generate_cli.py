@@ -117,3 +117,21 @@ def test_metrics_on_known_inputs():
     assert oob.box_ap(boxes, [[(30, 30, 50, 50, "cube")]], 56)["ap"] == 0.0
     n = torch.nn.functional.normalize(torch.randn(1, 3, 4, 4), dim=1)
     assert float(oob.normal_errors(n, n).max()) < 1e-3
+
+
+def test_oob_retrieval_row_for_a_model_with_clip_tokens(tiny, tmp_path, official_fixture_dir):
+    """The tiny official 4M-7 checkpoint has tok_clip@224 and reads captions: the retrieval row appears."""
+    cfg = oob.parse_args([f"model={official_fixture_dir / 'tiny_4m7.safetensors'}", f"text_tokenizer={tiny['text']}",
+                          f"data={tiny['root'] / 'world'}", "split=val", f"runs_root={tmp_path}", "steps=2"])
+    m = oob.run_oob(cfg, progress=False).metrics
+    assert {"retrieval/recall@1", "retrieval/recall@5", "retrieval/recall@1.baseline"} <= set(m)
+    assert m["retrieval/recall@1.baseline"] == pytest.approx(25.0) and m["retrieval/recall@5.baseline"] == 100.0
+    assert m["retrieval/recall@5"] == 100.0  # 4 images: the match is always in the top 5
+    assert "depth/delta1" not in m  # no depth tokenizer given: no depth row
+
+
+def test_recall_at_k():
+    keys = torch.eye(4)
+    assert oob.recall_at(keys, keys) == {"recall@1": 100.0, "recall@5": 100.0}
+    shifted = keys[[1, 2, 3, 0]]
+    assert oob.recall_at(shifted, keys)["recall@1"] == 0.0
