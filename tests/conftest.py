@@ -9,7 +9,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def official_fixture_dir() -> Path:
     from fourm.models.parity import default_fixture_dir
 

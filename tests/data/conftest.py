@@ -6,7 +6,7 @@ from fourm.data import world
 WORLD_SIZE = 64
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def world_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     world.generate(str(root), num=8, size=WORLD_SIZE, seed=0, split="train")

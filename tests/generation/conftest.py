@@ -44,6 +44,6 @@ class Recorded:
         return {tuple(k[len(prefix):].rsplit(".", 1)): v for k, v in self.tensors.items() if k.startswith(prefix)}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def recorded(official_fixture_dir) -> Recorded:
     return Recorded(official_fixture_dir)

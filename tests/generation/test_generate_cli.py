@@ -23,11 +23,12 @@ def tiny(tmp_path_factory, official_fixture_dir):
     root = tmp_path_factory.mktemp("gen")
     params = build(root, num_train=4, num_val=4)
     torch.manual_seed(0)
-    mods_out = ["tok_depth@224", "tok_semseg@224", "caption", "det"]
+    mods_out = ["tok_depth@224", "tok_normal@224", "tok_semseg@224", "caption", "det"]
     model = create_model("fm_pico_2e_2d_swiglu_nobias", domains_in=["rgb@224", *mods_out], domains_out=mods_out,
-                         image_size=56, patch_size=4, vocab_sizes={"tok_depth@224": 64, "tok_semseg@224": 64})
+                         image_size=56, patch_size=4,
+                         vocab_sizes={"tok_depth@224": 64, "tok_normal@224": 64, "tok_semseg@224": 64})
     ckpt = save_checkpoint(model, root / "model.safetensors")
-    toks = [f"tokenizers.{m}={root / 'tokenizers' / f'{m}.safetensors'}" for m in ("depth", "semseg")]
+    toks = [f"tokenizers.{m}={root / 'tokenizers' / f'{m}.safetensors'}" for m in ("depth", "normal", "semseg")]
     return dict(root=root, ckpt=ckpt, toks=toks, text=params["text_tokenizer"], split=root / "world" / "val")
 
 
@@ -81,9 +82,9 @@ def test_generate_errors_name_the_fix(tiny, tmp_path, capsys):
     assert gen_cli.cli([f"model={tiny['ckpt']}", f"text_tokenizer={tiny['text']}", "targets=tok_depth@224",
                         f"input={tiny['split']}", f"out={tmp_path}"]) == 2
     assert "tokenizers.depth=<run>" in capsys.readouterr().out
-    assert gen_cli.cli([f"model={tiny['ckpt']}", *tiny["toks"], "targets=tok_normal@224",
+    assert gen_cli.cli([f"model={tiny['ckpt']}", *tiny["toks"], "targets=tok_clip@224",
                         f"input={tiny['split']}", f"out={tmp_path}"]) == 2
-    assert "'tok_normal@224' is not a modality of" in capsys.readouterr().out
+    assert "'tok_clip@224' is not a modality of" in capsys.readouterr().out
     assert gen_cli.cli([f"model={tiny['ckpt']}", *tiny["toks"], "targets=caption", f"input={tiny['split']}",
                         f"out={tmp_path}"]) == 2
     assert "pass text_tokenizer=" in capsys.readouterr().out
@@ -95,7 +96,8 @@ def test_oob_run_scores_generation_ceiling_and_baseline(tiny, tmp_path):
     run = oob.run_oob(cfg, progress=False)
     m = run.metrics
     assert run.done and m["num_images"] == 4
-    for key in ("depth/delta1", "depth/abs_rel", "semseg/miou", "det/ap", "caption/bleu4"):
+    for key in ("depth/delta1", "depth/abs_rel", "normal/angle_mean", "normal/angle_median", "normal/within_11deg",
+                "semseg/miou", "det/ap", "caption/bleu4"):
         assert {key, f"{key}.ceiling", f"{key}.baseline"} <= set(m)
     assert m["caption/bleu4.ceiling"] == pytest.approx(100.0)  # the WordPiece round trip keeps every word
     assert m["det/ap.ceiling"] > 90 and m["det/ap.baseline"] < 5  # 1000 coordinate bins vs one full-image box
@@ -103,7 +105,9 @@ def test_oob_run_scores_generation_ceiling_and_baseline(tiny, tmp_path):
     assert oob.run_oob(cfg, progress=False).path == run.path
     tbl = table(collect(tmp_path).table, layout="oob")
     assert [r["metric"] for r in tbl.frame.to_dict("records")] == [
-        "depth/delta1", "depth/abs_rel", "semseg/miou", "det/ap", "caption/bleu4"]
+        "depth/delta1", "depth/abs_rel", "normal/angle_mean", "normal/angle_median", "normal/within_11deg",
+        "semseg/miou", "det/ap", "caption/bleu4"]
+    assert 0 <= m["normal/angle_median"] <= 180 and m["normal/angle_mean.ceiling"] < m["normal/angle_mean.baseline"] + 90
     assert tbl.frame["generated"].tolist()[0] == pytest.approx(m["depth/delta1"])
 
 
@@ -135,3 +139,12 @@ def test_recall_at_k():
     assert oob.recall_at(keys, keys) == {"recall@1": 100.0, "recall@5": 100.0}
     shifted = keys[[1, 2, 3, 0]]
     assert oob.recall_at(shifted, keys)["recall@1"] == 0.0
+
+
+def test_generate_runs_on_the_official_tiny_checkpoint(tiny, tmp_path, official_fixture_dir):
+    out = tmp_path / "official"
+    assert gen_cli.cli([f"model={official_fixture_dir / 'tiny_4m7.safetensors'}", f"text_tokenizer={tiny['text']}",
+                        "targets=caption,det", f"input={tiny['split']}", "num=2", "text_tokens=8", f"out={out}"]) == 0
+    assert len(list(out.glob("*.png"))) == 2
+    texts = json.loads((out / f"{next(out.glob('*.png')).stem}.json").read_text())
+    assert isinstance(texts["caption"], str) and isinstance(texts["det"], list)

@@ -14,7 +14,7 @@ from fourm.runs import atomic_write_text, open_run
 from results_testdata import ALPHA_LOSSES, TASK_EPOCHS, TRANSFER_RUNS, finished, transfer_config
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def transfer_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer_runs")
     broken = {}
@@ -46,7 +46,7 @@ def transfer_root(tmp_path_factory):
     return root, broken
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ablation_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation_runs")
     for alpha, tasks in ALPHA_LOSSES.items():

@@ -10,7 +10,7 @@ import pytest
 from slurm.cluster import LocalCluster, missing_requirements
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def slurm_cluster() -> LocalCluster:
     reason = missing_requirements()
     if reason:

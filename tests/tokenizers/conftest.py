@@ -20,7 +20,7 @@ def _one_thread():
     yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_world(tmp_path_factory):
     """A 4M-layout world: 24 train + 8 val scenes at 32 px."""
     root = tmp_path_factory.mktemp("tok_world")

@@ -14,7 +14,7 @@ WORLD_TRAIN = 32
 WORLD_VAL = 16
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def transfer_world(tmp_path_factory) -> Path:
     """The 4M-layout world (``<root>/{train,val}/<modality>/``)."""
     from fourm.data import world
@@ -25,7 +25,7 @@ def transfer_world(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def transfer_data_root(transfer_world) -> Path:
     """``data_root`` for every transfer task: the world's IN1K / COCO / ADE20K / NYUv2 layouts."""
     from fourm.data.layouts import write_layouts
@@ -33,7 +33,7 @@ def transfer_data_root(transfer_world) -> Path:
     return write_layouts(transfer_world, transfer_world / "layouts")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def official_checkpoint(official_fixture_dir) -> Path:
     """The official tiny 4M-7 checkpoint (dim 8, 2 encoder blocks, 4 heads)."""
     return official_fixture_dir / "tiny_4m7.safetensors"
