@@ -43,20 +43,30 @@ class GenerateError(ValueError):
     """A generate call that cannot run; the message names the argument and the fix."""
 
 
-def parse_args(argv: list[str]) -> dict:
-    """``key=value`` arguments (``tokenizers.<modality>=<run>`` collected under ``tokenizers``)."""
-    cfg = dict(DEFAULTS, tokenizers={})
+def parse_key_values(argv: list[str], defaults: dict, command: str) -> dict:
+    """``key=value`` arguments over ``defaults`` (a value takes its default's type; ``tokenizers.<modality>=<run>``
+    are collected under ``tokenizers``)."""
+    cfg = dict(defaults, tokenizers={})
     for a in argv:
         if "=" not in a:
-            raise GenerateError(f"argument {a!r} is not key=value; see `fourm-bench generate --help`")
+            raise GenerateError(f"argument {a!r} is not key=value; see `fourm-bench {command} --help`")
         k, v = a.split("=", 1)
         if k.startswith("tokenizers."):
             cfg["tokenizers"][k.split(".", 1)[1]] = v
-        elif k not in DEFAULTS:
-            raise GenerateError(f"unknown argument {k!r}; known: {sorted(DEFAULTS) + ['tokenizers.<modality>']}")
+        elif k not in defaults:
+            raise GenerateError(f"unknown argument {k!r}; known: {sorted(defaults) + ['tokenizers.<modality>']}")
         else:
-            default = DEFAULTS[k]
-            cfg[k] = type(default)(v) if isinstance(default, (int, float)) and not isinstance(default, bool) else v
+            default = defaults[k]
+            try:
+                cfg[k] = type(default)(v) if isinstance(default, (int, float)) and not isinstance(default, bool) else v
+            except ValueError:
+                raise GenerateError(f"{k}={v!r}: expected a {type(default).__name__}") from None
+    return cfg
+
+
+def parse_args(argv: list[str]) -> dict:
+    """The generate command's arguments (see the module docstring)."""
+    cfg = parse_key_values(argv, DEFAULTS, "generate")
     for k in ("model", "targets", "input", "out"):
         if not cfg[k]:
             raise GenerateError(f"{k}= is required (e.g. {k}={_EXAMPLES[k]})")

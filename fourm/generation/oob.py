@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from fourm.data.layouts import FOURM_MODALITIES
 from fourm.data.text import boxes_to_text, text_to_boxes
-from fourm.generation.cli import Generator, GenerateError, load_image
+from fourm.generation.cli import GenerateError, Generator, load_image, parse_key_values
 from fourm.generation.detokenize import sequence_text
 from fourm.runs import open_run
 from fourm.tokenizers.metrics import ReconstructionMeter, fit_constant
@@ -121,20 +121,14 @@ def box_ap(gt: list[list], pred: list[list], size: int) -> dict[str, float]:
 
 # --- the benchmark -----------------------------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> dict:
-    cfg = dict(DEFAULTS, tokenizers={})
-    for a in argv:
-        if "=" not in a:
-            raise GenerateError(f"argument {a!r} is not key=value; see `fourm-bench oob --help`")
-        k, v = a.split("=", 1)
-        if k.startswith("tokenizers."):
-            cfg["tokenizers"][k.split(".", 1)[1]] = v
-        elif k not in DEFAULTS:
-            raise GenerateError(f"unknown argument {k!r}; known: {sorted(DEFAULTS) + ['tokenizers.<modality>']}")
-        else:
-            cfg[k] = int(v) if k in ("num", "steps", "batch", "seed", "threads") else v
+    """The oob command's arguments (see the module docstring)."""
+    cfg = parse_key_values(argv, DEFAULTS, "oob")
     for k in ("model", "data"):
         if not cfg[k]:
             raise GenerateError(f"{k}= is required")
+    for k in ("num", "threads"):
+        if cfg[k] is not None:
+            cfg[k] = int(cfg[k])
     return cfg
 
 
