@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from fourm.files import atomic_write_json
 from fourm.generation.detokenize import Detokenizer, render
-from fourm.generation.modality_dicts import init_empty_target_modality, init_full_input_modality
+from fourm.generation.modality_dicts import init_empty_target_modality, init_full_input_modality, kind_of
 from fourm.generation.sampler import GenerationSampler
-from fourm.generation.schedules import build_chained_generation_schedules, kind_of
+from fourm.generation.schedules import build_chained_generation_schedules
 from fourm.pretrain.data import IMAGENET_MEAN, IMAGENET_STD
 from fourm.tokenizers.checkpoint import atomic_write_bytes
 

@@ -14,12 +14,16 @@ from fourm.data.text import PAD
 S1_ID = 5  # id of [S_1] in the official WordPiece vocabulary (and in ours: [PAD] [UNK] [SOS] [EOS] [S_0] [S_1] ...)
 
 
+def kind_of(modality) -> str:
+    """'img' (token grids, raw images) or 'seq' (captions, boxes, embeddings), from a Modality or an official info dict."""
+    return "seq" if modality["type"] in ("seq", "seq_token", "seq_emb") else "img"
+
+
 def _kind(modality_info, domain: str) -> str:
     try:
-        info = modality_info[domain]
+        return kind_of(modality_info[domain])
     except KeyError:
         raise KeyError(f"no modality {domain!r} in modality_info; known: {sorted(modality_info)}") from None
-    return "seq" if info["type"] in ("seq", "seq_token", "seq_emb") else "img"
 
 
 def empty_img_modality(mod_dict: dict, key: str) -> dict:

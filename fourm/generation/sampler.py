@@ -22,8 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from fourm.data.text import merge_spans
-from fourm.generation.modality_dicts import empty_img_modality, empty_seq_emb_modality, empty_seq_modality, sentinel_ids
-from fourm.generation.schedules import ScheduleError, check_cfg_scale, kind_of
+from fourm.generation.modality_dicts import empty_img_modality, empty_seq_emb_modality, empty_seq_modality, kind_of, sentinel_ids
+from fourm.generation.schedules import ScheduleError, check_cfg_scale
 from fourm.models.blocks import additive_mask
 
 

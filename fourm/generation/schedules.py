@@ -11,6 +11,8 @@ from typing import Optional
 
 import numpy as np
 
+from fourm.generation.modality_dicts import kind_of
+
 SCHEMES = ("maskgit", "roar", "autoregressive")
 TOKEN_SCHEDULES = ("cosine", "linear")
 
@@ -90,12 +92,6 @@ def check_cfg_scale(scale, where: str):
                             f"{float(scale) if isinstance(scale, int) else 1.0!r} (a list of floats weighs several conditions)")
 
 
-def kind_of(modality) -> str:
-    """'img' (token grids, raw images) or 'seq' (captions, boxes), from a Modality or an official info dict."""
-    kind = modality["type"]
-    return "seq" if kind in ("seq", "seq_token", "seq_emb") else "img"
-
-
 def build_chained_generation_schedules(
     cond_domains: list[str],
     target_domains: list[str],
@@ -137,7 +133,7 @@ def build_chained_generation_schedules(
                                     "use autoregression_schemes='autoregressive' for it")
             if kind == "img" and scheme == "autoregressive":
                 raise ScheduleError(f"{where}: {target} is a token grid; decode it with 'maskgit' or 'roar'")
-            limit = modality_info[target]["max_tokens"] if kind == "seq" else _grid_tokens(modality_info[target])
+            limit = modality_info[target]["max_tokens"]  # a grid's cells for token grids
             if limit is not None and ntoks > limit:
                 raise ScheduleError(f"{where}: tokens_per_target={ntoks} exceeds the {limit} tokens {target} has; "
                                     f"use at most {limit}")
@@ -167,9 +163,3 @@ def build_chained_generation_schedules(
             cond_domains.append(target)
     return chained
 
-
-def _grid_tokens(info) -> int | None:
-    try:
-        return info["num_tokens"]
-    except KeyError:  # an official modality_info dict
-        return info.get("max_tokens")
