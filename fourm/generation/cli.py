@@ -114,7 +114,7 @@ class Generator:
         self.cfg = cfg
         self.model = load_pretrained(cfg["model"]).eval()
         info = self.model.modality_info
-        self.image_size = self.model.config.get("image_size", 224) if hasattr(self.model, "config") else 224
+        self.image_size = self.model.config["image_size"]
         for d in cfg["cond"] + cfg["targets"]:
             if d not in info:
                 raise GenerateError(f"{d!r} is not a modality of {cfg['model']}; it has {sorted(info)}")
