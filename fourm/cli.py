@@ -21,7 +21,8 @@ COMMANDS = {
     "generate": ("fourm.generation.cli:cli", "any-to-any generation from images, a picture per input"),
     "oob": ("fourm.generation.oob:cli", "out-of-the-box (zero-shot) evaluation of a pretrained 4M"),
     "results": ("results.cli:cli", "collect runs, write tables and plots"),
-    "demo": ("results.demo:cli", "the end-to-end demo on the synthetic world"),
+    "pipeline": ("ablations.pipeline:cli", "run an end-to-end recipe as a graph of jobs (local or SLURM)"),
+    "demo": ("ablations.pipeline:demo_cli", "the end-to-end demo on the synthetic world (the demo recipe)"),
     "bench": ("benchmarks.run:cli", "throughput benchmarks (ratios against in-process baselines)"),
 }
 

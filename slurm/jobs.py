@@ -81,3 +81,125 @@ def transfer(config: dict, run_dir: str) -> dict:
     if removed:
         Run(run_dir).log(event="removed_debris", paths=removed)
     return run_transfer(config, runs_root=str(run_dir.parent)).metrics
+
+
+# --- the stages of a pipeline (ablations/pipeline.py): each writes its outputs into its own run folder ----------------
+def _open(config: dict, run_dir: Path, kind: str) -> Run | None:
+    """Check and open a stage's run folder; None when it is already DONE (nothing to do)."""
+    from fourm.runs import open_run
+
+    _check_folder(config, run_dir)
+    _threads()
+    run = open_run(run_dir.parent, config)
+    _record_start(run_dir, kind)
+    return None if run.done else run
+
+
+def _finish(run: Run, metrics: dict) -> dict:
+    run.write_metrics(metrics)
+    run.mark_done()
+    return metrics
+
+
+def world(config: dict, run_dir: str) -> dict:
+    """Render the synthetic world's splits into ``<run>/world`` and its dataset layouts into ``<run>/layouts``."""
+    import torch
+
+    from fourm.data import layouts
+    from fourm.data import world as W
+
+    run = _open(config, Path(run_dir), "world")
+    if run is None:
+        return Run(run_dir).metrics
+    workers = torch.get_num_threads()  # each scene has its own seed: the same images with any worker count
+    for split, n in config["splits"].items():
+        W.generate(str(run.path / "world"), n, config["image_size"], seed=config["seed"], split=split, workers=workers)
+    layouts.write_layouts(run.path / "world", run.path / "layouts", splits=tuple(config["layout_splits"]))
+    return _finish(run, {"images": dict(config["splits"])})
+
+
+def text_tokenizer(config: dict, run_dir: str) -> dict:
+    """Train the WordPiece text tokenizer (4M special tokens, class names, box bins) on the world's train captions."""
+    from fourm.data import world as W
+    from fourm.data.text import train_wordpiece
+
+    run = _open(config, Path(run_dir), "text_tokenizer")
+    if run is None:
+        return Run(run_dir).metrics
+    captions = [p.read_text() for p in sorted((Path(config["world"]) / "train" / "caption").glob("*.txt"))]
+    if not captions:
+        raise FileNotFoundError(f"{config['world']}/train/caption: no captions to train the text tokenizer on")
+    path = run.path / "text_tokenizer.json"
+    path.unlink(missing_ok=True)  # left by a job killed before DONE (we hold the lock): the vocabulary is a pure function
+    tok = train_wordpiece(captions, vocab_size=config["vocab_size"], out_path=path,
+                          class_names=W.CLASSES, coord_bins=config["coord_bins"])
+    return _finish(run, {"vocab_size": tok.get_vocab_size(), "captions": len(captions)})
+
+
+def tokenizer(config: dict, run_dir: str) -> dict:
+    """Train one VQ-VAE tokenizer (``config`` is a composed ``fourm/tokenizers/configs/train.yaml`` without ``out``)."""
+    from fourm.tokenizers.train import train
+
+    run_dir = Path(run_dir)
+    _check_folder(config, run_dir)
+    _threads()
+    _record_start(run_dir, "tokenizer")
+    return train({**config, "out": str(run_dir.parent)}, progress=False).metrics
+
+
+def shards(config: dict, run_dir: str) -> dict:
+    """Encode each split of ``config["splits"]`` (composed encode configs without ``out``) into this run folder."""
+    from fourm.tokenizers.encode import encode_dataset
+
+    run = _open(config, Path(run_dir), "shards")
+    if run is None:
+        return Run(run_dir).metrics
+    out = {}
+    for split, cfg in config["splits"].items():
+        index = encode_dataset({**cfg, "out": str(run.path)}, progress=False)
+        want = config["_patterns"][split]
+        if index["pattern"] != want:
+            raise RuntimeError(f"{run.path}/{split}.json: the shards are {index['pattern']}, not {want} as the "
+                               "pipeline planned (samples_per_shard or the split's size changed)")
+        out[split] = {"samples": index["samples"], "shards": len(index["shards"]), "bytes": index["bytes"]}
+    return _finish(run, out)
+
+
+def random_init(config: dict, run_dir: str) -> dict:
+    """Save the untrained weights of ``config["pretrain"]``'s model (seeded by its seed) as ``<run>/model.safetensors``."""
+    import torch
+
+    from fourm.models import save_checkpoint
+    from fourm.pretrain.loop import build_model
+
+    run = _open(config, Path(run_dir), "random_init")
+    if run is None:
+        return Run(run_dir).metrics
+    cfg = config["pretrain"]
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg)
+    save_checkpoint(model, run.path / "model.safetensors")
+    return _finish(run, {"checkpoint": str(run.path / "model.safetensors"),
+                         "parameters": sum(p.numel() for p in model.parameters())})
+
+
+def out_of_the_box(config: dict, run_dir: str) -> dict:
+    """`fourm-bench oob` with ``config["_args"]`` into this run folder (keyed by ``fourm.generation.oob.run_config``)."""
+    from fourm.generation import oob
+
+    run_dir = Path(run_dir)
+    _check_folder(config, run_dir)
+    _threads()
+    _record_start(run_dir, "oob")
+    return oob.run_oob({**oob.parse_args(config["_args"]), "runs_root": str(run_dir.parent)}, progress=False).metrics
+
+
+def generate(config: dict, run_dir: str) -> dict:
+    """`fourm-bench generate` with ``config["args"]`` into this run folder: one PNG grid (and .npz, .json) per input."""
+    from fourm.generation import cli as generate_cli
+
+    run = _open(config, Path(run_dir), "generate")
+    if run is None:
+        return Run(run_dir).metrics
+    generate_cli.run_generate(generate_cli.parse_args([*config["args"], f"out={run.path}"]), progress=False)
+    return _finish(run, {"images": len(list(run.path.glob("*.png")))})

@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -70,6 +71,7 @@ class Job:
     entry: str
     after: tuple[str, ...] = ()
     resources: Resources | None = None
+    name: str = ""  # what progress lines call it (default: the run id)
 
     @property
     def run_id(self) -> str:
@@ -99,13 +101,16 @@ class RunEntry(submitit.helpers.Checkpointable):
     config, run folder); the entry itself resumes from the checkpoint on disk.
     """
 
-    def __init__(self, entry: str, config: dict, run_dir: str):
+    def __init__(self, entry: str, config: dict, run_dir: str, watch_pid: int | None = None):
         self.entry = entry
         self.config = config
         self.run_dir = str(run_dir)
+        self.watch_pid = watch_pid  # local launcher: end this job when the process that launched it is gone
 
     def __call__(self) -> dict:
         run_dir = Path(self.run_dir)
+        if self.watch_pid:
+            exit_with(self.watch_pid)
         if int(os.environ.get("SLURM_PROCID", "0")) > 0:
             # another rank of a multi-task (multi-GPU) job: rank 0 holds the run's lock and does the writing
             if (run_dir / "DONE").exists():
@@ -122,6 +127,25 @@ class RunEntry(submitit.helpers.Checkpointable):
                 return {"run_dir": self.run_dir, "skipped": "done"}
             resolve_entry(self.entry)(self.config, self.run_dir)
             return {"run_dir": self.run_dir, "done": (run_dir / "DONE").exists()}
+
+
+def exit_with(pid: int, poll_s: float = 0.5) -> None:
+    """End this process (exit code 1) as soon as process ``pid`` is gone.
+
+    A local launcher killed with SIGKILL cannot stop its jobs; without this they would train on, orphaned, competing
+    for the cores a rerun needs. A rerun sees such a job as FAILED (no result) and starts it again from its checkpoint.
+    """
+    import threading
+
+    def watch():
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name=f"exit-with-{pid}", daemon=True).start()
 
 
 # --- launchers -----------------------------------------------------------------------------------------------------
@@ -171,22 +195,38 @@ class SlurmLauncher:
 
 
 class LocalLauncher:
-    """The same semantics on a laptop: submitit local processes, parents before children, at most N at once.
+    """The same semantics on a laptop: submitit local processes, parents before children.
 
-    ``run()`` blocks until every job has ended (a child whose parent failed is CANCELLED, never started).
+    Jobs start in the order they were submitted as soon as their parents are DONE, while the running jobs' CPUs
+    (``Resources.cpus_per_task``) fit in ``cpus`` (default: this machine's cores) and at most ``array_parallelism``
+    run. Each job's torch uses ``cpus_per_task`` threads (``OMP_NUM_THREADS``). Submitting blocks until every job
+    has ended (a child whose parent failed is CANCELLED, never started).
     """
 
     name = "local"
 
-    def __init__(self, log_dir: str | os.PathLike, python: str | None = None):
+    def __init__(self, log_dir: str | os.PathLike, python: str | None = None, cpus: int | None = None):
         self.log_dir = Path(log_dir)
         self.python = python or sys.executable
+        self.cpus = cpus or os.cpu_count() or 1
 
     def _executor(self, res: Resources) -> submitit.LocalExecutor:
         ex = submitit.LocalExecutor(folder=self.log_dir / "%j", python=shlex.quote(self.python))
         ex.update_parameters(timeout_min=res.timeout_min, gpus_per_node=res.gpus_per_node,
                              cpus_per_task=res.cpus_per_task)
         return ex
+
+    def start(self, entry: RunEntry, res: Resources):
+        """Start one job now (its worker inherits OMP_NUM_THREADS=cpus_per_task); returns the submitit job."""
+        saved = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(res.cpus_per_task)
+        try:
+            return self._executor(res).submit(entry)
+        finally:
+            if saved is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
 
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
         return {j: local_job_state(self.log_dir, j) for j in job_ids}
@@ -253,7 +293,7 @@ def _plan(data: dict, launcher) -> tuple[list[str], dict[str, JobState]]:
     states = launcher.states([j["job_id"] for j in latest.values()])
     todo = [rid for rid, e in runs.items() if not _is_done(e)
             and not (rid in latest and states[latest[rid]["job_id"]].active)]
-    return sorted(todo), states
+    return todo, states  # in submission order: the local launcher starts jobs in it
 
 
 def _submit_planned(sweep_dir: Path, data: dict, todo: list[str], states: dict[str, JobState], launcher) -> list[str]:
@@ -283,39 +323,78 @@ def _submit_planned(sweep_dir: Path, data: dict, todo: list[str], states: dict[s
 
 
 def _run_local(sweep_dir: Path, data: dict, todo: list[str], launcher: LocalLauncher) -> list[str]:
-    """Run the planned jobs as local processes, parents first, at most ``array_parallelism`` at once; blocks."""
+    """Run the planned jobs as local processes, parents first, in submission order, within the CPU budget; blocks.
+
+    A parent still running from an earlier launch is waited for; a parent that ended without DONE cancels its
+    children, as ``afterok`` does. Interrupted (Ctrl-C, SIGTERM), it cancels the jobs it started."""
     runs = data["runs"]
     waiting = list(todo)
     running: dict[str, Any] = {}
-    with tqdm(total=len(todo), desc=f"local {sweep_dir.name}", unit="run") as bar:
-        while waiting or running:
-            for rid, job in list(running.items()):
-                if job.done():
-                    del running[rid]
-                    bar.update(1)
-            for rid in list(waiting):
-                parents = [p for p in runs[rid]["after"] if not _is_done(runs[p])]
-                if any(p in running or p in waiting for p in parents):
-                    continue
-                waiting.remove(rid)
-                if parents:  # a parent ended without DONE: the child never starts, as with afterok
-                    runs[rid]["jobs"].append({"job_id": f"cancelled-{rid}", "array_job_id": None, "array_index": None,
-                                              "dependency": "afterok:" + ":".join(parents), "submitted": _now()})
-                    bar.update(1)
-                    continue
-                res = Resources(**runs[rid]["resources"])
-                if len(running) >= res.array_parallelism:
-                    waiting.insert(0, rid)
-                    break
-                job = launcher._executor(res).submit(RunEntry(runs[rid]["entry"], runs[rid]["config"],
-                                                              runs[rid]["run_dir"]))
-                running[rid] = job
-                runs[rid]["jobs"].append({"job_id": job.job_id, "array_job_id": None, "array_index": None,
-                                          "dependency": None, "submitted": _now()})
-                mf.save(sweep_dir, data)
-            time.sleep(0.2)
-    mf.save(sweep_dir, data)
+
+    def active_elsewhere(rid: str) -> bool:  # queued/running from an earlier launch of this sweep
+        job = mf.latest_job(runs[rid])
+        return bool(job) and rid not in running and launcher.states([job["job_id"]])[job["job_id"]].active
+
+    def used_cpus() -> int:
+        return sum(Resources(**runs[r]["resources"]).cpus_per_task for r in running)
+
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    try:
+        with tqdm(total=len(todo), desc=f"local {sweep_dir.name}", unit="run") as bar:
+            while waiting or running:
+                for rid, job in list(running.items()):
+                    if job.done():
+                        del running[rid]
+                        bar.update(1)
+                        name = runs[rid].get("name", rid)
+                        if _is_done(runs[rid]):
+                            tqdm.write(f"[local] done: {name}")
+                        else:
+                            err = job.paths.stderr
+                            log = err if err.exists() and err.stat().st_size else job.paths.stdout
+                            tqdm.write(f"[local] FAILED: {name} ended without DONE; its output is in {log}")
+                for rid in list(waiting):
+                    parents = [p for p in runs[rid]["after"] if not _is_done(runs[p])]
+                    if any(p in running or p in waiting or active_elsewhere(p) for p in parents):
+                        continue
+                    if parents:  # a parent ended without DONE: the child never starts, as with afterok
+                        waiting.remove(rid)
+                        runs[rid]["jobs"].append({"job_id": f"cancelled-{rid}", "array_job_id": None,
+                                                  "array_index": None, "dependency": "afterok:" + ":".join(parents),
+                                                  "submitted": _now()})
+                        bar.update(1)
+                        continue
+                    res = Resources(**runs[rid]["resources"])
+                    if running and (len(running) >= res.array_parallelism
+                                    or used_cpus() + res.cpus_per_task > launcher.cpus):
+                        break  # in order: a job never overtakes an earlier one that waits for CPUs
+                    waiting.remove(rid)
+                    job = launcher.start(RunEntry(runs[rid]["entry"], runs[rid]["config"], runs[rid]["run_dir"],
+                                                  watch_pid=os.getpid()), res)
+                    running[rid] = job
+                    runs[rid]["jobs"].append({"job_id": job.job_id, "array_job_id": None, "array_index": None,
+                                              "dependency": None, "submitted": _now()})
+                    mf.save(sweep_dir, data)
+                time.sleep(0.2)
+    except BaseException:
+        for job in running.values():
+            job.cancel(check=False)
+        raise
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+        mf.save(sweep_dir, data)
     return sorted(todo)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def submit(sweep_dir: str | os.PathLike, jobs: Sequence[Job], resources: Resources | None = None,
@@ -345,6 +424,7 @@ def submit(sweep_dir: str | os.PathLike, jobs: Sequence[Job], resources: Resourc
             Path(j.run_dir).mkdir(parents=True, exist_ok=True)
             data["runs"][j.run_id] = {"run_dir": str(Path(j.run_dir).resolve()), "entry": j.entry,
                                       "config": j.config, "after": list(j.after), "resources": res,
+                                      "name": j.name or j.run_id,
                                       "jobs": old["jobs"] if old else []}
         mf.save(path, data)
         runner = make_launcher(launcher, data["log_dir"], python)

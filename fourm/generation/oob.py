@@ -283,13 +283,17 @@ def _score(target: str, mod: str, pred: list, gt, gen: Generator) -> dict[str, f
     return out
 
 
+def run_config(cfg: dict) -> dict:
+    """What an out-of-the-box run's folder is keyed by (its id is the hash of this): everything but where and how fast."""
+    return {"task": "oob", "method": cfg["method"] or Path(cfg["model"]).stem, "model": str(cfg["model"]),
+            "tokenizers": {k: str(v) for k, v in sorted(cfg["tokenizers"].items())},
+            "text_tokenizer": cfg["text_tokenizer"], "data": str(cfg["data"]), "split": cfg["split"],
+            "num": cfg["num"], "steps": cfg["steps"], "seed": cfg["seed"]}
+
+
 def run_oob(cfg: dict, progress: bool = True):
     """Evaluate into a run folder of ``runs_root`` keyed by the config; a finished run is returned as is."""
-    config = {"task": "oob", "method": cfg["method"] or Path(cfg["model"]).stem, "model": str(cfg["model"]),
-              "tokenizers": {k: str(v) for k, v in sorted(cfg["tokenizers"].items())},
-              "text_tokenizer": cfg["text_tokenizer"], "data": str(cfg["data"]), "split": cfg["split"],
-              "num": cfg["num"], "steps": cfg["steps"], "seed": cfg["seed"]}
-    run = open_run(cfg["runs_root"], config)
+    run = open_run(cfg["runs_root"], run_config(cfg))
     if run.done:
         return run
     metrics = evaluate(cfg, progress)
