@@ -67,10 +67,30 @@ def load_recipe(recipe: str | Path, sets: list[str] = ()) -> tuple[Path, dict]:
         cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(sets)))
     except OmegaConfBaseException as e:
         raise RecipeError(f"{path}: {e}") from e
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(_missing(cfg))
     if missing:
         raise RecipeError(f"{path}: {', '.join(missing)} not set; pass --set {missing[0]}=<value>")
-    return path, OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return path, OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise RecipeError(f"{path}: {e}") from e
+
+
+def _missing(cfg, prefix: str = "") -> list[str]:
+    """Keys whose value is ``???`` (without resolving interpolations, which would fail on them first)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    out = []
+    items = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else enumerate(cfg)
+    for k, _ in items:
+        key = f"{prefix}{k}"
+        if OmegaConf.is_missing(cfg, k):
+            out.append(key)
+            continue
+        node = cfg._get_node(k)
+        if isinstance(node, (DictConfig, ListConfig)):
+            out += _missing(node, key + ".")
+    return out
 
 
 def _get(recipe: dict, key: str, path: Path):

@@ -35,7 +35,12 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # a zombie (ended, not yet reaped: its launcher was killed and no init reaps orphans) holds nothing
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def holder_alive(holder: dict, me: str) -> bool:

@@ -1,9 +1,22 @@
-"""The end-to-end demo in its quick size: every stage runs, outputs exist, a rerun redoes nothing."""
+"""The demo as a pipeline of jobs: the tiny recipe end to end on the local launcher, reruns, failures, the full recipe."""
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
-from results.demo import run_demo, verdict, verdict_line
+from ablations.pipeline import PipelineError, RecipeError, describe, expand, load_recipe, run_pipeline
+from fourm.runs import Run
+from results.report import verdict, verdict_line
+
+
+@pytest.fixture(scope="package")
+def tiny_demo(tmp_path_factory):
+    """The tiny demo recipe run once on the local launcher: (work, out, result, summary)."""
+    root = tmp_path_factory.mktemp("demo")
+    work, out = root / "work", root / "out"
+    result = run_pipeline("demo_tiny", work, out, launcher="local")
+    return work, out, result, json.loads((out / "summary.json").read_text())
 
 
 def test_verdict_compares_seed_means_per_task():
@@ -25,123 +38,156 @@ def test_verdict_compares_seed_means_per_task():
     assert verdict_line(clear) == "pretrained beats random init on every task"
 
 
-def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
-    out, work = tmp_path / "out", tmp_path / "work"
-    first = run_demo(out, work, size="quick")
+def test_tiny_demo_runs_every_stage_as_a_job(tiny_demo):
+    work, out, result, summary = tiny_demo
+    kinds = [s["kind"] for s in result["stages"]]
+    assert kinds == ["world", "text_tokenizer", "tokenizer", "tokenizer", "shards", "random_init", "pretrain",
+                     *["transfer"] * 4, "oob", "generate", "report"]
+    assert sorted(result["submitted"]) == sorted(Path(s["run_dir"]).name for s in result["stages"])
+    # one run folder per job, <work>/<stage>/<run id>, each DONE
+    for s in result["stages"]:
+        d = Path(s["run_dir"])
+        assert d.parent.parent == work.resolve() and Run(d).done, s
+    manifest = json.loads((work / "pipeline-local" / "manifest.json").read_text())["runs"]
+    by_kind = {s["kind"]: Path(s["run_dir"]).name for s in result["stages"]}
+    assert set(manifest[by_kind["pretrain"]]["after"]) == {by_kind["shards"], by_kind["text_tokenizer"]}
+
     table = (out / "transfer_table.md").read_text()
     assert "4M-demo (pretrained) (ours)" in table and "random init (ours)" in table and "| 4M | B | 84.5 |" in table
     ours = [line for line in table.splitlines() if "(ours) |" in line]
     assert len(ours) == 2 and all(" ± " in line.split("|")[3] for line in ours)  # IN1K: mean ± std over 2 seeds
-    assert (out / "collected.csv").exists() and json.loads((out / "summary.json").read_text())["checkpoints"]
-    # the verdict the issue asks the demo to show: seed means of the runs' own metrics, pretrained vs random init
-    v = first["pretrained_vs_random"]["in1k"]
-    seeds_top1 = {label: [float(first["headline"][label][k].split()[1]) for k in ("in1k", "in1k (seed 1)")]
-                  for label in ("4M-demo (pretrained)", "random init")}
+    # the verdict: seed means of the transfer runs' own metrics.json, pretrained vs random init
+    top1 = {}
+    for s in result["stages"]:
+        if s["kind"] == "transfer":
+            cfg = Run(s["run_dir"]).config
+            top1.setdefault(cfg["method"], []).append(Run(s["run_dir"]).metrics["top1"])
+    v = summary["pretrained_vs_random"]["in1k"]
     assert v["metric"] == "top1" and v["seeds"] == 2
-    assert v["pretrained"] == pytest.approx(sum(seeds_top1["4M-demo (pretrained)"]) / 2)
-    assert v["random init"] == pytest.approx(sum(seeds_top1["random init"]) / 2)
-    assert v["pretrained_wins"] == (v["pretrained"] > v["random init"])
-    # transfer runs ran in worker processes, each with its output in a log of its own
-    logs = sorted(p.name for p in (work / "logs").glob("transfer-*.log"))
-    assert logs == [f"transfer-in1k-{init}-{seed}.log" for init in ("pretrained", "random") for seed in (0, 1)]
-    assert all((work / "logs" / name).stat().st_size > 0 for name in logs)
-    # out of the box: the pretrained nano's table (generation, tokenizer ceiling, baseline) and chained generations
+    assert v["pretrained"] == pytest.approx(sum(top1["4M-demo (pretrained)"]) / 2)
+    assert v["random init"] == pytest.approx(sum(top1["random init"]) / 2)
+    assert summary["checkpoints"]["fm_nano_2e_2d_swiglu_nobias"].startswith(str(work.resolve() / "pretrain"))
     oob_md = (out / "oob_table.md").read_text()
     assert "RGB → depth δ1 (median-scaled)" in oob_md and "RGB → semseg mIoU" in oob_md and "RGB → caption BLEU-4" in oob_md
     from PIL import Image
 
     assert Image.open(out / "generations.png").size[1] >= 4 * 128  # four validation images, one row each
-    ckpt_mtime = {p: p.stat().st_mtime_ns for p in (work / "pretrain").rglob("*.safetensors")}
+    assert (out / "report.md").read_text().startswith(table.rstrip("\n")[:40])
+
+
+def test_rerun_redoes_nothing(tiny_demo):
+    work, out, result, _ = tiny_demo
     logs_before = {p: p.read_text() for p in work.rglob("log.jsonl")}
-    second = run_demo(out, work, size="quick")
-    assert second["checkpoints"] == first["checkpoints"]
-    assert {p: p.stat().st_mtime_ns for p in (work / "pretrain").rglob("*.safetensors")} == ckpt_mtime
-    # nothing trained again: no run's log grew
-    assert {p: p.read_text() for p in work.rglob("log.jsonl")} == logs_before
+    ckpt_mtime = {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")}
+    again = run_pipeline("demo_tiny", work, out, launcher="local")
+    assert again["submitted"] == []
+    assert {p: p.read_text() for p in work.rglob("log.jsonl")} == logs_before  # nothing trained again
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")} == ckpt_mtime
 
 
-def test_rerun_with_changed_settings_tabulates_only_its_own_runs(tmp_path, monkeypatch):
-    """Older runs left in the work folder by other settings are not averaged in as extra seeds of the same method."""
-    import dataclasses
-
+def test_changed_settings_reuse_the_unchanged_stages_and_tabulate_only_their_runs(tiny_demo, tmp_path):
+    """A changed transfer setting reruns only the transfers (and the report), whose table holds only its own runs."""
     import pandas as pd
 
-    from results import demo
-
-    out, work = tmp_path / "out", tmp_path / "work"
-    run_demo(out, work, size="quick")
-    changed = dataclasses.replace(demo.SIZES["quick"], transfer_overrides=("train.epochs=1", "train.lr=3e-3"))
-    monkeypatch.setitem(demo.SIZES, "quick", changed)
-    run_demo(out, work, size="quick")
-    assert len(list((work / "transfer").rglob("DONE"))) == 8  # both settings' runs (2 inits x 2 seeds) are kept...
-    runs = pd.read_csv(out / "collected.csv")
-    in1k = runs[runs["metric"] == "top1"]
-    assert len(in1k) == 4 and set(in1k["train.lr"]) == {3e-3}  # ...but the table holds only this invocation's
-    assert sorted(in1k["seed"]) == [0, 0, 1, 1]
+    work, _, first, _ = tiny_demo
+    out = tmp_path / "out"
+    result = run_pipeline("demo_tiny", work, out, launcher="local",
+                          sets=["transfer.common=[train.epochs=1,train.lr=3e-3]"])
+    kinds = {s["kind"] for s in result["stages"] if Path(s["run_dir"]).name in result["submitted"]}
+    assert kinds == {"transfer", "report"}
+    assert len([s for s in first["stages"] if s["kind"] == "transfer"]) == 4
+    assert len(list((work / "transfer").rglob("DONE"))) >= 8  # both settings' runs are kept...
+    in1k = pd.read_csv(out / "collected.csv").query("metric == 'top1'")
+    assert len(in1k) == 4 and set(in1k["train.lr"]) == {3e-3} and sorted(in1k["seed"]) == [0, 0, 1, 1]  # ...not mixed
 
 
-def test_results_on_real_run_folders_with_partial_and_corrupt_ones(tmp_path):
+def test_a_bad_override_is_refused_before_any_job(tiny_demo):
+    work, out, _, _ = tiny_demo
+    with pytest.raises(RecipeError, match=r"transfer\.tasks\.in1k: .*no_such_key"):
+        run_pipeline("demo_tiny", work, out, sets=["transfer.common=[train.epochs=1,train.no_such_key=1]"])
+    with pytest.raises(RecipeError, match=r"demo_tiny.yaml: key pretrain is missing|pretrain"):
+        expand({k: v for k, v in load_recipe("demo_tiny")[1].items() if k != "pretrain"}, work, out,
+               Path("demo_tiny.yaml"))
+    with pytest.raises(RecipeError, match=r"paper.yaml: data\.layouts, data\.root, data\.splits\.train, data\.splits\.val "
+                                          r"not set; pass --set data\.layouts=<value>"):
+        load_recipe("paper")
+
+
+def test_a_failing_job_names_itself_and_its_log_and_cancels_its_children(tiny_demo, tmp_path):
+    work, _, _, _ = tiny_demo
+    # 64 > the 24 training images: the tokenizer job fails on the worker, after the checks a recipe can make
+    with pytest.raises(PipelineError) as e:
+        run_pipeline("demo_tiny", work, tmp_path / "out", launcher="local",
+                     sets=["tokenizers.common=[model.image_size=112,model.codebook_size=64,epochs=1,batch_size=64]"])
+    msg = str(e.value)
+    line = next(x for x in msg.splitlines() if "tokenizer semseg: FAILED" in x)
+    log = line.rsplit(" ", 1)[1]
+    assert "lower batch_size" in Path(log).read_text()  # the worker's traceback is in the log the message names
+    assert "report: CANCELLED" in msg and "pretrain fm_nano_2e_2d_swiglu_nobias: CANCELLED" in msg
+    assert "world" not in [x.split(":")[0].strip() for x in msg.splitlines()]  # DONE stages are not listed
+
+
+def test_results_on_real_run_folders_with_partial_and_corrupt_ones(tiny_demo, tmp_path):
     """collect/table/plot over folders written by real tiny runs, after breaking two of them the ways jobs break."""
-    import shutil
-
     from results.collect import collect
     from results.plots import scaling_plot
     from results.tables import table
 
-    out, work = tmp_path / "out", tmp_path / "work"
-    run_demo(out, work, size="quick")
-    transfer_runs = sorted(p.parent for p in (work / "transfer").rglob("DONE"))
+    work, _, result, _ = tiny_demo
+    transfer_runs = sorted(Path(s["run_dir"]) for s in result["stages"] if s["kind"] == "transfer")
     assert len(transfer_runs) == 4  # in1k: pretrained and random init, 2 seeds each
-    # a run killed before it finished (no DONE), and one whose metrics.json was torn
     partial, corrupt = tmp_path / "store" / "partial", tmp_path / "store" / "corrupt"
     shutil.copytree(transfer_runs[0], partial)
     (partial / "DONE").unlink()
     shutil.copytree(transfer_runs[1], corrupt)
     (corrupt / "metrics.json").write_text('{"top1": 12.')
-    coll = collect(work / "transfer", work / "pretrain", tmp_path / "store")
+    coll = collect(*transfer_runs, tmp_path / "store")
     assert [str(p) for p in coll.partial] == [str(partial)]
     assert [str(p) for p, _ in coll.corrupt] == [str(corrupt)]
-    ids = set(coll.table["run_id"])
-    assert {p.name for p in transfer_runs} <= ids and "partial" not in ids and "corrupt" not in ids
-    md = table(coll.table, layout="transfer").markdown
-    assert md.count("(ours)") == 2
-    plot = scaling_plot(collect(work / "pretrain").table, x="model_size", y="val/loss", out=out, name="scaling")
-    assert set(plot.paths) == {"png", "pdf"} and all(p.stat().st_size > 1000 for p in plot.paths.values())
-    assert len(plot.data) == 1 and plot.data["mean"].iloc[0] > 0  # one model size in the quick demo
+    assert set(coll.table["run_id"]) == {p.name for p in transfer_runs}
+    assert table(coll.table, layout="transfer").markdown.count("(ours)") == 2
+    pretrain = [Path(s["run_dir"]) for s in result["stages"] if s["kind"] == "pretrain"]
+    plot = scaling_plot(collect(*pretrain).table, x="model_size", y="val/loss", out=tmp_path, name="scaling")
+    # the plotted point is the run's own validation loss
+    assert len(plot.data) == 1 and plot.data["mean"].iloc[0] == pytest.approx(Run(pretrain[0]).metrics["val/loss"])
 
 
-def test_full_demo_task_overrides_resolve_against_the_task_configs():
-    """The README demo's per-task settings are only exercised by `make demo`: a renamed config key must fail here."""
-    from results import demo
-    from transfer.run import make_config
-
-    full = demo.SIZES["full"]
-    assert set(full.task_overrides) <= set(full.transfer_tasks)
-    for task, overrides in full.task_overrides.items():
-        cfg = make_config(task, "tiny", ["init=random", "data_root=/nonexistent", *overrides])
-        # the detector pads to a multiple of 32, so COCO trains at the world size rounded up to it (128 for 112)
-        want = -(-demo.IMAGE_SIZE // 32) * 32 if task == "coco" else demo.IMAGE_SIZE
-        assert cfg["train"]["image_size"] == want, task
-    coco = make_config("coco", "tiny", ["init=random", "data_root=/nonexistent", *full.task_overrides["coco"]])
+def test_full_recipe_expands_with_every_task_resolved(tmp_path):
+    """The README demo's settings are only run by `make demo`: its graph and per-task configs are checked here."""
+    path, cfg = load_recipe("demo")
+    stages = expand(cfg, tmp_path / "work", tmp_path / "out", path)
+    kinds = [s.kind for s in stages]
+    assert kinds.count("tokenizer") == 3 and kinds.count("pretrain") == 2 and kinds.count("transfer") == 2 * 11
+    transfers = [s.job.config for s in stages if s.kind == "transfer"]
+    for c in transfers:  # the detector pads to a multiple of 32: COCO trains at 112 rounded up to 128
+        assert c["train"]["image_size"] == (128 if c["transfer"]["task"] == "coco" else 112), c["transfer"]["task"]
+    coco = next(c for c in transfers if c["transfer"]["task"] == "coco")
     assert coco["mm"]["rpn"]["anchor_scales"] == [4]
-    # the semseg tasks are linear probes: frozen encoder, no neck, one linear head on the last block
-    assert demo.linear_probe_tasks(full) == ["ade20k", "nyuv2_semseg_rgbd"] and demo.linear_probe_tasks(demo.SIZES["quick"]) == []
-    for task in ("ade20k", "nyuv2_semseg_rgbd"):
-        mm = make_config(task, "tiny", ["init=random", "data_root=/nonexistent", *full.task_overrides[task]])["mm"]
+    for task in ("ade20k", "nyuv2_semseg_rgbd"):  # linear probes: frozen encoder, no neck, one linear head
+        mm = next(c for c in transfers if c["transfer"]["task"] == task)["mm"]
         assert mm["neck"] is None and mm["auxiliary_head"] is None
         assert {k: mm["decode_head"][k] for k in ("type", "in_index", "num_convs")} == {"type": "FCNHead", "in_index": 3,
                                                                                           "num_convs": 0}
+    report = stages[-1].job.config
+    assert report["linear_probe_tasks"] == ["nyuv2_semseg_rgbd", "ade20k"]
+    # the RGB-D task waits for the depth tokenizer it reads; the random-init transfers only for the random init
+    rgbd = next(s for s in stages if s.kind == "transfer" and s.job.config["transfer"]["task"] == "nyuv2_semseg_rgbd")
+    depth_tok = next(s for s in stages if s.name == "tokenizer depth")
+    assert depth_tok.job.run_id in rgbd.job.after
+    assert "DONE" not in describe(stages)
 
 
-def test_a_failed_transfer_job_names_itself_and_its_log(tmp_path, monkeypatch):
-    """A job that fails in a worker process stops the demo with the job's name and log, not a bare remote traceback."""
-    import dataclasses
+def test_paper_recipe_expands_on_given_data_paths(tmp_path, capsys):
+    from ablations.pipeline import cli
 
-    from results import demo
-
-    bad = dataclasses.replace(demo.SIZES["quick"], transfer_overrides=("train.epochs=1", "train.no_such_key=1"))
-    monkeypatch.setitem(demo.SIZES, "quick", bad)
-    with pytest.raises(RuntimeError, match=r"transfer job in1k.*failed; its output is in .*transfer-in1k-.*\.log") as e:
-        run_demo(tmp_path / "out", tmp_path / "work", size="quick")
-    log = str(e.value).rsplit(" ", 1)[1]
-    assert "no_such_key" in open(log).read()  # the worker's traceback is in the log the message names
+    sets = ["data.root=/datasets/cc12m_4m", "data.layouts=/datasets", "data.splits.train=1000", "data.splits.val=100"]
+    path, cfg = load_recipe("paper", sets)
+    stages = expand(cfg, tmp_path / "work", tmp_path / "out", path)
+    assert [s.kind for s in stages].count("tokenizer") == 4 and "world" not in [s.kind for s in stages]
+    pretrain = next(s for s in stages if s.kind == "pretrain")
+    assert pretrain.job.resources.gpus_per_node == 8 and pretrain.job.config["budget"]["num_input_tokens"] == 128
+    # 1000 train images at 256 a shard: 4 shards, named before they exist
+    assert pretrain.job.config["data"]["train"].endswith("/train-{000000..000003}.tar")
+    assert {s.job.config["data_root"] for s in stages if s.kind == "transfer"} == {"/datasets"}
+    assert cli(["paper", "--dry-run", *[a for s in sets for a in ("--set", s)], "--work", str(tmp_path / "w")]) == 0
+    assert "17 jobs" in capsys.readouterr().out and not (tmp_path / "w").exists()

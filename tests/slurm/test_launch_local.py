@@ -88,3 +88,45 @@ def test_lock_of_the_same_job_restarted_is_taken_over(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps({"job_id": "77_3", "host": "elsewhere", "pid": 1, "time": 0}))
     with RunLock(tmp_path, job_id="77_3") as lock:
         assert lock.acquired
+
+
+# a local launch of one slow job, in a process of its own (the test SIGKILLs it)
+LAUNCH = """
+import sys
+from slurm.submit import Job, Resources, submit
+from fourm.runs import run_id
+root, cfg = sys.argv[1], {"seed": 7, "steps": 400, "step_sleep_s": 0.05, "checkpoint_every": 5}
+submit(root + "/sweep", [Job(root + "/runs/" + run_id(cfg), cfg, "slurm.regression_job:train")],
+       Resources(timeout_min=15), launcher="local")
+"""
+
+
+@pytest.mark.slow
+def test_jobs_of_a_killed_local_launcher_stop_and_a_rerun_resumes_them(tmp_path):
+    """SIGKILL gives the launcher no chance to clean up: its job ends by itself, and a resubmission finishes it."""
+    import signal
+    import time
+
+    from slurm.status import status as sweep_status
+
+    cfg = {"seed": 7, "steps": 400, "step_sleep_s": 0.05, "checkpoint_every": 5}
+    run_dir = tmp_path / "runs" / run_id(cfg)
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (run_dir / "checkpoint.pt").exists():
+        time.sleep(0.2)
+    assert (run_dir / "checkpoint.pt").exists(), "the job never checkpointed"
+    job_id = json.loads((tmp_path / "sweep" / "manifest.json").read_text())["runs"][run_id(cfg)]["jobs"][-1]["job_id"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    log = run_dir / "log.jsonl"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and sweep_status(tmp_path / "sweep").by_run()[run_id(cfg)].state == "RUNNING":
+        time.sleep(0.2)
+    assert sweep_status(tmp_path / "sweep").by_run()[run_id(cfg)].state == "FAILED", f"job {job_id} outlived its launcher"
+    size = log.stat().st_size
+    time.sleep(1.0)
+    assert log.stat().st_size == size and not Run(run_dir).done  # nothing writes to the run any more
+    assert resubmit(tmp_path / "sweep") == [run_id(cfg)]
+    assert Run(run_dir).metrics == train(cfg, str(tmp_path / "ref" / run_id(cfg)))  # resumed to the same result

@@ -101,8 +101,14 @@ def test_tiny_trains_and_evaluates_end_to_end(layouts, tmp_path, init):
 
 def test_linear_probe_trains_only_the_head_on_a_frozen_encoder(layouts, tmp_path):
     """The demo's semseg protocol: frozen encoder (weights as loaded, no drop path), a 1x1 conv on its last block."""
-    from results.demo import LINEAR_SEG_PROBE
+    from ablations.pipeline import load_recipe
     from transfer.adapter import build_encoder
+
+    # the demo recipe's probe overrides (not its image size and schedule)
+    demo = load_recipe("demo")[1]["transfer"]["tasks"]["ade20k"]["overrides"]
+    LINEAR_SEG_PROBE = [o for o in demo if o.lstrip("+~").startswith(("train.freeze_encoder", "mm.neck", "mm.auxiliary_head",
+                                                                       "mm.decode_head"))]
+    assert len(LINEAR_SEG_PROBE) == 9
 
     path = str(official_fixture())
     c = resolve("ade20k", "tiny", [f"data_root={layouts}", f"init={path}", f"runs_root={tmp_path / 'runs'}",
