@@ -128,6 +128,22 @@ class Run:
         return f"Run({str(self.path)!r}, done={self.done})"
 
 
+class RankRun(Run):
+    """A run as a rank other than 0 of a distributed job sees it: it reads the folder; rank 0 does all the writing."""
+
+    def write_env(self) -> None:
+        return None
+
+    def log(self, **record: Any) -> None:
+        return None
+
+    def write_metrics(self, metrics: dict) -> None:
+        return None
+
+    def mark_done(self) -> None:
+        return None
+
+
 def open_run(root: str | os.PathLike, config: dict) -> Run:
     """Create (or reopen) the folder of a config's run and write config.yaml and env.json.
 

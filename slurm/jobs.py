@@ -77,9 +77,10 @@ def transfer(config: dict, run_dir: str) -> dict:
                                 "(a sweep submits this job afterok its pretraining job)")
     _threads()
     _record_start(run_dir, "transfer")
-    removed = _remove_debris(run_dir)
-    if removed:
-        Run(run_dir).log(event="removed_debris", paths=removed)
+    if int(os.environ.get("SLURM_PROCID", "0")) == 0:  # rank 0 writes (and cleans) the run folder
+        removed = _remove_debris(run_dir)
+        if removed:
+            Run(run_dir).log(event="removed_debris", paths=removed)
     return run_transfer(config, runs_root=str(run_dir.parent)).metrics
 
 

@@ -85,3 +85,40 @@ def is_live(job_id: str) -> bool:
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
         return True  # cannot ask SLURM: assume the holder is alive rather than risk two writers
     return any(line.split("|")[0] == job_id and line.split("|")[1] in LIVE for line in out.stdout.splitlines())
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    name: str
+    nodes: int
+    gpus_per_node: int | None  # the most GPUs (GRES gpu) a node of it has; None when it declares none
+
+
+def partition_info(partition: str | None = None) -> PartitionInfo | None:
+    """Nodes and GPUs per node of a partition (the default one when None) from ``sinfo``; None without a cluster."""
+    cmd = ["sinfo", "-h", "-o", "%P|%D|%G"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.count("|") == 2]
+    if partition is None:
+        rows = [r for r in rows if r[0].endswith("*")]  # sinfo marks the default partition with *
+    if not rows:
+        return None
+    name = rows[0][0].rstrip("*")
+    nodes = sum(int(r[1]) for r in rows if r[0].rstrip("*") == name)
+    gpus = [_gres_gpus(r[2]) for r in rows if r[0].rstrip("*") == name]
+    gpus = [g for g in gpus if g is not None]
+    return PartitionInfo(name, nodes, max(gpus) if gpus else None)
+
+
+def _gres_gpus(gres: str) -> int | None:
+    """GPUs in a GRES string such as ``gpu:8``, ``gpu:a100:8(S:0-1)``; None when it lists none."""
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit():
+            return int(parts[-1])
+    return None

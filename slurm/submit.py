@@ -43,10 +43,15 @@ MIN_TIMEOUT_MIN = 15  # submitit treats a job with timeout_min <= 10 as timed ou
 
 @dataclass(frozen=True)
 class Resources:
-    """What each job of an array asks for. ``extra`` holds more sbatch flags, e.g. {"qos": "high"}."""
+    """What each job of an array asks for. ``extra`` holds more sbatch flags, e.g. {"qos": "high"}.
+
+    A job of ``nodes`` x ``tasks_per_node`` tasks runs one rank per task (one per GPU on GPU nodes); every rank calls
+    the entry, which finds its rank in the SLURM environment (:mod:`fourm.distributed`), and rank 0 alone writes."""
 
     partition: str | None = None
     gpus_per_node: int = 0
+    nodes: int = 1
+    tasks_per_node: int = 1
     cpus_per_task: int = 1
     mem_gb: float | None = None
     timeout_min: int = 60
@@ -54,6 +59,8 @@ class Resources:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.nodes < 1 or self.tasks_per_node < 1:
+            raise ValueError(f"Resources: nodes={self.nodes} and tasks_per_node={self.tasks_per_node} must be >= 1")
         if self.timeout_min < MIN_TIMEOUT_MIN:
             raise ValueError(f"Resources.timeout_min={self.timeout_min}: use >= {MIN_TIMEOUT_MIN} "
                              "(submitit treats jobs with timeout_min <= 10 as timed out)")
@@ -111,12 +118,14 @@ class RunEntry(submitit.helpers.Checkpointable):
         run_dir = Path(self.run_dir)
         if self.watch_pid:
             exit_with(self.watch_pid)
-        if int(os.environ.get("SLURM_PROCID", "0")) > 0:
-            # another rank of a multi-task (multi-GPU) job: rank 0 holds the run's lock and does the writing
+        rank = int(os.environ.get("SLURM_PROCID", "0"))
+        if rank > 0:
+            # another rank of a multi-task (multi-GPU) job: rank 0 holds the run's lock and does the writing; a
+            # requeue restarts every rank, each resuming from what rank 0 wrote
             if (run_dir / "DONE").exists():
                 return {"run_dir": self.run_dir, "skipped": "done"}
             resolve_entry(self.entry)(self.config, self.run_dir)
-            return {"run_dir": self.run_dir, "rank": int(os.environ["SLURM_PROCID"])}
+            return {"run_dir": self.run_dir, "rank": rank}
         with RunLock(run_dir) as lock:
             if not lock.acquired:
                 print(f"[slurm.submit] {run_dir} is locked by live job {lock.holder}: exiting without writing",
@@ -166,6 +175,7 @@ class SlurmLauncher:
         if dependency:
             extra.update(dependency=dependency, kill_on_invalid_dep="yes")
         params: dict[str, Any] = dict(name=name, timeout_min=res.timeout_min, cpus_per_task=res.cpus_per_task,
+                                      nodes=res.nodes, tasks_per_node=res.tasks_per_node,
                                       slurm_array_parallelism=res.array_parallelism,
                                       slurm_additional_parameters=extra)
         if res.partition:

@@ -1,7 +1,7 @@
 """`fourm-bench sweep GRID`: expand an ablation grid, validate every point, submit what is not DONE and not queued.
 
-    fourm-bench sweep GRID [--launcher slurm|local] [--dry-run] [--partition P] [--gpus N] [--time MIN]
-                           [--array-parallelism K] [--set key=value ...] [--sweep-dir D] [--runs-root R]
+    fourm-bench sweep GRID [--launcher slurm|local] [--dry-run] [--partition P] [--gpus-per-node G] [--max-nodes N]
+                           [--time MIN] [--array-parallelism K] [--set key=value ...] [--sweep-dir D] [--runs-root R]
 
 Each point pretrains (one SLURM array task) and is then evaluated on the grid's transfer tasks (jobs ``afterok`` its
 pretraining job, ``init`` = the pretraining run's final checkpoint, whose path is fixed by the config). Run folders are
@@ -9,6 +9,12 @@ pretraining job, ``init`` = the pretraining run's final checkpoint, whose path i
 and the job logs; `fourm-bench status <sweep folder>` shows the runs, `fourm-bench results collect <runs-root>` the
 results. Submitting again submits only runs neither DONE nor queued/running. ``--launcher local`` runs the jobs as
 local processes (parents first) and returns when they have ended; ``slurm`` returns once the manifest is written.
+
+Job shapes come from the recipes (:mod:`slurm.shapes`): each job gets the nodes x GPUs (one rank per GPU) that keep
+its recipe's global batch, up to the recipe's reference GPU count, ``--gpus-per-node`` and ``--max-nodes``, with
+gradient accumulation where the task has it; ``--dry-run`` prints every job's shape. ``--gpus-per-node 0`` runs every
+job as one CPU task. A shape that cannot keep the global batch, or more GPUs/nodes than the partition has (``sinfo``),
+is an error before anything is submitted.
 
 GPU-hours estimate (printed by --dry-run): pretraining GPU-seconds = tokens / (tokens/s per GPU). Unless measured
 numbers are given with ``--tokens-per-s SIZE=N``, tokens/s per GPU is *assumed* from FLOPs: 6 x 12 d^2 x (E + D) / 2
@@ -30,6 +36,7 @@ from ablations.grid import GridError, grid_names, load_grid
 from ablations.plan import PlannedRun, plan
 from fourm.models.factory import SIZES
 from slurm import manifest as mf
+from slurm.shapes import Shape, ShapeError, job_shape
 from slurm.submit import LAUNCHERS, Job, Resources
 
 ENTRIES = {"pretrain": "slurm.jobs:pretrain", "transfer": "slurm.jobs:transfer"}
@@ -51,7 +58,7 @@ def assumed_tokens_per_s(size: str) -> float:
 
 
 def gpu_hours(run: PlannedRun, measured: dict[str, float]) -> float:
-    """Estimated GPU-hours of one planned run."""
+    """Estimated GPU-hours of one planned run (the total over its GPUs: the shape changes the wall time, not this)."""
     size = _size(run.model)
     if run.kind == "pretrain":
         return run.tokens / measured.get(size, assumed_tokens_per_s(size)) / 3600
@@ -75,7 +82,8 @@ class SweepPlan:
     def todo(self) -> list[PlannedRun]:
         return [r for r in self.runs if r.run_id not in self.done and r.run_id not in self.queued]
 
-    def format(self, measured: dict[str, float] | None = None, resources: dict | None = None) -> str:
+    def format(self, measured: dict[str, float] | None = None, resources: dict | None = None,
+               shapes: dict[str, Shape] | None = None) -> str:
         measured = measured or {}
         todo = self.todo
         lines = [f"sweep {self.grid} -> {self.sweep_dir}"]
@@ -95,10 +103,19 @@ class SweepPlan:
         if tra:
             parents = Counter(r.after[0] if r.after else None for r in tra)
             with_dep = sum(n for p, n in parents.items() if p and p not in self.done)
-            lines.append(f"  arrays: transfer {len(tra)} jobs in {len(parents)} array(s) (one per pretraining run); "
+            arrays = len({(r.after[0] if r.after else None, shapes[r.run_id] if shapes else None) for r in tra})
+            lines.append(f"  arrays: transfer {len(tra)} jobs in {arrays} array(s) (one per pretraining run and job shape); "
                          f"{with_dep} afterok a pretraining job, {len(tra) - with_dep} without dependency")
         if resources:
             lines.append("  resources: " + ", ".join(f"{k} {v}" for k, v in resources.items()))
+        if shapes and todo:
+            lines.append(f"  {'job':44s} {'nodes':>5s} {'tasks':>5s} {'batch/rank':>10s} {'accum':>5s} "
+                         f"{'global':>6s} {'ref GPUs':>8s} {'GPU-h':>8s}")
+            for r in todo:
+                sh = shapes[r.run_id]
+                name = f"{r.kind} {r.task or r.model} {r.point}"[:44]
+                lines.append(f"  {name:44s} {sh.nodes:5d} {sh.tasks_per_node:5d} {sh.per_rank_batch:10d} {sh.accum:5d} "
+                             f"{sh.global_batch:6d} {sh.reference_gpus:8d} {gpu_hours(r, measured):8.1f}")
         hours = Counter()
         for r in todo:
             hours[r.kind] += gpu_hours(r, measured)
@@ -169,25 +186,72 @@ def make_plan(grid_name: str, sets: list[str] = (), sweep_dir: str | Path | None
     return SweepPlan(grid.name, sweep_dir, runs, done, _queued(sweep_dir, launcher), max_array)
 
 
-def resources_for(kind: str, partition: str | None, gpus: int, time_min: int, array_parallelism: int,
-                  cpus_per_task: int, mem_gb: float | None) -> Resources:
-    """Pretraining gets ``gpus`` GPUs and as many tasks (one rank per GPU, distributed env from SLURM);
-    a transfer evaluation runs on one GPU."""
-    n = gpus if kind == "pretrain" else min(gpus, 1)
-    extra = {"ntasks_per_node": n} if n > 1 else {}
-    return Resources(partition=partition, gpus_per_node=n, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
-                     timeout_min=time_min, array_parallelism=array_parallelism, extra=extra)
+def shape_for(run: PlannedRun, gpus_per_node: int, max_nodes: int | None = None) -> Shape:
+    """The job shape of a planned run from its recipe (see the module docstring)."""
+    cfg = run.config
+    if run.kind == "pretrain":
+        accum = int(cfg.get("accum_steps", 1))
+        batch, ref, what = int(cfg["batch_size"]), int(cfg.get("distributed", {}).get("reference_gpus", 1)), \
+            f"pretrain {run.point} (batch_size, distributed.reference_gpus)"
+    else:
+        accum = int(cfg["train"].get("accum_iter", 1))
+        batch, ref, what = int(cfg["train"]["batch_size"]), int(cfg.get("_runtime", {}).get("reference_gpus", 1)), \
+            f"transfer {run.task}/{run.profile} {run.point} (train.batch_size, _runtime.reference_gpus)"
+    if gpus_per_node == 0:  # CPU jobs: one task with the whole batch
+        return Shape(1, 1, batch // accum, accum, batch, ref)
+    # only ImageNet-1K adds accumulation for a job shape (_runtime.accum_iter); the others keep the recipe's own
+    adds_accum = run.kind == "transfer" and run.task == "in1k"
+    shape = job_shape(batch // accum, ref, gpus_per_node, max_nodes or 1_000_000, what=what,
+                      can_accumulate=adds_accum)
+    return Shape(shape.nodes, shape.tasks_per_node, shape.per_rank_batch, shape.accum * accum, batch, ref)
 
 
-def submit_plan(p: SweepPlan, launcher: str = "slurm", **res) -> list[str]:
+def resources_for(shape: Shape, partition: str | None, gpus_per_node: int, time_min: int, array_parallelism: int,
+                  cpus_per_task: int, mem_gb: float | None, max_nodes: int | None = None) -> Resources:
+    """One rank per GPU: ``shape.tasks_per_node`` tasks and GPUs on each of ``shape.nodes`` nodes."""
+    return Resources(partition=partition, gpus_per_node=shape.tasks_per_node if gpus_per_node else 0, nodes=shape.nodes,
+                     tasks_per_node=shape.tasks_per_node, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
+                     timeout_min=time_min, array_parallelism=array_parallelism)
+
+
+def with_shape(run: PlannedRun, shape: Shape) -> dict:
+    """The run's config as its job runs it: ImageNet-1K's accumulation for the shape in ``_runtime`` (not identity)."""
+    if run.kind == "transfer" and run.task == "in1k" and shape.accum != int(run.config["train"].get("accum_iter", 1)):
+        return {**run.config, "_runtime": {**run.config.get("_runtime", {}), "accum_iter": shape.accum}}
+    return run.config
+
+
+def check_partition(shapes: dict[str, Shape], partition: str | None, gpus_per_node: int) -> None:
+    """More nodes or GPUs per node than the partition has (``sinfo``, when there is a cluster) is an error."""
+    from slurm import scheduler
+
+    info = scheduler.partition_info(partition)
+    if info is None or not shapes:
+        return
+    nodes = max(s.nodes for s in shapes.values())
+    where = f"partition {info.name!r}"
+    if nodes > info.nodes:
+        raise ShapeError(f"a job needs {nodes} nodes but {where} has {info.nodes} (sinfo); pass --max-nodes "
+                         f"{info.nodes} or another --partition")
+    if gpus_per_node and info.gpus_per_node is not None and gpus_per_node > info.gpus_per_node:
+        raise ShapeError(f"--gpus-per-node {gpus_per_node} but the nodes of {where} have {info.gpus_per_node} GPUs "
+                         f"(sinfo); pass --gpus-per-node {info.gpus_per_node}")
+
+
+def plan_shapes(p: SweepPlan, gpus_per_node: int, max_nodes: int | None) -> dict[str, Shape]:
+    return {r.run_id: shape_for(r, gpus_per_node, max_nodes) for r in p.runs}
+
+
+def submit_plan(p: SweepPlan, launcher: str = "slurm", shapes: dict[str, Shape] | None = None, **res) -> list[str]:
     """Submit every run of the plan that is neither DONE nor queued (the whole plan goes into the manifest)."""
     from slurm.submit import submit
 
+    shapes = shapes or plan_shapes(p, res["gpus_per_node"], res.get("max_nodes"))
     if launcher == "slurm":
         _cancel_orphans(p.sweep_dir)
-    jobs = [Job(r.run_dir, r.config, ENTRIES[r.kind], after=tuple(a for a in r.after),
-                resources=resources_for(r.kind, **res)) for r in p.runs]
-    return submit(p.sweep_dir, jobs, resources_for("pretrain", **res), launcher=launcher)
+    jobs = [Job(r.run_dir, with_shape(r, shapes[r.run_id]), ENTRIES[r.kind], after=tuple(a for a in r.after),
+                resources=resources_for(shapes[r.run_id], **res)) for r in p.runs]
+    return submit(p.sweep_dir, jobs, launcher=launcher)
 
 
 def cli(argv: list[str]) -> int:
@@ -197,7 +261,9 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--launcher", choices=LAUNCHERS, default="slurm")
     ap.add_argument("--dry-run", action="store_true", help="print the job plan and submit nothing")
     ap.add_argument("--partition")
-    ap.add_argument("--gpus", type=int, default=1, help="GPUs (and tasks) per pretraining job; transfers use 1")
+    ap.add_argument("--gpus-per-node", "--gpus", dest="gpus_per_node", type=int, default=1,
+                    help="GPUs of a node (one rank each); 0: CPU jobs, one task each")
+    ap.add_argument("--max-nodes", type=int, help="nodes one job may take (default: as many as its recipe needs)")
     ap.add_argument("--time", type=int, default=1440, help="time limit per job, minutes")
     ap.add_argument("--array-parallelism", type=int, default=256)
     ap.add_argument("--cpus-per-task", type=int, default=1)
@@ -210,21 +276,35 @@ def cli(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     try:
         measured = {k: float(v) for k, v in (s.split("=", 1) for s in args.tokens_per_s)}
-        res = dict(partition=args.partition, gpus=args.gpus, time_min=args.time,
-                   array_parallelism=args.array_parallelism, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb)
-        resources_for("pretrain", **res)  # bad resources fail before the grid is expanded
+        res = dict(partition=args.partition, gpus_per_node=args.gpus_per_node, time_min=args.time,
+                   array_parallelism=args.array_parallelism, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+                   max_nodes=args.max_nodes)
+        resources_for(Shape(1, 1, 1, 1, 1, 1), **res)  # bad resources fail before the grid is expanded
         p = make_plan(args.grid, args.set, args.sweep_dir, args.runs_root, args.launcher)
+        shapes = plan_shapes(p, args.gpus_per_node, args.max_nodes)
+        partition_error = None
+        if args.launcher == "slurm":
+            try:
+                check_partition(shapes, args.partition, args.gpus_per_node)
+            except ShapeError as e:
+                partition_error = str(e)
     except (GridError, ValueError) as e:
         print(f"fourm-bench sweep: {e}", file=sys.stderr)
         return 2
-    shown = {"gpus/pretrain job": args.gpus, "time": f"{args.time} min", "partition": args.partition or "default",
+    shown = {"gpus/node": args.gpus_per_node, "max nodes": args.max_nodes or "as the recipe needs",
+             "time": f"{args.time} min", "partition": args.partition or "default",
              "array parallelism": args.array_parallelism}
-    print(p.format(measured, shown))
+    print(p.format(measured, shown, shapes))
     if args.dry_run:
+        if partition_error:  # the plan is still worth reading: say what submitting would refuse
+            print(f"warning: submitting would fail here: {partition_error}")
         print("dry run: nothing submitted")
         return 0
+    if partition_error:
+        print(f"fourm-bench sweep: {partition_error}", file=sys.stderr)
+        return 2
     try:
-        submitted = submit_plan(p, args.launcher, **res)
+        submitted = submit_plan(p, args.launcher, shapes, **res)
     except ValueError as e:  # e.g. the sweep folder belongs to another launcher, or a run changed config
         print(f"fourm-bench sweep: {e}", file=sys.stderr)
         return 2

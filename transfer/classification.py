@@ -5,6 +5,12 @@ final norm is dropped; ``train.global_pool=false`` pools after it instead). Opti
 layer-wise LR decay groups (:func:`transfer.adapter.layer_decay_param_groups`), cosine schedule with linear warmup,
 stepped per optimizer update. Data: torchvision ImageFolder at ``<data_root>/in1k/{train,val}``.
 
+Data-parallel under torchrun or a multi-task SLURM step (:mod:`fourm.distributed`): ``train.batch_size`` is the
+global batch of one optimizer update, split as per-rank batch x ranks x ``train.accum_iter``. Every rank reads its
+share of one permutation per epoch (``DistributedSampler``, seeded by the run's seed), and each image's augmentation
+draws from its own seed (run seed, epoch, image index), so a step sees the same images, augmented the same way, on
+any number of ranks. Validation shards the images without padding and sums the counts over ranks.
+
 Resuming: after every epoch ``checkpoint.pt`` in the run folder holds model, optimizer and epoch (tensors, numbers,
 strings only: it loads with ``torch.load(weights_only=True)``). Every epoch reseeds python/numpy/torch from
 (seed, epoch), so a resumed run follows the same data order, augmentations and drop-path draws as an uninterrupted one.
@@ -25,6 +31,7 @@ from torch import nn
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
+from fourm import distributed as D
 from transfer.adapter import build_encoder, layer_decay_param_groups
 from transfer.configs import ConfigError
 
@@ -148,28 +155,82 @@ def build_datasets(config: dict):
     return train, val, classes
 
 
+class SeededSamples(torch.utils.data.Dataset):
+    """A dataset whose ``i``-th sample is drawn with python/numpy/torch seeded from (seed, epoch, i).
+
+    The augmentation of an image then depends on the image, not on which rank or loader worker reads it, nor on what
+    was read before; the caller's random state is left as it was."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getattr__(self, name: str):  # the wrapped dataset's attributes (classes, targets, transform, ...)
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        s = (self.seed * 1_000_003 + self.epoch * 7_919 + i * 104_729) % (2**31)
+        saved = random.getstate(), np.random.get_state(), torch.random.default_generator.get_state()
+        random.seed(s)
+        np.random.seed(s)
+        torch.random.default_generator.manual_seed(s)
+        try:
+            return self.dataset[i]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.random.default_generator.set_state(saved[2])
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices ``rank, rank + ranks, ...``: every image on exactly one rank, none repeated (no padding)."""
+
+    def __init__(self, size: int, env: D.DistEnv):
+        self.indices = list(range(env.rank, size, env.world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 # --- model, optimizer, schedule --------------------------------------------------------------------------
 def peak_lr(train_cfg: dict) -> float:
     """``train.lr`` if set, else the linear scaling rule ``blr * batch_size / 256``."""
     return train_cfg["lr"] if train_cfg.get("lr") is not None else train_cfg["blr"] * train_cfg["batch_size"] / 256
 
 
-def per_step_batch(train_cfg: dict) -> int:
-    bs, accum = train_cfg["batch_size"], train_cfg.get("accum_iter", 1)
-    if accum < 1 or bs % accum:
-        raise ConfigError(f"train.batch_size={bs} must be a multiple of train.accum_iter={accum}")
-    step = bs // accum
+def accum_iter(config: dict) -> int:
+    """Forward/backward passes per update: a job shape's ``_runtime.accum_iter``, else ``train.accum_iter``."""
+    return int((config.get("_runtime") or {}).get("accum_iter") or config["train"].get("accum_iter", 1))
+
+
+def per_step_batch(train_cfg: dict, world_size: int = 1, accum: int | None = None) -> int:
+    """Images per rank in one forward/backward: ``train.batch_size`` / (ranks x accumulation steps)."""
+    bs, accum = train_cfg["batch_size"], accum or train_cfg.get("accum_iter", 1)
+    try:
+        step = D.split_batch(bs, world_size, accum)
+    except D.BatchSplitError as e:
+        raise ConfigError(f"in1k: {e} (train.accum_iter)") from None
     if train_cfg.get("mixup", 0) > 0 or train_cfg.get("cutmix", 0) > 0:
         if step % 2:
-            raise ConfigError(f"mixup/cutmix in batch mode needs an even per-step batch; got {step} "
-                             f"(train.batch_size={bs} / train.accum_iter={accum})")
+            raise ConfigError(f"mixup/cutmix in batch mode needs an even per-rank batch; got {step} "
+                             f"(train.batch_size={bs} / {world_size} ranks / train.accum_iter={accum})")
     return step
 
 
-def resolve_device(config: dict) -> torch.device:
+def resolve_device(config: dict, local_rank: int = 0) -> torch.device:
     want = config.get("_runtime", {}).get("device", "auto")
     if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"_runtime.device={want!r} but CUDA is not available; pass _runtime.device=cpu or auto")
     return torch.device(want)
@@ -225,24 +286,38 @@ def build_criterion(train_cfg: dict, mixup) -> nn.Module:
 
 
 def build(config: dict) -> dict:
-    """Everything a run needs: model (on device), optimizer, scheduler, loaders, mixup, criterion, classes, device."""
+    """Everything a run needs: model (on device; ``train_model`` is its DDP wrapper on several ranks), optimizer,
+    scheduler, loaders, mixup, criterion, classes, device, the distributed environment."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    env = D.setup()
     torch.manual_seed(config["seed"])
     train_cfg, runtime = config["train"], config.get("_runtime", {})
     train_set, val_set, classes = build_datasets(config)
-    step_batch = per_step_batch(train_cfg)
-    device = resolve_device(config)
+    accum = accum_iter(config)
+    step_batch = per_step_batch(train_cfg, env.world_size, accum)
+    device = resolve_device(config, env.local_rank)
     workers = runtime.get("num_workers", 0)
     loader_args = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=step_batch, shuffle=True, drop_last=True, **loader_args)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=step_batch, shuffle=False, drop_last=False, **loader_args)
+    train_set = SeededSamples(train_set, config["seed"])
+    sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                 seed=config["seed"], drop_last=True)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=step_batch, sampler=sampler, drop_last=True,
+                                               **loader_args)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=step_batch, sampler=ShardSampler(len(val_set), env),
+                                             drop_last=False, **loader_args)
     model = build_model(config, len(classes)).to(device)
+    train_model = model
+    if env.distributed:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, train_cfg)
-    updates_per_epoch = len(train_loader) // train_cfg.get("accum_iter", 1)
+    updates_per_epoch = len(train_loader) // accum
     scheduler = build_scheduler(optimizer, train_cfg, updates_per_epoch)
     mixup = build_mixup(train_cfg, len(classes))
-    return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "train_loader": train_loader,
-            "val_loader": val_loader, "mixup": mixup, "criterion": build_criterion(train_cfg, mixup),
-            "classes": classes, "device": device, "updates_per_epoch": updates_per_epoch}
+    return {"model": model, "train_model": train_model, "optimizer": optimizer, "scheduler": scheduler,
+            "train_loader": train_loader, "val_loader": val_loader, "mixup": mixup,
+            "criterion": build_criterion(train_cfg, mixup), "classes": classes, "device": device,
+            "updates_per_epoch": updates_per_epoch, "env": env, "accum": accum}
 
 
 # --- train / evaluate ---------------------------------------------------------------------------------
@@ -262,14 +337,17 @@ def _autocast(device: torch.device, enabled: bool):
 
 def train_one_epoch(parts: dict, config: dict, epoch: int, run=None) -> float:
     """One epoch of fine-tuning; returns the mean training loss (against the mixed soft targets)."""
-    model, opt, sched, mixup, criterion = (parts[k] for k in ("model", "optimizer", "scheduler", "mixup", "criterion"))
-    train_cfg, device = config["train"], parts["device"]
-    accum, per_epoch = train_cfg.get("accum_iter", 1), parts["updates_per_epoch"]
+    model, opt, sched, mixup, criterion = (parts[k] for k in ("train_model", "optimizer", "scheduler", "mixup", "criterion"))
+    train_cfg, device, env = config["train"], parts["device"], parts.get("env") or D.DistEnv()
+    accum, per_epoch = parts.get("accum", train_cfg.get("accum_iter", 1)), parts["updates_per_epoch"]
     log_every = config.get("_runtime", {}).get("log_every", 50)
     model.train()
     total, count = 0.0, 0
     loader = parts["train_loader"]
-    bar = tqdm(loader, desc=f"in1k epoch {epoch + 1}/{train_cfg['epochs']}", unit="batch", leave=False)
+    loader.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    bar = tqdm(loader, desc=f"in1k epoch {epoch + 1}/{train_cfg['epochs']}", unit="batch", leave=False,
+               disable=not env.is_main)
     opt.zero_grad(set_to_none=True)
     for i, (images, targets) in enumerate(bar):
         if i // accum >= per_epoch:
@@ -280,11 +358,13 @@ def train_one_epoch(parts: dict, config: dict, epoch: int, run=None) -> float:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if mixup is not None:
             images, targets = mixup(images, targets)
-        with _autocast(device, train_cfg["amp"]):
+        # gradients are all-reduced on the last micro-step of an update only
+        sync = (i + 1) % accum == 0 or not env.distributed
+        with _autocast(device, train_cfg["amp"]), (contextlib.nullcontext() if sync else model.no_sync()):
             loss = criterion(model(images), targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"in1k: loss is {loss.item()} at epoch {epoch}, step {i}; lower train.lr/blr")
-        (loss / accum).backward()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"in1k: loss is {loss.item()} at epoch {epoch}, step {i}; lower train.lr/blr")
+            (loss / accum).backward()
         if (i + 1) % accum == 0:
             if train_cfg.get("clip_grad"):
                 nn.utils.clip_grad_norm_(model.parameters(), train_cfg["clip_grad"])
@@ -296,16 +376,19 @@ def train_one_epoch(parts: dict, config: dict, epoch: int, run=None) -> float:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
         total += loss.item() * images.shape[0]
         count += images.shape[0]
+    total, count = D.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64), env).tolist()
     return total / max(count, 1)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = True) -> dict:
-    """top1/top5 (percent) and mean cross-entropy over the validation set (top-5 is top-k with k = min(5, classes))."""
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = True, env: D.DistEnv | None = None) -> dict:
+    """top1/top5 (percent) and mean cross-entropy over the validation set (top-5 is top-k with k = min(5, classes));
+    each rank evaluates its shard and the counts are summed over ranks."""
     model.eval()
     correct1 = correct5 = 0
     loss_sum, n = 0.0, 0
-    for images, targets in tqdm(loader, desc="in1k eval", unit="batch", leave=False):
+    env = env or D.DistEnv()
+    for images, targets in tqdm(loader, desc="in1k eval", unit="batch", leave=False, disable=not env.is_main):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(images)
@@ -317,6 +400,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = True) -
         correct1 += hit[:, 0].sum().item()
         correct5 += hit.any(dim=1).sum().item()
         n += targets.numel()
+    correct1, correct5, loss_sum, n = D.all_reduce_sum(
+        torch.tensor([correct1, correct5, loss_sum, n], dtype=torch.float64), env).tolist()
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "val_loss": loss_sum / n}
 
 
@@ -347,7 +432,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer) -> dict:
 def run(config: dict, run) -> dict:
     """Fine-tune and evaluate; resumes from ``<run>/checkpoint.pt``. Returns top1, top5 (percent), val_loss, ..."""
     parts = build(config)
-    train_cfg = config["train"]
+    train_cfg, env = config["train"], parts["env"]
     epochs = train_cfg["epochs"]
     if parts["updates_per_epoch"] == 0:
         raise ConfigError(f"in1k: {len(parts['train_loader'].dataset)} training images are fewer than one optimizer step "
@@ -367,11 +452,13 @@ def run(config: dict, run) -> dict:
         train_loss = train_one_epoch(parts, config, epoch, run)
         metrics = {"train_loss": train_loss}
         if (epoch + 1) % train_cfg["eval_every"] == 0 or epoch + 1 == epochs:
-            metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"]))
+            metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"], env))
         run.log(epoch=epoch, **metrics)
-        save_checkpoint(ckpt, parts["model"], parts["optimizer"], epoch, metrics)
+        if env.is_main:
+            save_checkpoint(ckpt, parts["model"], parts["optimizer"], epoch, metrics)
+        D.barrier(env)  # no rank starts the next epoch before the checkpoint it could resume from is written
     if "top1" not in metrics:  # resumed after the last epoch's checkpoint but before DONE: evaluate what was saved
-        metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"]))
-    metrics.update({"epochs": epochs, "train_time_s": time.perf_counter() - t0,
+        metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"], env))
+    metrics.update({"epochs": epochs, "train_time_s": time.perf_counter() - t0, "ranks": env.world_size,
                     "train_images": len(parts["train_loader"].dataset), "val_images": len(parts["val_loader"].dataset)})
     return metrics

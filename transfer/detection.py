@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 from transfer.adapter import encoder_config
-from transfer.mm_runner import formatted_once_config, runner_context
+from transfer.mm_runner import (RunStoreHook, dist_backend, formatted_once_config, launcher, model_wrapper, rank_batch,
+                                runner_context)
 
 IMAGENET_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255: what 4M's RGB encoder was trained with
 IMAGENET_STD = [58.395, 57.12, 57.375]
@@ -61,10 +62,6 @@ def schedule_iters(train: dict, num_images: int) -> tuple[int, list[int]]:
     return max_iters, milestones
 
 
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
 # --- the mmdet config ----------------------------------------------------------------------------------------------
 def _pipelines(size: int, lsj: dict) -> tuple[list, list]:
     scale = (size, size)
@@ -72,7 +69,7 @@ def _pipelines(size: int, lsj: dict) -> tuple[list, list]:
     train = [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
-        dict(type="RandomFlip", prob=0.5),
+        dict(type="RandomFlip", prob=float(lsj.get("flip_prob", 0.5))),
         dict(type="RandomResize", scale=scale, ratio_range=tuple(lsj["ratio_range"]), keep_ratio=True),
         dict(type="RandomCrop", crop_type="absolute_range", crop_size=scale, recompute_bbox=True,
              allow_negative_crop=bool(lsj["allow_negative_crop"])),
@@ -178,7 +175,7 @@ def mmdet_config(config: dict, work_dir: str | os.PathLike) -> dict:
     train_pipe, test_pipe = _pipelines(size, mm["lsj"])
     metainfo = dict(classes=list(classes))
     workers = int(train.get("num_workers", 0))
-    batch = max(1, int(train["batch_size"]) // _world_size())
+    batch = rank_batch(train)
     loader = dict(num_workers=workers, persistent_workers=workers > 0)
     val_every = int(train.get("val_interval_iters") or 0) or max_iters
     ckpt_every = int(train.get("checkpoint_interval_iters") or 0) or max_iters
@@ -223,13 +220,14 @@ def mmdet_config(config: dict, work_dir: str | os.PathLike) -> dict:
                             max_keep_ckpts=2),
             sampler_seed=dict(type="DistSamplerSeedHook")),
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-                     dist_cfg=dict(backend="nccl")),
+                     dist_cfg=dict(backend=dist_backend())),
         log_processor=dict(type="LogProcessor", window_size=50, by_epoch=False),
         log_level="WARNING",
         randomness=dict(seed=int(config.get("seed", 0)), deterministic=False),
         resume=True,  # picks up <work_dir>/last_checkpoint when a previous attempt wrote one
         load_from=None,
-        launcher="pytorch" if _world_size() > 1 else "none",  # torchrun / SLURM set WORLD_SIZE
+        launcher=launcher(),
+        model_wrapper_cfg=model_wrapper(),
     )
 
 
@@ -241,34 +239,13 @@ def _cuda() -> bool:
 
 # --- running ---------------------------------------------------------------------------------------------------------
 def _run_store_hook(run, max_iters: int, log_every: int):
-    import torch
-    from mmengine.hooks import Hook
-    from tqdm import tqdm
-
-    class RunStoreHook(Hook):
-        """Losses to ``run.log`` every iteration, a tqdm bar over iterations, and the last validation metrics."""
-
-        priority = "BELOW_NORMAL"
+    class CocoRunStoreHook(RunStoreHook):
+        """The run-store hook, plus the last validation metrics and how many boxes were predicted."""
 
         def __init__(self):
+            super().__init__(run, max_iters, log_every, desc="coco transfer")
             self.metrics: dict = {}
             self.detections = 0
-            self.bar = None
-
-        def before_train(self, runner):
-            self.bar = tqdm(total=max_iters, initial=runner.iter, desc="coco transfer", unit="it")
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            self.bar.update()
-            if (runner.iter + 1) % log_every and runner.iter + 1 != max_iters:
-                return
-            rec = {k: round(float(v.detach() if torch.is_tensor(v) else v), 6) for k, v in (outputs or {}).items()}
-            lr = runner.optim_wrapper.get_lr()["lr"]
-            run.log(step=runner.iter + 1, lr=max(lr), **rec)
-            self.bar.set_postfix(loss=rec.get("loss"))
-
-        def after_train(self, runner):
-            self.bar.close()
 
         def before_val_epoch(self, runner):
             self.detections = 0
@@ -285,7 +262,7 @@ def _run_store_hook(run, max_iters: int, log_every: int):
             run.log(step=runner.iter, event="val", detections=self.detections,
                     **{k: float(v) for k, v in self.metrics.items()})
 
-    return RunStoreHook()
+    return CocoRunStoreHook()
 
 
 def _registered():
@@ -324,7 +301,10 @@ def run(config: dict, run) -> dict:
     """Train and evaluate in ``<run>/mmdet`` (resuming its last checkpoint); returns bbox/segm mAP (fractions)."""
     from mmengine.runner import Runner
 
+    from fourm import distributed as D
+
     _registered()
+    D.setup()
     cfg = mmdet_config(config, Path(run.path) / "mmdet")
     max_iters = cfg["train_cfg"]["max_iters"]
     with runner_context("mmdet"):

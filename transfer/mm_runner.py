@@ -6,6 +6,10 @@
   which rejects the non-tensor objects mmengine itself writes into its checkpoints. :func:`runner_context`
   allow-lists exactly those globals (:func:`checkpoint_globals`) with ``torch.serialization.safe_globals`` for the
   duration of our own runs only: loading stays restricted (no arbitrary pickles) and nothing global is patched.
+* **Progress.** :class:`RunStoreHook` mirrors the train step's outputs into the run's log and a progress bar.
+* **Ranks.** Under torchrun or a multi-task SLURM step, :func:`fourm.distributed.setup` starts the process group
+  and exports the torchrun variables; the runner then runs with ``launcher="pytorch"`` (:func:`launcher`), its
+  samplers shard the data over ranks, and each rank's batch is the recipe's global batch split (:func:`rank_batch`).
 * **Config.** :func:`formatted_once_config` formats the runner's config with yapf once instead of at start, for the
   dump and in every checkpoint's meta (~2.4 s each on one core).
 """
@@ -16,6 +20,74 @@ import functools
 
 import numpy as np
 import torch
+from mmengine.hooks import Hook
+from tqdm import tqdm
+
+from fourm import distributed as D
+
+
+class RunStoreHook(Hook):
+    """Training progress into the run store: every ``interval`` iterations (and the last) the train step's outputs
+    (losses, accuracies), averaged over ranks, as one ``run.log`` line; a tqdm bar on rank 0."""
+
+    priority = "BELOW_NORMAL"
+
+    def __init__(self, run, total: int, interval: int = 10, desc: str = "transfer"):
+        self.run, self.total, self.interval, self.desc = run, total, max(1, interval), desc
+        self.bar = None
+        self.env = D.detect()
+
+    def before_train(self, runner) -> None:
+        self.bar = tqdm(total=self.total, initial=runner.iter, desc=self.desc, unit="it", dynamic_ncols=True,
+                        disable=not self.env.is_main)
+        if runner.iter:
+            self.run.log(event="resumed", step=runner.iter)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        step = runner.iter + 1
+        self.bar.update(1)
+        if step % self.interval and step != self.total:
+            return
+        names = sorted(outputs or {})
+        values = torch.tensor([float(outputs[k].detach() if torch.is_tensor(outputs[k]) else outputs[k]) for k in names],
+                              dtype=torch.float64)
+        values = D.all_reduce_mean(values, self.env)  # mmengine reports each rank's own half of the batch
+        record = dict(zip(names, values.tolist()))
+        self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
+        self.run.log(step=step, lr=max(runner.optim_wrapper.get_lr()["lr"]), **record)
+
+    def after_train(self, runner) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def launcher() -> str:
+    """mmengine's launcher: "pytorch" on several ranks (the process group is :func:`fourm.distributed.setup`'s)."""
+    return "pytorch" if D.detect().distributed else "none"
+
+
+def model_wrapper() -> dict | None:
+    """mmengine's DDP wrapper config on several ranks: unused parameters allowed (the encoder's blocks and norm that
+    no feature level reads, as in mmseg's ViT recipes), and ``device_ids=None`` on CPU (mmengine's default names the
+    local GPU)."""
+    if not D.detect().distributed:
+        return None
+    cfg = dict(type="MMDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=True)
+    return cfg if torch.cuda.is_available() else {**cfg, "device_ids": None}
+
+
+def dist_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def rank_batch(train: dict) -> int:
+    """The per-rank batch of ``train.batch_size``, the recipe's global batch (an error names the key and the fix)."""
+    from transfer.configs import ConfigError
+
+    try:
+        return D.split_batch(int(train["batch_size"]), D.detect().world_size)
+    except D.BatchSplitError as e:
+        raise ConfigError(str(e)) from None
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,49 +16,20 @@ from pathlib import Path
 
 import torch
 from mmengine.config import ConfigDict
-from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
-from tqdm import tqdm
 
 import transfer.layer_decay  # noqa: F401  (registers FourMLayerDecayOptimizerConstructor)
 import transfer.mmseg_modules  # noqa: F401  (registers the backbone, heads, transforms, metrics)
 from transfer.adapter import encoder_config
-from transfer.mm_runner import checkpoint_globals, runner_context
+from fourm import distributed as D
+from transfer.mm_runner import (RunStoreHook, checkpoint_globals, dist_backend, launcher, model_wrapper, rank_batch,
+                                runner_context)
 
 SCOPE = "mmseg"
 DRY_RUN_WORK_DIR = "dry-run-not-written"  # build_pieces never creates a Runner, so nothing is written there
 
 
 MMENGINE_CHECKPOINT_GLOBALS = list(checkpoint_globals())
-
-
-class RunStoreHook(Hook):
-    """Mirror training progress into the run store (``run.log`` JSON lines) and a tqdm bar."""
-
-    priority = "BELOW_NORMAL"
-
-    def __init__(self, run, total: int, interval: int = 10, desc: str = "transfer"):
-        self.run, self.total, self.interval, self.desc = run, total, max(1, interval), desc
-        self.bar = None
-
-    def before_train(self, runner) -> None:
-        self.bar = tqdm(total=self.total, initial=runner.iter, desc=self.desc, unit="it", dynamic_ncols=True)
-        if runner.iter:
-            self.run.log(event="resumed", step=runner.iter)
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        step = runner.iter + 1
-        self.bar.update(1)
-        if step % self.interval and step != self.total:
-            return
-        losses = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in (outputs or {}).items() if "loss" in k}
-        lr = max(runner.optim_wrapper.get_lr()["lr"])
-        self.bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}")
-        self.run.log(step=step, lr=lr, **losses)
-
-    def after_train(self, runner) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def schedule(train: dict, by_epoch: bool) -> list[dict]:
@@ -130,7 +101,7 @@ def runner_kwargs(config: dict, *, model: dict, train_dataset: dict, val_dataset
     kw = dict(
         model=ConfigDict(model),  # mmseg reads test_cfg.mode etc. as attributes
         work_dir=str(work_dir),
-        train_dataloader=dataloader(train_dataset, int(train["batch_size"]), True, workers, seed),
+        train_dataloader=dataloader(train_dataset, rank_batch(train), True, workers, seed),
         val_dataloader=dataloader(val_dataset, 1, False, workers),
         test_dataloader=dataloader(val_dataset, 1, False, workers),
         train_cfg=loop,
@@ -148,13 +119,14 @@ def runner_kwargs(config: dict, *, model: dict, train_dataset: dict, val_dataset
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-                     dist_cfg=dict(backend="gloo")),
+                     dist_cfg=dict(backend=dist_backend())),
         log_processor=dict(by_epoch=by_epoch),
         log_level="WARNING",
         default_scope=SCOPE,
         randomness=dict(seed=seed, deterministic=False),
         experiment_name=f"{config['transfer']['task']}-{uuid.uuid4().hex[:8]}",
-        launcher="none",
+        launcher=launcher(),
+        cfg=dict(model_wrapper_cfg=model_wrapper()),  # the Runner reads the DDP wrapper from here only
     )
     if not kw["val_cfg"]:
         kw["val_dataloader"] = None
@@ -181,6 +153,7 @@ def build_runner(kw: dict, resume: bool = True):
 
 def train_and_test(kw: dict, run=None, desc: str = "transfer") -> dict:
     """Train (resuming if ``work_dir`` holds a checkpoint), then test; returns the test metrics as plain floats."""
+    D.setup()
     with runner_context(SCOPE):
         runner = build_runner(kw)
         if run is not None:

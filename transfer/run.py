@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from fourm.models import CheckpointError
-from fourm.runs import Run, open_run, run_id
+from fourm.runs import RankRun, Run, open_run, run_id
 from transfer.configs import DEFAULT_RUNS_ROOT, PROFILES, ConfigError, parse_overrides, resolve
 
 TASKS = {
@@ -50,9 +50,15 @@ def make_config(task: str, profile: str = DEFAULT_PROFILE, overrides=()) -> dict
 
 
 def run_transfer(config: dict, runs_root: str | None = None) -> Run:
-    """Open the config's run folder and run its task unless the run is DONE; returns the run (metrics in run.metrics)."""
+    """Open the config's run folder and run its task unless the run is DONE; returns the run (metrics in run.metrics).
+
+    Under torchrun or a multi-task SLURM step every rank runs the task (data-parallel, :mod:`fourm.distributed`);
+    rank 0 alone writes the run folder, and the other ranks return the finished run."""
+    from fourm import distributed as D
+
     root = runs_root or config.get("_runs_root") or DEFAULT_RUNS_ROOT
-    run = open_run(root, config)
+    env = D.setup()
+    run = open_run(root, config) if env.is_main else RankRun(Path(root) / run_id(config))
     if run.done:
         return run
     module = task_module(config["transfer"]["task"])
@@ -61,9 +67,13 @@ def run_transfer(config: dict, runs_root: str | None = None) -> Run:
     except BaseException as e:  # recorded so `status`/readers see why a partial run stopped; then raised as is
         run.log(event="error", error=f"{type(e).__name__}: {e}")
         raise
+    if not env.is_main:
+        D.barrier(env)  # rank 0 has written metrics.json and DONE
+        return Run(run.path)
     run.write_metrics(metrics)
     run.mark_done()
     run.log(event="done", **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    D.barrier(env)
     return run
 
 

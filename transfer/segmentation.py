@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from fourm import distributed as D
 from transfer import mmseg_runner as R
 
 TASK = "ade20k"
@@ -74,6 +77,8 @@ def encoder_decoder(config: dict, num_classes: int, backbone: dict, in_channels:
     mm, crop = config["mm"], R.pair(config["train"]["image_size"])
     dim = R.encoder_dim(str(config["transfer"]["init"]), config["transfer"]["model"])
     norm_cfg = dict(mm.get("norm_cfg", {"type": "BN", "requires_grad": True}))
+    if norm_cfg["type"] == "BN" and torch.cuda.is_available() and D.detect().distributed:
+        norm_cfg["type"] = "SyncBN"  # the batch statistics of the global batch, as one device computes them
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if in_channels == 4:  # RGB (already RGB order) + depth in metres, passed through unnormalised
         mean, std = mean + [0.0], std + [1.0]

@@ -11,7 +11,7 @@ import torch
 from fourm import modalities as M
 from fourm.data.masking import UnifiedMasking, trim_sequence_padding
 from fourm.data.text import coord_bins, load_tokenizer
-from fourm.pretrain.distributed import DistEnv
+from fourm.distributed import DistEnv
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from fourm import runs
 from fourm.models import FourM, config_for
-from fourm.pretrain import distributed as D
+from fourm import distributed as D
 from fourm.pretrain.checkpoints import latest_checkpoint, load_state, save_state
 from fourm.pretrain.schedule import lr_at, scaled_lr
 

@@ -10,7 +10,7 @@ from pretrain_samples import make_samples, tiny_config  # noqa: E402
 
 from fourm import runs  # noqa: E402
 from fourm.pretrain.data import PretrainData  # noqa: E402
-from fourm.pretrain.distributed import detect  # noqa: E402
+from fourm.distributed import detect  # noqa: E402
 from fourm.pretrain.loop import train  # noqa: E402
 
 tokenizer, root, out = sys.argv[1:4]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from fourm import runs
 from fourm.models import load_encoder
 from fourm.pretrain.data import PretrainData
-from fourm.pretrain.distributed import DistEnv
+from fourm.distributed import DistEnv
 from fourm.pretrain.loop import TrainingDiverged, train
 from fourm.pretrain.schedule import lr_at
 

@@ -48,7 +48,7 @@ def test_samples_hold_every_crop_aligned(shards):
 def test_det_boxes_are_written_in_the_text_tokenizers_coordinate_bins(shards, tmp_path):
     from fourm.data.text import coord_bins, train_wordpiece
     from fourm.pretrain.data import PretrainData
-    from fourm.pretrain.distributed import detect
+    from fourm.distributed import detect
 
     tok = train_wordpiece(["a red cube on a floor"], 2000, tmp_path / "tok16.json", class_names=world.CLASSES,
                           coord_bins=16)
@@ -73,7 +73,7 @@ def test_a_text_tokenizer_without_box_tokens_is_refused_for_det(shards, tmp_path
 
     from fourm.data.text import PAD, EOS, sentinel
     from fourm.pretrain.data import PretrainData
-    from fourm.pretrain.distributed import detect
+    from fourm.distributed import detect
 
     plain = Tokenizer(WordLevel({t: i for i, t in enumerate([PAD, EOS, "[UNK]", sentinel(0), sentinel(1), "cube"])},
                                 unk_token="[UNK]"))

@@ -5,6 +5,7 @@ import pytest
 
 from ablations.grid import load_grid
 from ablations.plan import plan
+from slurm.shapes import Shape, ShapeError, job_shape
 from slurm.sweep import assumed_tokens_per_s, cli, gpu_hours, resources_for
 
 PARAMS = ["params.train_shards=/data/train-{000000..000009}.tar", "params.val_shards=/data/val-000000.tar",
@@ -23,7 +24,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pretrain      2 runs: 0 DONE, 0 queued/running, 2 to submit" in out
     assert "transfer      4 runs: 0 DONE, 0 queued/running, 4 to submit" in out
-    assert "transfer 4 jobs in 2 array(s) (one per pretraining run); 4 afterok a pretraining job" in out
+    assert "transfer 4 jobs in 4 array(s) (one per pretraining run and job shape); 4 afterok a pretraining job" in out
     # 2 x 100B tokens of 4M-B at the assumed A100 rate, plus 2 x (IN1K 40 + ADE20K 16) assumed GPU-hours
     pre = 2 * 100e9 / (0.3 * 312e12 / (6 * 12 * 768 ** 2 * 24 / 2)) / 3600
     assert f"pretrain {pre:.1f}, transfer 112.0, total {pre + 112:.1f}" in out
@@ -74,8 +75,49 @@ def test_a_bad_point_exits_2_with_one_line_and_submits_nothing(tmp_path, capsys)
     assert "timeout_min=5" in capsys.readouterr().err
 
 
-def test_multi_gpu_pretraining_gets_one_task_per_gpu():
-    pre = resources_for("pretrain", None, 4, 600, 16, 8, None)
-    tra = resources_for("transfer", None, 4, 600, 16, 8, None)
-    assert (pre.gpus_per_node, pre.extra) == (4, {"ntasks_per_node": 4})
-    assert (tra.gpus_per_node, tra.extra) == (1, {})
+def test_job_shapes_keep_the_global_batch():
+    # COCO (ViTDet): 64 images on 64 GPUs, no accumulation -> 8 nodes x 8 GPUs, 1 image each
+    coco = job_shape(64, 64, 8, 100, what="coco", can_accumulate=False)
+    assert (coco.nodes, coco.tasks_per_node, coco.per_rank_batch, coco.accum) == (8, 8, 1, 1)
+    # ImageNet-1K: 1024 over 32 GPUs; on one 8-GPU node the same batch takes 4 accumulation steps of 32
+    assert job_shape(1024, 32, 8, 100, what="in1k").describe().startswith("4 node(s) x 8 GPU(s), 32/rank x 1 accum")
+    one = job_shape(1024, 32, 8, 1, what="in1k")
+    assert (one.ranks, one.per_rank_batch, one.accum) == (8, 32, 4)
+    assert one.per_rank_batch * one.ranks * one.accum == 1024
+    # 6 GPUs a node do not split 16: the shape drops to the largest divisor, 4 GPUs, and accumulates
+    odd = job_shape(16, 8, 6, 1, what="ade20k")
+    assert (odd.ranks, odd.per_rank_batch, odd.accum) == (4, 2, 2)
+    with pytest.raises(ShapeError, match=r"coco: global batch 64 at 1 per GPU needs 64 GPUs; 16 GPUs \(2 node\(s\) x 8\) "
+                                         r"would put 4 on a GPU .* Use --max-nodes 8, or, .* reference_gpus=16"):
+        job_shape(64, 64, 8, 2, what="coco", can_accumulate=False)
+
+
+def test_resources_give_one_task_and_gpu_per_rank():
+    res = resources_for(job_shape(64, 64, 8, 100, what="coco"), None, 8, 600, 16, 8, None)
+    assert (res.nodes, res.tasks_per_node, res.gpus_per_node, res.cpus_per_task) == (8, 8, 8, 8)
+    cpu = resources_for(Shape(1, 1, 8, 1, 8, 1), None, 0, 600, 16, 2, None)
+    assert (cpu.nodes, cpu.tasks_per_node, cpu.gpus_per_node) == (1, 1, 0)
+
+
+def test_paper_transfer_dry_run_prints_each_jobs_shape(tmp_path, capsys):
+    sets = ["params.ckpt_b=/w/b.safetensors", "params.ckpt_l=/w/l.safetensors", "params.data_root=/datasets"]
+    argv = ["paper_transfer", *[a for s in sets for a in ("--set", s)], "--dry-run", "--gpus-per-node", "8",
+            "--runs-root", str(tmp_path / "runs"), "--sweep-dir", str(tmp_path / "sweep")]
+    assert cli(argv) == 0
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:1] == ["transfer"] and len(parts) == 10 and parts[2].startswith("checkpoint="):
+            rows[(parts[1], parts[2])] = tuple(int(x) for x in parts[-7:-1])
+    # nodes, tasks, batch/rank, accum, global, reference GPUs
+    want = {"in1k": (4, 8, 32, 1, 1024, 32), "coco": (8, 8, 1, 1, 64, 64), "ade20k": (1, 8, 2, 1, 16, 8),
+            "nyuv2_depth": (1, 8, 8, 1, 64, 8)}
+    for point in ("checkpoint=4M-B", "checkpoint=4M-L"):
+        for task, shape in want.items():
+            assert rows[(task, point)] == shape, (task, point, out)
+    # on one node, ImageNet-1K accumulates and COCO is refused with what to do
+    assert cli(argv + ["--max-nodes", "1", "--set", "evaluate.tasks=[in1k]"]) == 0
+    assert "    1     8         32     4   1024       32" in capsys.readouterr().out
+    assert cli(argv + ["--max-nodes", "1"]) == 2
+    assert "Use --max-nodes 8" in capsys.readouterr().err

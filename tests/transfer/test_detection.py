@@ -80,7 +80,7 @@ def test_paper_profile_carries_the_protocol_numbers():
     assert (t["epochs"], t["batch_size"], t["image_size"]) == (100, 64, 1024)
     assert (t["lr"], t["weight_decay"], t["layer_decay"]) == (1e-4, 0.1, 0.7)
     assert t["drop_path"] == 0.1
-    assert cfg["mm"]["lsj"] == {"ratio_range": [0.1, 2.0], "allow_negative_crop": True, "pad_val": 114}
+    assert cfg["mm"]["lsj"] == {"ratio_range": [0.1, 2.0], "flip_prob": 0.5, "allow_negative_crop": True, "pad_val": 114}
     assert cfg["mm"]["roi"]["stage_iou"] == [0.5, 0.6, 0.7]
     assert cfg["mm"]["roi"]["bbox_convs"] == 4 and cfg["mm"]["roi"]["mask_convs"] == 4
     assert cfg["mm"]["backbone"] == {"window_size": 14, "global_blocks": [2, 5, 8, 11]}
@@ -361,3 +361,51 @@ def test_run_resumes_from_its_mmengine_checkpoint(world_coco, tmp_path):
     assert last["meta"]["iter"] == 4
     assert not torch.equal(last["state_dict"]["backbone.encoder_model.encoder.0.attn.qkv.weight"], first)
     assert 0.0 <= metrics["bbox_mAP"] <= 1.0
+
+
+ITERS_FIT = 40  # the squares below, at lr 2e-3: bbox AP 0.137 (a detector that cannot localise scores ~0)
+AP_FIT = 0.1
+
+
+def _write_squares_coco(root: Path, size: int = 64, num: int = 8) -> Path:
+    """Coloured squares on grey (the colour is the class), the same images as train2017 and val2017: a detector that
+    works fits them; one that cannot localise or classify (misaligned RoIs, wrong targets) scores near 0 AP."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = {1: (220, 40, 40), 2: (40, 200, 40), 3: (40, 40, 220)}
+    images, anns = [], []
+    for split in ("train2017", "val2017"):
+        (root / "coco" / split).mkdir(parents=True, exist_ok=True)
+    for i in range(1, num + 1):
+        img = np.full((size, size, 3), 110, np.uint8)
+        w = int(rng.integers(16, 29))
+        x0, y0 = (int(v) for v in rng.integers(2, size - w - 2, 2))
+        cat = 1 + i % 3
+        img[y0:y0 + w, x0:x0 + w] = colours[cat]
+        for split in ("train2017", "val2017"):
+            Image.fromarray(img).save(root / "coco" / split / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": size, "height": size})
+        anns.append({"id": i, "image_id": i, "category_id": cat, "bbox": [x0, y0, w, w], "area": w * w, "iscrowd": 0,
+                     "segmentation": [[x0, y0, x0 + w, y0, x0 + w, y0 + w, x0, y0 + w]]})
+    cats = [{"id": k, "name": n} for k, n in enumerate(["red", "green", "blue"], start=1)]
+    (root / "coco" / "annotations").mkdir(parents=True, exist_ok=True)
+    for split in ("train2017", "val2017"):
+        (root / "coco" / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root
+
+
+@needs_mm
+def test_the_detector_fits_what_it_was_trained_on(tmp_path):
+    """AP on the training images after a short schedule: a threshold only a working detector passes."""
+    from fourm.runs import open_run
+    from transfer.detection import run
+
+    root = _write_squares_coco(tmp_path / "data")
+    cfg = _tiny(root, iters=ITERS_FIT, lr=2e-3, warmup_iters=10, image_size=64, batch_size=4, val_batch_size=4)
+    cfg["mm"]["lsj"]["ratio_range"] = [1.0, 1.0]
+    cfg["mm"]["rpn"]["anchor_scales"] = [4]
+    metrics = run(cfg, open_run(tmp_path / "runs", cfg))
+    print({k: metrics[k] for k in ("bbox_mAP", "segm_mAP")})
+    assert metrics["bbox_mAP"] >= AP_FIT, metrics

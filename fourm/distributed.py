@@ -1,4 +1,11 @@
-"""One code path for the distributed environment, whether it comes from torchrun or from SLURM/submitit."""
+"""One distributed bootstrap for every job (pretraining, ImageNet-1K, the mmseg and mmdet runners).
+
+The environment comes from torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) or from a
+SLURM job step (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, the first host of the nodelist as master, a
+port derived from the job id); :func:`setup` starts the process group (gloo on CPU, NCCL on GPU) and exports the
+torchrun variables, so third-party code that reads them (mmengine's ``launcher="pytorch"``) sees the same ranks.
+Only rank 0 writes run folders.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -60,6 +67,41 @@ def init(env: DistEnv, backend: str | None = None) -> None:
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
                             rank=env.rank, world_size=env.world_size)
+
+
+def setup(env: DistEnv | None = None) -> DistEnv:
+    """Detect the environment, start the process group when there are several ranks, export the torchrun variables."""
+    env = env or detect()
+    if env.distributed:
+        os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
+                          MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
+        init(env)
+    return env
+
+
+class BatchSplitError(ValueError):
+    """A global batch that the ranks (x accumulation steps) cannot split evenly."""
+
+
+def split_batch(global_batch: int, ranks: int, accum: int = 1, key: str = "train.batch_size") -> int:
+    """The per-rank batch of one forward/backward that keeps ``global_batch`` = per-rank x ranks x ``accum``."""
+    if accum < 1 or global_batch % (ranks * accum):
+        raise BatchSplitError(f"{key}={global_batch} (the global batch) must be a multiple of {ranks} ranks x "
+                              f"{accum} accumulation steps; change the accumulation steps or the number of GPUs")
+    return global_batch // (ranks * accum)
+
+
+def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """The sum over ranks (the value itself when running alone)."""
+    if env.distributed:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
 
 
 def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
