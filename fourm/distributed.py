@@ -70,8 +70,12 @@ def init(env: DistEnv, backend: str | None = None) -> None:
 
 
 def setup(env: DistEnv | None = None) -> DistEnv:
-    """Detect the environment, start the process group when there are several ranks, export the torchrun variables."""
+    """Detect the environment, start the process group when there are several ranks, export the torchrun variables
+    (and allow TF32 matmuls on CUDA)."""
     env = env or detect()
+    if torch.cuda.is_available():  # TF32 tensor cores for the fp32 matmuls and convolutions left outside autocast
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if env.distributed:
         os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))

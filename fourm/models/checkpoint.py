@@ -150,11 +150,15 @@ def load_encoder(path: str | os.PathLike, modality: str | list[str] = "rgb@224",
     return enc
 
 
-def save_checkpoint(model: FourM, path: str | os.PathLike, extra_metadata: dict | None = None) -> Path:
-    """Write a model in the official released format, atomically. Tied tensors are stored as separate copies."""
+def save_checkpoint(model: FourM, path: str | os.PathLike, extra_metadata: dict | None = None,
+                    state_dict: dict | None = None) -> Path:
+    """Write a model in the official released format, atomically. Tied tensors are stored as separate copies.
+
+    ``state_dict`` replaces ``model.state_dict()`` (e.g. the full weights gathered from FSDP shards)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    state_dict = model.state_dict() if state_dict is None else state_dict
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     meta = format_metadata(model.config)
     if extra_metadata:
         meta.update({f"x_{k}": str(v) for k, v in extra_metadata.items()})

@@ -146,6 +146,8 @@ class FourM(nn.Module):
         self.decoder_proj_context = nn.Linear(dim, dim)  # has a bias even in the no-bias variants (as official)
         self.decoder = nn.ModuleList([DecoderBlock(dim, drop_path=dpr_d[i], **kw) for i in range(decoder_depth)])
         self.decoder_norm = norm_layer(dim)
+        # recompute each block's activations in backward instead of storing them (memory for L/XL, not numerics)
+        self.checkpoint_blocks = False
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
 
         self.init_weights()
@@ -226,8 +228,13 @@ class FourM(nn.Module):
     def forward_encoder(self, x: torch.Tensor, encoder_mask: torch.Tensor | None) -> torch.Tensor:
         attn_mask = additive_mask(encoder_mask, x.dtype)
         for blk in self.encoder:
-            x = blk(x, attn_mask)
+            x = self._block(blk, x, attn_mask)
         return self.encoder_norm(x)
+
+    def _block(self, blk: nn.Module, *args):
+        if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(blk, *args, use_reentrant=False)
+        return blk(*args)
 
     # --- decoder -----------------------------------------------------------------------------------
     def decoder_order(self, mods, rng=_random) -> list[str]:
@@ -293,7 +300,7 @@ class FourM(nn.Module):
         sa = additive_mask(attn_mask, y.dtype)
         xa = additive_mask(encoder_mask, y.dtype)
         for blk in self.decoder:
-            y = blk(y, context, sa, xa)
+            y = self._block(blk, y, context, sa, xa)
         return self.decoder_norm(y)
 
     # --- losses ------------------------------------------------------------------------------------

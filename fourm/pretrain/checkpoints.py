@@ -29,7 +29,10 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def save_state(ckpt_dir: str | os.PathLike, model, opt, *, step: int, tokens_seen: int, keep: int = 2) -> Path:
+def save_state(ckpt_dir: str | os.PathLike, model, opt, *, step: int, tokens_seen: int, keep: int = 2,
+               model_state: dict | None = None, opt_state: dict | None = None) -> Path:
+    """Write ``step-NNNNNN/`` whole or not at all. ``model_state``/``opt_state`` replace the model's and optimizer's
+    own state dicts (FSDP: the full state gathered on rank 0, the optimizer's keyed by parameter name)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step-{step:06d}"
@@ -37,8 +40,11 @@ def save_state(ckpt_dir: str | os.PathLike, model, opt, *, step: int, tokens_see
         return final
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.", dir=ckpt_dir))
     try:
-        save_checkpoint(model, tmp / "model.safetensors", extra_metadata={"step": step, "tokens_seen": tokens_seen})
-        torch.save({"step": step, "tokens_seen": tokens_seen, "optimizer": opt.state_dict()}, tmp / "state.pt")
+        save_checkpoint(model, tmp / "model.safetensors", extra_metadata={"step": step, "tokens_seen": tokens_seen},
+                        state_dict=model_state)
+        fmt = "by_name" if opt_state is not None else "by_index"
+        torch.save({"step": step, "tokens_seen": tokens_seen, "optimizer_format": fmt,
+                    "optimizer": opt.state_dict() if opt_state is None else opt_state}, tmp / "state.pt")
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -49,10 +55,17 @@ def save_state(ckpt_dir: str | os.PathLike, model, opt, *, step: int, tokens_see
 
 
 def load_state(path: str | os.PathLike, model, opt) -> dict:
-    """Restore weights (strictly) and optimizer state; returns {'step', 'tokens_seen'}."""
+    """Restore weights (strictly) and, when ``opt`` is given, the optimizer state saved by index (DDP or one
+    process); returns {'step', 'tokens_seen', 'optimizer', 'optimizer_format'}."""
     path = Path(path)
     weights = load_pretrained(path / "model.safetensors")
     model.load_state_dict(weights.state_dict(), strict=True)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    return {"step": int(state["step"]), "tokens_seen": int(state["tokens_seen"])}
+    fmt = state.get("optimizer_format", "by_index")
+    if opt is not None:
+        if fmt != "by_index":
+            raise ValueError(f"{path}/state.pt holds the optimizer by parameter name (an FSDP run): resume it with "
+                             "distributed.strategy=fsdp")
+        opt.load_state_dict(state["optimizer"])
+    return {"step": int(state["step"]), "tokens_seen": int(state["tokens_seen"]), "optimizer": state["optimizer"],
+            "optimizer_format": fmt}

@@ -70,6 +70,113 @@ def _autocast(cfg: dict, device: torch.device):
     return contextlib.nullcontext()
 
 
+def activation_checkpointing(cfg: dict, device: torch.device) -> bool:
+    """``distributed.activation_checkpointing``: true/false, or auto (on for large and xlarge models on GPU)."""
+    value = cfg["distributed"].get("activation_checkpointing", "auto")
+    if value == "auto":
+        return device.type == "cuda" and any(f"_{s}_" in cfg["model"]["name"] for s in ("large", "xlarge"))
+    return bool(value)
+
+
+def compile_blocks(model: FourM) -> None:
+    """``torch.compile`` every encoder and decoder block with ``fullgraph=True``: a graph break is an error that
+    names it (at the first step), not a silent fall back to eager. The embeddings and masking stay eager: they
+    branch on the batch's modalities."""
+    for blk in [*model.encoder, *model.decoder]:
+        blk.compile(fullgraph=True, dynamic=False)
+
+
+def wrap(model: FourM, cfg: dict, env: D.DistEnv, device: torch.device):
+    """The module to train: the model alone, DDP, or FSDP (``distributed.fsdp_sharding``: ``full_shard`` reshards
+    parameters after forward, ``shard_grad_op`` keeps them gathered until backward), each block its own FSDP unit,
+    in bf16 parameters and gradient reduction on GPU unless ``precision=fp32``; the rest of the model is replicated."""
+    if not env.distributed:
+        return model
+    dcfg = cfg["distributed"]
+    if dcfg["strategy"] == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        sharding = dcfg.get("fsdp_sharding", "full_shard")
+        if sharding not in ("full_shard", "shard_grad_op"):
+            raise ValueError(f"distributed.fsdp_sharding={sharding!r}: use full_shard or shard_grad_op")
+        mp = MixedPrecisionPolicy()
+        if device.type == "cuda" and cfg.get("precision", "auto") != "fp32":
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+        kw = dict(reshard_after_forward=sharding == "full_shard", mp_policy=mp)
+        # the blocks hold the parameters that grow with size; the embeddings stay replicated, as a modality absent
+        # from one rank's batch leaves its embedding without a gradient there (see sync_replicated_grads)
+        for blk in [*model.encoder, *model.decoder]:
+            fully_shard(blk, **kw)
+        return model
+    if dcfg["strategy"] != "ddp":
+        raise ValueError(f"distributed.strategy={dcfg['strategy']!r}: use ddp or fsdp")
+    # unused: modalities absent from a batch, and the decoder token tables of image targets (official layout)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[env.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
+
+
+def sync_replicated_grads(model: FourM, env: D.DistEnv) -> None:
+    """FSDP shards the blocks; the rest (the embeddings of each modality, norms, mask tokens) is replicated, and its
+    gradients are averaged over ranks here, a missing one (a modality absent from a rank's batch) counting as 0."""
+    from torch.distributed.tensor import DTensor
+
+    replicated = [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    for p in replicated:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in replicated])
+    torch.distributed.all_reduce(flat)
+    flat /= env.world_size
+    offset = 0
+    for p in replicated:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p))
+        offset += n
+
+
+def clip_grad_norm(model: FourM, max_norm: float, env: D.DistEnv, fsdp: bool) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` over the whole model; with FSDP the blocks' gradients are shards (summed over
+    ranks for the norm) and the rest replicated."""
+    if not fsdp:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    sharded = [g.to_local() for g in grads if isinstance(g, DTensor)]
+    replicated = [g for g in grads if not isinstance(g, DTensor)]
+    sq_sharded = sum((g.float().pow(2).sum() for g in sharded), torch.zeros(()))
+    torch.distributed.all_reduce(sq_sharded)
+    total = (sq_sharded + sum((g.float().pow(2).sum() for g in replicated), torch.zeros(()))).sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in [*sharded, *replicated]:
+        g.mul_(coef.to(g.dtype))
+    return total
+
+
+def full_state(model: FourM, opt) -> dict:
+    """FSDP: the full model and optimizer state on rank 0 (the optimizer's keyed by parameter name)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"model_state": get_model_state_dict(model, options=options),
+            "opt_state": get_optimizer_state_dict(model, opt, options=options)}
+
+
+def load_optimizer_state(model: FourM, opt, state: dict, fsdp: bool, path) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        if state["optimizer_format"] != "by_name":
+            raise ValueError(f"{path}/state.pt holds the optimizer by index (a DDP run): resume it with "
+                             "distributed.strategy=ddp")
+        set_optimizer_state_dict(model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    elif state["optimizer_format"] != "by_index":
+        raise ValueError(f"{path}/state.pt holds the optimizer by parameter name (an FSDP run): resume it with "
+                         "distributed.strategy=fsdp")
+    else:
+        opt.load_state_dict(state["optimizer"])
+
+
 def _to(mod_dict: dict, device) -> dict:
     return {m: {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in d.items()} for m, d in mod_dict.items()}
 
@@ -100,36 +207,34 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
     """
     from fourm.pretrain.data import PretrainData
 
-    env = D.detect()
-    D.init(env)
+    env = D.setup()
     device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg).to(device)
     n_steps = total_steps(cfg)
     lr = scaled_lr(cfg["optim"]["blr"], cfg["batch_size"])
-    # fused: one kernel per step instead of a Python loop over tensors; the pretraining step on one CPU thread is
-    # ~15% faster (a small model's step is mostly per-tensor overhead), with the same losses
-    opt = torch.optim.AdamW(param_groups(model, cfg["optim"]["weight_decay"]), lr=lr, betas=tuple(cfg["optim"]["betas"]),
-                            fused=True)
+    fsdp = env.distributed and cfg["distributed"]["strategy"] == "fsdp"
+    model.checkpoint_blocks = activation_checkpointing(cfg, device)
 
     start_step, tokens_seen = 0, 0
     ckpt_dir = run.path / "checkpoints"
     latest = latest_checkpoint(ckpt_dir) if cfg.get("resume", "auto") == "auto" else None
-    if latest is not None:
-        state = load_state(latest, model, opt)
+    state = None
+    if latest is not None:  # the weights now; the optimizer once it exists over the (possibly sharded) parameters
+        state = load_state(latest, model, None)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
         if env.is_main:
             run.log(event="resume", step=start_step, checkpoint=str(latest))
-
-    train_model = model
-    if env.distributed:
-        if cfg["distributed"]["strategy"] == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-            train_model = FSDP(model)
-        else:
-            # unused: modalities absent from a batch, and the decoder token tables of image targets (official layout)
-            train_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[env.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
+    if cfg.get("compile"):
+        compile_blocks(model)
+    train_model = wrap(model, cfg, env, device)
+    # fused: one kernel per step instead of a Python loop over tensors; the pretraining step on one CPU thread is
+    # ~15% faster (a small model's step is mostly per-tensor overhead), with the same losses. FSDP's sharded
+    # parameters take the per-tensor path.
+    opt = torch.optim.AdamW(param_groups(model, cfg["optim"]["weight_decay"]), lr=lr, betas=tuple(cfg["optim"]["betas"]),
+                            fused=not fsdp)
+    if state is not None:
+        load_optimizer_state(model, opt, state, fsdp, latest)
 
     data = data if data is not None else PretrainData(cfg, env)
     n_in, n_tg = cfg["budget"]["num_input_tokens"], cfg["budget"]["num_target_tokens"]
@@ -150,7 +255,13 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
         for micro in range(accum):
             seed_torch(step_seed(cfg["seed"], step, micro, stream=1 + env.rank))
             mod_dict = _to(data.train_batch(step, micro, step_seed(cfg["seed"], step, micro, stream=2)), device)
-            sync = contextlib.nullcontext() if (micro == accum - 1 or not env.distributed) else train_model.no_sync()
+            last_micro = micro == accum - 1 or not env.distributed
+            if fsdp:
+                for blk in [*model.encoder, *model.decoder]:  # reduce-scatter on the update's last micro-step
+                    blk.set_requires_gradient_sync(last_micro)
+                sync = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if last_micro else train_model.no_sync()
             with sync, _autocast(cfg, device):
                 loss, mod_loss = train_model(mod_dict, n_in, n_tg, loss_type=cfg["loss_type"],
                                              rng=random.Random(step_seed(cfg["seed"], step, micro, stream=3)),
@@ -159,7 +270,9 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
             step_loss += float(D.all_reduce_mean(loss.detach().float(), env)) / accum
             for k, v in mod_loss.items():
                 step_mod[k] = step_mod.get(k, 0.0) + float(D.all_reduce_mean(v.detach().float(), env)) / accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["clip_grad"] or float("inf"))
+        if fsdp:
+            sync_replicated_grads(model, env)
+        grad_norm = clip_grad_norm(model, cfg["optim"]["clip_grad"] or float("inf"), env, fsdp)
         loss_t = torch.tensor(step_loss)
         if not (math.isfinite(float(loss_t)) and math.isfinite(float(grad_norm))):
             good = latest_checkpoint(ckpt_dir)
@@ -183,8 +296,10 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
                 run.log(step=done_step, **val)
             metrics.update(val)
         if done_step % cfg["checkpoint"]["every_steps"] == 0 or done_step in (last, n_steps):
+            full = full_state(model, opt) if fsdp else {}  # collective: every rank takes part
             if env.is_main:
-                save_state(ckpt_dir, model, opt, step=done_step, tokens_seen=tokens_seen, keep=cfg["checkpoint"]["keep"])
+                save_state(ckpt_dir, model, opt, step=done_step, tokens_seen=tokens_seen, keep=cfg["checkpoint"]["keep"],
+                           **full)
             if env.distributed:
                 torch.distributed.barrier()
     elapsed = time.perf_counter() - t0
