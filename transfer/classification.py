@@ -244,6 +244,19 @@ def build_model(config: dict, num_classes: int) -> Classifier:
                       global_pool=config["train"].get("global_pool", True))
 
 
+def speed_options(encoder, config: dict, device: torch.device) -> None:
+    """``_runtime.activation_checkpointing`` (null: on for large/xlarge encoders on GPU) and ``_runtime.compile``
+    (each block, ``fullgraph=True``): how fast and in how much memory, never what is computed."""
+    runtime = config.get("_runtime") or {}
+    ac = runtime.get("activation_checkpointing")
+    if ac is None:
+        ac = device.type == "cuda" and any(f"_{s}_" in config["transfer"]["model"] for s in ("large", "xlarge"))
+    encoder.checkpoint_blocks = bool(ac)
+    if runtime.get("compile"):
+        for blk in encoder.encoder:
+            blk.compile(fullgraph=True, dynamic=False)
+
+
 def build_optimizer(model: Classifier, train_cfg: dict) -> torch.optim.AdamW:
     """AdamW over layer-decay groups. Each group's ``lr`` is the unscaled peak LR: the scheduler multiplies by ``lr_scale``."""
     lr = peak_lr(train_cfg)
@@ -307,6 +320,7 @@ def build(config: dict) -> dict:
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=step_batch, sampler=ShardSampler(len(val_set), env),
                                              drop_last=False, **loader_args)
     model = build_model(config, len(classes)).to(device)
+    speed_options(model.backbone, config, device)
     train_model = model
     if env.distributed:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -7,6 +7,7 @@ into it with no renaming.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from fourm import modalities as M
@@ -39,6 +40,8 @@ class FourMEncoder(nn.Module):
                   act_layer=ACTIVATIONS[act_layer], norm_layer=norm_layer, gated_mlp=gated_mlp, qk_norm=qk_norm)
             for i in range(encoder_depth)])
         self.encoder_norm = norm_layer(dim)
+        # recompute each block's activations in backward instead of storing them (memory for L/XL, not numerics)
+        self.checkpoint_blocks = False
 
     @classmethod
     def from_config(cls, config: dict, domains_in=("rgb@224",), **overrides) -> "FourMEncoder":
@@ -71,7 +74,10 @@ class FourMEncoder(nn.Module):
         attn_mask = additive_mask(mask.unsqueeze(1), x.dtype) if mask is not None else None
         feats = []
         for i, blk in enumerate(self.encoder):
-            x = blk(x, attn_mask)
+            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, attn_mask, use_reentrant=False)
+            else:
+                x = blk(x, attn_mask)
             if out_indices is not None and i in out_indices:
                 feats.append(x)
         x = self.encoder_norm(x)

@@ -269,3 +269,24 @@ def test_benchmark_baselines_compute_the_same_step():
     assert len(single["opt"].param_groups) == 1 and len(ours["opt"].param_groups) > 4
     r = bench.measure("fm_nano_2e_2d_swiglu_nobias", size=32, batch=4, rounds=1, warmup=0, num_classes=10)
     assert set(r["img_s"]) == {"ours", "single-group", "naive-pool"} and all(v > 0 for v in r["img_s"].values())
+
+
+def test_activation_checkpointing_and_compiled_blocks_leave_the_metrics_as_they_are(transfer_data_root, tmp_path):
+    """How fast and in how much memory (``_runtime``: not part of the run id), never what is computed."""
+    from torch._dynamo.utils import counters
+
+    base = ["task=in1k", "profile=tiny", "init=random", f"data_root={transfer_data_root}", "train.epochs=1"]
+    runs = {}
+    for name, extra in (("eager", []), ("checkpointed", ["_runtime.activation_checkpointing=true"]),
+                        ("compiled", ["_runtime.compile=true"])):
+        counters.clear()
+        cfg = resolve("in1k", "tiny", [*base[2:], *extra, f"runs_root={tmp_path / name}"])
+        runs[name] = run_transfer(cfg)
+        if name == "compiled":
+            assert counters["stats"]["unique_graphs"] >= 1  # the blocks ran compiled
+    assert len({r.id for r in runs.values()}) == 1
+    eager = runs["eager"].metrics
+    assert runs["checkpointed"].metrics["train_loss"] == eager["train_loss"]
+    assert runs["checkpointed"].metrics["top1"] == eager["top1"]
+    assert abs(runs["compiled"].metrics["train_loss"] - eager["train_loss"]) < 1e-5
+    assert abs(runs["compiled"].metrics["val_loss"] - eager["val_loss"]) < 1e-5
