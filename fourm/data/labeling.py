@@ -4,8 +4,9 @@ normals, CLIP features... for images that only have RGB).
     fourm-bench label --in world/train --labeler timm_features [--out DIR] [--batch-size 16]
 
 Labelers are registered by name. Built in: ``world_gt_<modality>`` (copies the world's ground truth, a perfect
-labeler for tests and upper bounds) and ``timm_features`` (feature maps of a randomly initialised timm model,
-saved as .npy; the code path a real CLIP/DINO labeler takes). Runs are batched and resumable.
+labeler for tests and upper bounds), ``timm_features`` (feature maps of a randomly initialised timm model, saved as
+.npy), and the 4M-21 labelers of :mod:`fourm.data.labelers21` (Canny and SAM edges, SAM instances, colour palettes,
+metadata, DINOv2/ImageBind/CLIP maps and global embeddings). Runs are batched and resumable.
 """
 from __future__ import annotations
 
@@ -178,12 +179,16 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--labeler", required=True, help=f"one of: {', '.join(sorted(LABELERS))}")
     p.add_argument("--out", default=None, help="output folder (default: <split>/<labeler modality>)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--model", default=None, help="timm_features: the timm model name (default resnet18)")
+    p.add_argument("--model", default=None, help="timm_features, vit_features, vit_global: the timm model name")
+    p.add_argument("--name", default=None, help="vit_features, vit_global: the modality folder (e.g. dinov2, clip)")
+    p.add_argument("--checkpoint", default=None, help="vit_features, vit_global: a local weights file")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     options = {}
-    if args.labeler == "timm_features":
+    if args.labeler in ("timm_features", "vit_features", "vit_global"):
         options = {"device": args.device, **({"model": args.model} if args.model else {})}
+        if args.labeler != "timm_features":
+            options.update({k: v for k, v in (("name", args.name), ("checkpoint", args.checkpoint)) if v})
     try:
         labeler = create_labeler(args.labeler, rgb_folder(args.in_dir), **options)
         result = label_folder(args.in_dir, labeler, args.out, args.batch_size)
@@ -192,3 +197,7 @@ def cli(argv: list[str]) -> int:
         return 2
     print(f"label {labeler.name}: {result['labelled']} labelled, {result['skipped']} already done -> {result['out']}")
     return 0
+
+
+# the 4M-21 labelers register themselves with the registry above
+from fourm.data import labelers21  # noqa: E402,F401

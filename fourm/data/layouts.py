@@ -40,7 +40,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     files.atomic_write_bytes(path, data, fsync=False)
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
@@ -52,7 +52,7 @@ def _jpeg_bytes(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _read_png(path: Path) -> np.ndarray:
+def read_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         im.load()
         return np.asarray(im)
@@ -62,21 +62,21 @@ def _read_png(path: Path) -> np.ndarray:
 def encode_depth(depth_m: np.ndarray) -> bytes:
     """Metres (float) -> 16-bit PNG of millimetres; depths beyond 65.535 m saturate."""
     mm = np.clip(np.round(depth_m * 1000.0), 0, 65535).astype(np.uint16)
-    return _png_bytes(mm)
+    return png_bytes(mm)
 
 
 def decode_depth(path: Path) -> np.ndarray:
-    return _read_png(path).astype(np.float32) / 1000.0
+    return read_png(path).astype(np.float32) / 1000.0
 
 
 def encode_normal(normal: np.ndarray) -> bytes:
     """Unit vectors in [-1, 1] -> uint8 (n + 1) / 2 * 255."""
-    return _png_bytes(np.clip(np.round((normal + 1.0) * 127.5), 0, 255).astype(np.uint8))
+    return png_bytes(np.clip(np.round((normal + 1.0) * 127.5), 0, 255).astype(np.uint8))
 
 
 def decode_normal(path: Path) -> np.ndarray:
     """uint8 PNG -> unit vectors (renormalised: 8 bits per channel are not exactly unit length)."""
-    n = _read_png(path).astype(np.float32) / 127.5 - 1.0
+    n = read_png(path).astype(np.float32) / 127.5 - 1.0
     return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
 
 
@@ -122,11 +122,11 @@ class FolderModality:
 FOURM_MODALITIES: dict[str, FolderModality] = {
     m.name: m
     for m in [
-        FolderModality("rgb", ".png", "image", _png_bytes, _decode_rgb),
+        FolderModality("rgb", ".png", "image", png_bytes, _decode_rgb),
         FolderModality("depth", ".png", "label", encode_depth, decode_depth),
         FolderModality("normal", ".png", "normal", encode_normal, decode_normal),
-        FolderModality("semseg", ".png", "label", lambda a: _png_bytes(a.astype(np.uint8)), _read_png),
-        FolderModality("instance", ".png", "label", lambda a: _png_bytes(a.astype(np.uint16)), _read_png),
+        FolderModality("semseg", ".png", "label", lambda a: png_bytes(a.astype(np.uint8)), read_png),
+        FolderModality("instance", ".png", "label", lambda a: png_bytes(a.astype(np.uint16)), read_png),
         FolderModality("det", ".json", "boxes", lambda b: (json.dumps(b) + "\n").encode(), _decode_det),
         FolderModality("caption", ".txt", "text", lambda s: (s.strip() + "\n").encode(), lambda p: Path(p).read_text().strip()),
     ]
