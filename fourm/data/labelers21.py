@@ -21,7 +21,6 @@ the world (it has no people): :class:`HumanPoseSource` is the interface a pose e
 from __future__ import annotations
 
 import abc
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -29,17 +28,8 @@ import numpy as np
 import torch
 
 from fourm.data.labeling import Labeler, register_labeler
-from fourm.data.layouts import FOURM_MODALITIES, FolderModality, folder_modality, png_bytes, read_png
+from fourm.data.layouts import FOURM_MODALITIES, folder_modality, read_png
 from fourm.data.serialize import BINS, METADATA_TYPES, HumanPose
-
-
-def _png_label(name: str, dtype=np.uint8) -> FolderModality:
-    return FolderModality(name, ".png", "label", lambda a: png_bytes(np.asarray(a).astype(dtype)), read_png)
-
-
-def _json_label(name: str) -> FolderModality:
-    return FolderModality(name, ".json", "json", lambda v: (json.dumps(v) + "\n").encode(),
-                          lambda p: json.loads(Path(p).read_text()))
 
 
 def _grey(images: torch.Tensor) -> np.ndarray:
@@ -54,7 +44,7 @@ class CannyEdges(Labeler):
 
     def __init__(self, sigma: float = 2.0):
         self.sigma = sigma
-        self.codec = _png_label(self.modality)
+        self.codec = folder_modality(self.modality)
 
     def __call__(self, images, stems):
         from skimage.feature import canny
@@ -112,7 +102,7 @@ class SamInstances(Labeler):
 
     def __init__(self, source: MaskSource):
         self.source = source
-        self.codec = _png_label(self.modality, np.uint16)
+        self.codec = folder_modality(self.modality)
 
     def __call__(self, images, stems):
         return [self.source.masks(img, stem) for img, stem in zip(images, stems)]
@@ -123,7 +113,7 @@ class SamEdges(SamInstances):
 
     def __init__(self, source: MaskSource):
         super().__init__(source)
-        self.codec = _png_label(self.modality)
+        self.codec = folder_modality(self.modality)
 
     def __call__(self, images, stems):
         from skimage.segmentation import find_boundaries
@@ -165,7 +155,7 @@ class ColorPalette(Labeler):
 
     def __init__(self, max_colours: int = 7, pixels: int = 4096, seed: int = 0):
         self.max_colours, self.pixels, self.seed = max_colours, pixels, seed
-        self.codec = _json_label(self.modality)
+        self.codec = folder_modality(self.modality)
 
     def __call__(self, images, stems):
         from skimage.color import rgb2lab
@@ -276,7 +266,7 @@ class Metadata(Labeler):
 
     def __init__(self, split: Path):
         self.split = Path(split)
-        self.codec = _json_label(self.modality)
+        self.codec = folder_modality(self.modality)
 
     def _read(self, modality: str, stem: str):
         path = FOURM_MODALITIES[modality].path(self.split, stem)

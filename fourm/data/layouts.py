@@ -133,11 +133,28 @@ FOURM_MODALITIES: dict[str, FolderModality] = {
 }
 WORLD_MODALITIES = tuple(FOURM_MODALITIES)
 
+# Folders the 4M-21 labelers write (fourm.data.labelers21); any other folder holds .npy arrays (feature maps).
+LABEL_MODALITIES: dict[str, FolderModality] = {
+    m.name: m
+    for m in [
+        FolderModality("canny_edge", ".png", "label", lambda a: png_bytes(np.asarray(a).astype(np.uint8)), read_png),
+        FolderModality("sam_edge", ".png", "label", lambda a: png_bytes(np.asarray(a).astype(np.uint8)), read_png),
+        FolderModality("sam_instance", ".png", "label", lambda a: png_bytes(np.asarray(a).astype(np.uint16)), read_png),
+        FolderModality("color_palette", ".json", "json", lambda v: (json.dumps(v) + "\n").encode(),
+                       lambda p: json.loads(Path(p).read_text())),
+        FolderModality("metadata", ".json", "json", lambda v: (json.dumps(v) + "\n").encode(),
+                       lambda p: json.loads(Path(p).read_text())),
+    ]
+}
+
 
 def folder_modality(name: str, root: str | os.PathLike | None = None) -> FolderModality:
-    """The codec of a modality folder: a built-in one, or a ``.npy`` feature folder (e.g. written by a labeler)."""
+    """The codec of a modality folder: a built-in one, a 4M-21 label folder, or a ``.npy`` feature folder (e.g.
+    written by a labeler)."""
     if name in FOURM_MODALITIES:
         return FOURM_MODALITIES[name]
+    if name in LABEL_MODALITIES:
+        return LABEL_MODALITIES[name]
     if root is not None and not (Path(root) / name).is_dir():
         raise FileNotFoundError(
             f"{Path(root) / name}: no such modality folder; built-in modalities are {list(FOURM_MODALITIES)}, "

@@ -6,9 +6,11 @@ All metrics are accumulated over batches of modality tensors (see :mod:`fourm.to
 * semseg ``pixel_acc``, ``miou`` (classes present in target or prediction), ignore_index excluded
 * normal ``angle_deg`` (mean angular error), ``within_11deg``, valid (non-zero) pixels only
 * rgb    ``mae``, ``psnr`` (on [0, 1] pixels)
+* edge   ``f1``, ``precision``, ``recall`` of edge pixels, ``pixel_acc``
+* feature ``cosine`` (mean over positions, between the channel vectors), ``mse``
 
 Baselines are constant predictions fitted on the training set: the mean depth, the majority class, the mean normal,
-the mean colour. For depth there is also ``image_mean``, an oracle that predicts each image's own mean depth.
+the mean colour, no edges, the mean feature vector. For depth there is also ``image_mean``, an oracle that predicts each image's own mean depth.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ class ReconstructionMeter:
     """Accumulates a modality's reconstruction metrics over batches."""
 
     def __init__(self, modality: str, num_classes: int = 0, ignore_index: int = 255):
-        self.modality = modality
+        self.modality = modality  # an adapter kind (rgb, depth, normal, semseg, edge, feature)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.sums: dict[str, float] = {}
@@ -61,6 +63,14 @@ class ReconstructionMeter:
             diff = pred.double() - target.double()
             self._add(ae=diff.abs(), se=diff**2)
             self.count += diff.numel()
+        elif m == "edge":
+            p, t = pred > 0.5, target > 0.5
+            self._add(tp=(p & t).double(), fp=(p & ~t).double(), fn=(~p & t).double(), correct=(p == t).double())
+            self.count += t.numel()
+        elif m == "feature":
+            p, t = pred.double(), target.double()
+            self._add(cos=F.cosine_similarity(p, t, dim=1, eps=1e-8), se=((p - t) ** 2).mean(1))
+            self.count += t.shape[0] * t.shape[2] * t.shape[3]
         else:
             raise KeyError(f"no reconstruction metrics for modality {m!r}")
 
@@ -79,6 +89,13 @@ class ReconstructionMeter:
             return {"pixel_acc": s["correct"] / n, "miou": miou}
         if m == "normal":
             return {"angle_deg": s["angle"] / n, "within_11deg": s["within"] / n}
+        if m == "edge":
+            tp, fp, fn = s["tp"], s["fp"], s["fn"]
+            precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+            f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+            return {"f1": f1, "precision": precision, "recall": recall, "pixel_acc": s["correct"] / n}
+        if m == "feature":
+            return {"cosine": s["cos"] / n, "mse": s["se"] / n}
         mse = s["se"] / n
         return {"mae": s["ae"] / n, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
 
@@ -97,6 +114,10 @@ def fit_constant(modality: str, train: torch.Tensor, num_classes: int = 0, ignor
         return F.normalize(mean, dim=0).view(3, 1, 1)
     if modality == "rgb":
         return train.mean((0, 2, 3)).view(3, 1, 1)
+    if modality == "edge":
+        return torch.zeros(1, 1, 1)
+    if modality == "feature":
+        return train.float().mean((0, 2, 3)).view(-1, 1, 1)
     raise KeyError(f"no baseline for modality {modality!r}")
 
 

@@ -2,7 +2,8 @@
 
 A *modality tensor* is what a :class:`~fourm.tokenizers.vqvae.VQVAE` takes and returns (no batch dim here):
 rgb float [3,H,W] in [0,1]; depth float [1,H,W] metres (0 = none); normal float [3,H,W] unit vectors (camera frame,
-x right); semseg long [H,W] class ids. Files are decoded with the codecs of :mod:`fourm.data.layouts`.
+x right); semseg long [H,W] class ids; edges (canny_edge, sam_edge) float [1,H,W] in {0, 1}; feature maps (any
+other folder of .npy arrays) float [C,h,w]. Files are decoded with the codecs of :mod:`fourm.data.layouts`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fourm.data.layouts import FOURM_MODALITIES
+from fourm.data.layouts import FOURM_MODALITIES, folder_modality
 
 IMAGE_MODALITIES = ("rgb", "depth", "normal", "semseg")
 
@@ -40,7 +41,7 @@ def list_stems(root: str | os.PathLike, modalities: list[str] | tuple[str, ...])
         folder = root / m
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: modality folder missing (needed for {m}); found {sorted(p.name for p in root.iterdir() if p.is_dir())}")
-        ext = FOURM_MODALITIES[m].ext
+        ext = folder_modality(m).ext
         found = {p.name[: -len(ext)] for p in folder.iterdir() if p.name.endswith(ext) and not p.name.startswith(".")}
         stems = found if stems is None else stems & found
     if not stems:
@@ -50,7 +51,7 @@ def list_stems(root: str | os.PathLike, modalities: list[str] | tuple[str, ...])
 
 def read_raw(root: str | os.PathLike, modality: str, stem: str):
     """Decoded file (numpy array, list or str) of one sample's modality."""
-    codec = FOURM_MODALITIES[modality]
+    codec = folder_modality(modality)
     path = codec.path(root, stem)
     try:
         return codec.decode(path)
@@ -70,6 +71,10 @@ def to_tensor(modality: str, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1)
     if modality == "semseg":
         return torch.from_numpy(np.array(array, dtype=np.int64))
+    if modality in ("canny_edge", "sam_edge"):
+        return torch.from_numpy(np.asarray(array) > 0).float()[None]
+    if isinstance(array, np.ndarray) and array.ndim == 3 and array.dtype.kind == "f":  # a feature map [C, h, w]
+        return torch.from_numpy(np.array(array, dtype=np.float32))
     raise KeyError(f"{modality!r} is not an image modality; tokenizers exist for {IMAGE_MODALITIES}")
 
 

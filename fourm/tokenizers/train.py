@@ -100,7 +100,7 @@ def evaluate(model: VQVAE, val_x: torch.Tensor, batch_size: int = 32) -> dict:
     c = model.config
     was_training = model.training
     model.eval()
-    meter = ReconstructionMeter(c.modality, c.num_classes, c.ignore_index)
+    meter = ReconstructionMeter(c.kind, c.num_classes, c.ignore_index)
     tokens = []
     for i in range(0, len(val_x), batch_size):
         x = val_x[i : i + batch_size]
@@ -118,8 +118,8 @@ def evaluate(model: VQVAE, val_x: torch.Tensor, batch_size: int = 32) -> dict:
 
 def baselines(mcfg: VQVAEConfig, train_x: torch.Tensor, val_x: torch.Tensor) -> dict:
     """Metrics of trivial predictors on the validation set (see :mod:`fourm.tokenizers.metrics`)."""
-    const = fit_constant(mcfg.modality, train_x, mcfg.num_classes, mcfg.ignore_index)
-    meter = ReconstructionMeter(mcfg.modality, mcfg.num_classes, mcfg.ignore_index)
+    const = fit_constant(mcfg.kind, train_x, mcfg.num_classes, mcfg.ignore_index)
+    meter = ReconstructionMeter(mcfg.kind, mcfg.num_classes, mcfg.ignore_index)
     meter.update(constant_prediction(const, val_x), val_x)
     out = {"constant": meter.compute()}
     if mcfg.modality == "depth":
@@ -191,7 +191,7 @@ def _train(cfg: dict, progress: bool = True) -> Run:
         epoch, i = divmod(step, steps_per_epoch)
         perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch))
         x = train_x[perm[i * bs : (i + 1) * bs]]
-        if cfg["flip"]:
+        if cfg["flip"] and mcfg.kind != "feature":  # a ViT's features of a flipped image are not its flipped features
             flips = torch.rand(bs, generator=torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)) < 0.5
             x = _flip(mcfg.modality, x, flips)
         if cfg.get("crop"):

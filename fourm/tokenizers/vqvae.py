@@ -1,4 +1,4 @@
-"""Spatial VQ-VAE tokenizers for image-like modalities (rgb, depth, normal, semseg).
+"""Spatial VQ-VAE tokenizers for image-like modalities (rgb, depth, normal, semseg, edges, feature maps).
 
 A conv encoder downsamples by ``2 ** len(channels)`` (224 px with 4 stages -> 14x14 tokens, the 4M grid of patch 16;
 64 px with 3 stages -> 8x8), a :class:`~fourm.tokenizers.quantizer.VectorQuantizer` turns each cell into one token id,
@@ -15,9 +15,16 @@ depth    float [B,1,H,W] metres, 0=none  log-depth mapped from                L1
 normal   float [B,3,H,W] unit vectors    the vectors (zeros where missing)    L1 + (1 - cosine), valid pixels
 semseg   long [B,H,W] class ids          one-hot over num_classes (the        cross-entropy (ignore_index, and
                                          ignore_index -> all zeros)           ids >= num_classes, are ignored)
+edge     float [B,1,H,W] in {0, 1}       the map scaled to [-1,1]             class-balanced binary cross-entropy
+                                                                              (``canny_edge``, ``sam_edge``)
+feature  float [B,C,h,w] (a ViT's        the features                         MSE + (1 - cosine) over channels
+         patch-token map)                                                     (DINOv2/ImageBind/CLIP maps:
+                                                                              ``feature_dim`` = C)
 =======  ==============================  ===================================  ====================================
 
 Depth is normalised with *fixed* log bounds rather than per image, so decoded tokens give metric depth back.
+A feature map is already on its token grid (16 x 16 for a patch-14 ViT at 224 px): ``downsample_stages=0`` keeps
+the resolution through every stage.
 """
 from __future__ import annotations
 
@@ -33,6 +40,20 @@ from fourm.tokenizers.quantizer import VectorQuantizer
 
 IGNORE_INDEX = 255
 MODALITIES = ("rgb", "depth", "normal", "semseg")
+EDGE_MODALITIES = ("canny_edge", "sam_edge")
+
+
+def adapter_kind(modality: str, feature_dim: int = 0) -> str:
+    """The adapter of a modality folder: its own (rgb, depth, normal, semseg), ``edge``, or ``feature`` (any other
+    folder of ``.npy`` maps, with ``feature_dim`` channels)."""
+    if modality in MODALITIES:
+        return modality
+    if modality in EDGE_MODALITIES:
+        return "edge"
+    if feature_dim > 0:
+        return "feature"
+    raise ValueError(f"no tokenizer for modality {modality!r}: use one of {MODALITIES + EDGE_MODALITIES}, or a "
+                     "feature-map folder with feature_dim=<channels>")
 
 
 @dataclasses.dataclass
@@ -53,11 +74,14 @@ class VQVAEConfig:
     ignore_index: int = IGNORE_INDEX  # semseg label that is neither input nor loss (world: 0 = void)
     depth_min: float = 0.1  # metres; log-depth normalisation bounds
     depth_max: float = 100.0
+    feature_dim: int = 0  # feature maps only: their channels
+    downsample_stages: int | None = None  # how many of the stages halve the resolution (None: all)
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
-        if self.modality not in MODALITIES:
-            raise ValueError(f"VQVAEConfig.modality must be one of {MODALITIES}, got {self.modality!r}")
+        self.kind = adapter_kind(self.modality, self.feature_dim)
+        if self.downsample_stages is not None and not 0 <= self.downsample_stages <= len(self.channels):
+            raise ValueError(f"VQVAEConfig.downsample_stages={self.downsample_stages}: use 0..{len(self.channels)}")
         if not self.channels:
             raise ValueError("VQVAEConfig.channels needs at least one stage")
         if self.image_size % self.downsample:
@@ -72,14 +96,18 @@ class VQVAEConfig:
 
     @property
     def downsample(self) -> int:
-        return 2 ** len(self.channels)
+        return 2 ** self.stride_stages
+
+    @property
+    def stride_stages(self) -> int:
+        return len(self.channels) if self.downsample_stages is None else self.downsample_stages
 
     @property
     def grid(self) -> int:
         return self.image_size // self.downsample
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # ``kind`` is derived, not a field
 
     @classmethod
     def from_dict(cls, d: dict) -> "VQVAEConfig":
@@ -189,7 +217,40 @@ class SemsegAdapter(ModalityAdapter):
         return out.argmax(1)
 
 
-ADAPTERS = {"rgb": RGBAdapter, "depth": DepthAdapter, "normal": NormalAdapter, "semseg": SemsegAdapter}
+class EdgeAdapter(ModalityAdapter):
+    in_channels = out_channels = 1
+
+    def to_input(self, x):
+        return x.float() * 2 - 1
+
+    def loss(self, out, x):
+        # class-balanced (HED): edges are a few percent of the pixels, and unweighted BCE learns to predict none
+        x = x.float()
+        pos = x.sum().clamp_min(1)
+        return F.binary_cross_entropy_with_logits(out, x, pos_weight=(x.numel() - pos) / pos) * pos / x.numel() * 2
+
+    def from_output(self, out):
+        return (out > 0).float()
+
+
+class FeatureAdapter(ModalityAdapter):
+    def __init__(self, config):
+        super().__init__(config)
+        self.in_channels = self.out_channels = config.feature_dim
+
+    def to_input(self, x):
+        return x.float()
+
+    def loss(self, out, x):
+        x = x.float()
+        return F.mse_loss(out, x) + (1 - F.cosine_similarity(out, x, dim=1, eps=1e-6)).mean()
+
+    def from_output(self, out):
+        return out
+
+
+ADAPTERS = {"rgb": RGBAdapter, "depth": DepthAdapter, "normal": NormalAdapter, "semseg": SemsegAdapter,
+            "edge": EdgeAdapter, "feature": FeatureAdapter}
 
 
 # --- network -------------------------------------------------------------------------------------------
@@ -219,12 +280,14 @@ class Encoder(nn.Module):
     and buy little for the smooth, piecewise modalities tokenized here.
     """
 
-    def __init__(self, in_channels: int, channels: tuple, num_res_blocks: int, code_dim: int):
+    def __init__(self, in_channels: int, channels: tuple, num_res_blocks: int, code_dim: int, stride_stages: int | None = None):
         super().__init__()
         self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         layers, c = [], channels[0]
-        for cout in channels:
-            layers.append(nn.Conv2d(c, cout, 4, stride=2, padding=1))
+        strided = len(channels) if stride_stages is None else stride_stages
+        for i, cout in enumerate(channels):
+            down = i < strided
+            layers.append(nn.Conv2d(c, cout, 4, stride=2, padding=1) if down else nn.Conv2d(c, cout, 3, padding=1))
             c = cout
             layers += [ResBlock(c, c) for _ in range(num_res_blocks)]
         layers += [_norm(c), nn.SiLU(), nn.Conv2d(c, code_dim, 1)]
@@ -237,14 +300,17 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Mirror of :class:`Encoder`: per stage ResBlocks then nearest 2x upsampling + conv; a 3x3 conv to the output."""
 
-    def __init__(self, out_channels: int, channels: tuple, num_res_blocks: int, code_dim: int):
+    def __init__(self, out_channels: int, channels: tuple, num_res_blocks: int, code_dim: int, stride_stages: int | None = None):
         super().__init__()
         rev = tuple(reversed(channels))
         c = rev[0]
         layers = [nn.Conv2d(code_dim, c, 3, padding=1)]
-        for cout in (*rev[1:], channels[0]):
+        strided = len(channels) if stride_stages is None else stride_stages
+        for i, cout in enumerate((*rev[1:], channels[0])):
             layers += [ResBlock(c, c) for _ in range(num_res_blocks)]
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, cout, 3, padding=1)]
+            if len(channels) - 1 - i < strided:  # mirrors the encoder's i-th from last stage
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            layers.append(nn.Conv2d(c, cout, 3, padding=1))
             c = cout
         layers += [_norm(c), nn.SiLU(), nn.Conv2d(c, out_channels, 3, padding=1)]
         self.body = nn.Sequential(*layers)
@@ -259,13 +325,13 @@ class VQVAE(nn.Module):
     def __init__(self, config: VQVAEConfig):
         super().__init__()
         self.config = config
-        self.adapter = ADAPTERS[config.modality](config)
+        self.adapter = ADAPTERS[config.kind](config)
         c = config
-        self.encoder = Encoder(self.adapter.in_channels, c.channels, c.num_res_blocks, c.code_dim)
+        self.encoder = Encoder(self.adapter.in_channels, c.channels, c.num_res_blocks, c.code_dim, c.downsample_stages)
         self.quantizer = VectorQuantizer(
             c.codebook_size, c.code_dim, beta=c.beta, ema_decay=c.ema_decay, restart_after=c.restart_after
         )
-        self.decoder = Decoder(self.adapter.out_channels, c.channels, c.num_res_blocks, c.code_dim)
+        self.decoder = Decoder(self.adapter.out_channels, c.channels, c.num_res_blocks, c.code_dim, c.downsample_stages)
         # channels-last conv weights make oneDNN run every conv in NHWC: single-threaded at 112 px (measured), a
         # semseg training step is 17% faster and encoding 39%. The values are the same up to float rounding;
         # checkpoints store contiguous tensors either way

@@ -52,7 +52,7 @@ def test_bad_config_and_input_give_clear_errors():
         VQVAEConfig(modality="semseg")
     with pytest.raises(ValueError, match="not divisible"):
         VQVAEConfig(image_size=60, channels=(8, 8, 8))
-    with pytest.raises(ValueError, match="modality must be one of"):
+    with pytest.raises(ValueError, match="no tokenizer for modality .lidar.: use one of"):
         VQVAEConfig(modality="lidar")
     model = VQVAE(VQVAEConfig(image_size=32, channels=(8, 8)))
     with pytest.raises(ValueError, match="not divisible by 4"):
