@@ -8,6 +8,7 @@ All metrics are accumulated over batches of modality tensors (see :mod:`fourm.to
 * rgb    ``mae``, ``psnr`` (on [0, 1] pixels)
 * edge   ``f1``, ``precision``, ``recall`` of edge pixels, ``pixel_acc``
 * feature ``cosine`` (mean over positions, between the channel vectors), ``mse``
+* mask   ``miou`` (mean IoU of the masks), ``pooled_iou`` (intersection over union summed over masks)
 
 Baselines are constant predictions fitted on the training set: the mean depth, the majority class, the mean normal,
 the mean colour, no edges, the mean feature vector. For depth there is also ``image_mean``, an oracle that predicts each image's own mean depth.
@@ -63,6 +64,11 @@ class ReconstructionMeter:
             diff = pred.double() - target.double()
             self._add(ae=diff.abs(), se=diff**2)
             self.count += diff.numel()
+        elif m == "mask":
+            p, t = pred > 0.5, target > 0.5
+            inter, union = (p & t).flatten(1).sum(1).double(), (p | t).flatten(1).sum(1).double()
+            self._add(inter=inter, union=union, iou=inter / union.clamp_min(1))
+            self.count += t.shape[0]
         elif m == "edge":
             p, t = pred > 0.5, target > 0.5
             self._add(tp=(p & t).double(), fp=(p & ~t).double(), fn=(~p & t).double(), correct=(p == t).double())
@@ -96,6 +102,8 @@ class ReconstructionMeter:
             return {"f1": f1, "precision": precision, "recall": recall, "pixel_acc": s["correct"] / n}
         if m == "feature":
             return {"cosine": s["cos"] / n, "mse": s["se"] / n}
+        if m == "mask":
+            return {"miou": float(s.get("iou", 0.0)) / n, "pooled_iou": s["inter"] / max(s["union"], 1)}
         mse = s["se"] / n
         return {"mae": s["ae"] / n, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
 
@@ -116,6 +124,8 @@ def fit_constant(modality: str, train: torch.Tensor, num_classes: int = 0, ignor
         return train.mean((0, 2, 3)).view(3, 1, 1)
     if modality == "edge":
         return torch.zeros(1, 1, 1)
+    if modality == "mask":  # the whole box
+        return torch.ones(1, 1, 1)
     if modality == "feature":
         return train.float().mean((0, 2, 3)).view(-1, 1, 1)
     raise KeyError(f"no baseline for modality {modality!r}")

@@ -17,6 +17,8 @@ semseg   long [B,H,W] class ids          one-hot over num_classes (the        cr
                                          ignore_index -> all zeros)           ids >= num_classes, are ignored)
 edge     float [B,1,H,W] in {0, 1}       the map scaled to [-1,1]             class-balanced binary cross-entropy
                                                                               (``canny_edge``, ``sam_edge``)
+mask     float [B,1,H,W] in {0, 1}       the mask scaled to [-1,1]            binary cross-entropy (``sam_mask``:
+         (an instance in its box)                                             16 tokens at 32 px, 3 stages)
 feature  float [B,C,h,w] (a ViT's        the features                         MSE + (1 - cosine) over channels
          patch-token map)                                                     (DINOv2/ImageBind/CLIP maps:
                                                                               ``feature_dim`` = C)
@@ -41,6 +43,7 @@ from fourm.tokenizers.quantizer import VectorQuantizer
 IGNORE_INDEX = 255
 MODALITIES = ("rgb", "depth", "normal", "semseg")
 EDGE_MODALITIES = ("canny_edge", "sam_edge")
+MASK_MODALITIES = ("sam_mask",)  # one instance mask, cropped to its box (fourm.tokenizers.sam)
 
 
 def adapter_kind(modality: str, feature_dim: int = 0) -> str:
@@ -50,9 +53,11 @@ def adapter_kind(modality: str, feature_dim: int = 0) -> str:
         return modality
     if modality in EDGE_MODALITIES:
         return "edge"
+    if modality in MASK_MODALITIES:
+        return "mask"
     if feature_dim > 0:
         return "feature"
-    raise ValueError(f"no tokenizer for modality {modality!r}: use one of {MODALITIES + EDGE_MODALITIES}, or a "
+    raise ValueError(f"no tokenizer for modality {modality!r}: use one of {MODALITIES + EDGE_MODALITIES + MASK_MODALITIES}, or a "
                      "feature-map folder with feature_dim=<channels>")
 
 
@@ -233,6 +238,13 @@ class EdgeAdapter(ModalityAdapter):
         return (out > 0).float()
 
 
+class MaskAdapter(EdgeAdapter):
+    """An instance mask in its box: about as much inside as outside, so plain binary cross-entropy."""
+
+    def loss(self, out, x):
+        return F.binary_cross_entropy_with_logits(out, x.float())
+
+
 class FeatureAdapter(ModalityAdapter):
     def __init__(self, config):
         super().__init__(config)
@@ -250,7 +262,7 @@ class FeatureAdapter(ModalityAdapter):
 
 
 ADAPTERS = {"rgb": RGBAdapter, "depth": DepthAdapter, "normal": NormalAdapter, "semseg": SemsegAdapter,
-            "edge": EdgeAdapter, "feature": FeatureAdapter}
+            "edge": EdgeAdapter, "mask": MaskAdapter, "feature": FeatureAdapter}
 
 
 # --- network -------------------------------------------------------------------------------------------
