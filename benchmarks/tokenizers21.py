@@ -40,7 +40,7 @@ def _label(data: Path, vit: str, checkpoint: str | None) -> None:
         for name in ("canny_edge", "sam_edge", "sam_instance"):
             labeling.label_folder(root, labeling.create_labeler(name, root / "rgb"))
         for name in ("vit_features", "vit_global"):
-            opts = {"model": vit, "name": "dinov2", **({"checkpoint": checkpoint} if checkpoint else {})}
+            opts = {"model": vit, "folder": "dinov2", **({"checkpoint": checkpoint} if checkpoint else {})}
             labeling.label_folder(root, labeling.create_labeler(name, root / "rgb", **opts))
 
 

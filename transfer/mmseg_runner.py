@@ -14,7 +14,6 @@ import os
 import uuid
 from pathlib import Path
 
-import torch
 from mmengine.config import ConfigDict
 from mmengine.registry import DefaultScope
 

@@ -298,10 +298,10 @@ def _metadata(in_dir: Path, **_) -> Labeler:
 # --- ViT features: DINOv2, ImageBind, CLIP maps and global embeddings --------------------------------------------------
 class VitFeatures(Labeler):
     """Patch-token maps [C, h, w] (``global_=False``) or the pooled embedding [C] (``global_=True``) of a timm ViT,
-    stored as float16 .npy. ``model`` is a timm name (``vit_small_patch14_dinov2`` for DINOv2 maps on a 16 x 16 grid
+    stored as float16 .npy in ``<folder>/`` (or ``<folder>_global/``). ``model`` is a timm name (``vit_small_patch14_dinov2`` for DINOv2 maps on a 16 x 16 grid
     at 224 px, ``vit_base_patch16_clip_224`` for CLIP); ``checkpoint`` a local weights file (else random, seeded)."""
 
-    def __init__(self, model: str = "vit_small_patch14_dinov2", name: str = "dinov2", global_: bool = False,
+    def __init__(self, model: str = "vit_small_patch14_dinov2", folder: str = "dinov2", global_: bool = False,
                  checkpoint: str | None = None, image_size: int = 224, seed: int = 0, device: str = "cpu"):
         import timm
 
@@ -316,7 +316,7 @@ class VitFeatures(Labeler):
         self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
         self.image_size, self.device, self.global_ = image_size, device, global_
-        self.name = self.modality = f"{name}_global" if global_ else name
+        self.name = self.modality = f"{folder}_global" if global_ else folder
         self.codec = folder_modality(self.modality)  # .npy
 
     @torch.no_grad()

@@ -188,7 +188,7 @@ def cli(argv: list[str]) -> int:
     if args.labeler in ("timm_features", "vit_features", "vit_global"):
         options = {"device": args.device, **({"model": args.model} if args.model else {})}
         if args.labeler != "timm_features":
-            options.update({k: v for k, v in (("name", args.name), ("checkpoint", args.checkpoint)) if v})
+            options.update({k: v for k, v in (("folder", args.name), ("checkpoint", args.checkpoint)) if v})
     try:
         labeler = create_labeler(args.labeler, rgb_folder(args.in_dir), **options)
         result = label_folder(args.in_dir, labeler, args.out, args.batch_size)

@@ -151,3 +151,12 @@ def test_human_poses_from_synthetic_parameters_serialize_and_come_back_to_bin_pr
             return []
 
     assert S.poses_to_text([L21.pose_from_params(p) for p in NoPeople().people(torch.zeros(3, 8, 8))]) == "none"
+
+
+def test_cli_writes_a_named_global_embedding_folder(split, capsys):
+    from fourm.cli import main
+
+    rc = main(["label", "--in", str(split), "--labeler", "vit_global", "--name", "clip", "--batch-size", "4"])
+    assert rc == 0 and "8 labelled" in capsys.readouterr().out
+    files = sorted((split / "clip_global").glob("*.npy"))
+    assert len(files) == 8 and np.load(files[0]).shape == (384,)

@@ -7,7 +7,6 @@ all-reduce of the gradients, two half-batch forwards instead of one), hence the 
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
