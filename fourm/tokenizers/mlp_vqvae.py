@@ -98,13 +98,18 @@ def train_vectors(model: MLPVQVAE, train: torch.Tensor, *, steps: int = 500, bat
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
-        losses.append(float(out["loss"]))
+        losses.append(float(out["loss"].detach()))
     model.eval()
     return losses
 
 
 @torch.no_grad()
-def vector_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Mean cosine similarity and MSE of reconstructed vectors."""
-    return {"cosine": float(F.cosine_similarity(pred.double(), target.double(), dim=1).mean()),
-            "mse": float(((pred.double() - target.double()) ** 2).mean())}
+def vector_metrics(pred: torch.Tensor, target: torch.Tensor, center: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean cosine similarity and MSE of reconstructed vectors; with ``center`` (the training mean) also the cosine of
+    both minus it, which the mean itself scores 0 on (embeddings of one domain share a large common direction)."""
+    p, t = pred.double(), target.double()
+    out = {"cosine": float(F.cosine_similarity(p, t, dim=1).mean()), "mse": float(((p - t) ** 2).mean())}
+    if center is not None:
+        c = center.double()
+        out["centered_cosine"] = float(F.cosine_similarity(p - c, t - c, dim=1, eps=1e-12).mean())
+    return out

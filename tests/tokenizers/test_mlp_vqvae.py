@@ -21,10 +21,11 @@ def test_global_embedding_tokens_reconstruct_far_better_than_the_mean():
     assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
     tokens = model.encode(val)
     assert tokens.shape == (128, 16) and tokens.dtype == torch.long and int(tokens.max()) < 64
-    ours = vector_metrics(model.decode(tokens), val)
-    mean = vector_metrics(train.mean(0).expand_as(val), val)
+    ours = vector_metrics(model.decode(tokens), val, train.mean(0))
+    mean = vector_metrics(train.mean(0).expand_as(val), val, train.mean(0))
     print(ours, mean)
     assert ours["cosine"] > 0.9 and ours["mse"] < 0.3 * mean["mse"]  # measured 0.915 and 0.19x (mean: cosine 0.384)
+    assert mean["centered_cosine"] == pytest.approx(0.0, abs=1e-6) and ours["centered_cosine"] > 0.8
 
 
 def test_pose_parameters_round_trip_through_tokens():
