@@ -42,3 +42,19 @@ def test_done_needs_metrics_and_torn_log_lines_are_skipped(tmp_path):
     assert run.read_log() == [{**run.read_log()[0]}] and run.read_log()[0]["loss"] == 2.0
     assert not any(p.name.endswith(".tmp") for p in run.path.iterdir())
     assert json.loads((run.path / "env.json").read_text())["python"]
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from fourm.files import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "table.md", "| a |\n")
+        (tmp_path / "plain.md").write_text("| a |\n")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "table.md").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.md").stat().st_mode) == 0o644  # readable by others, as reports are
