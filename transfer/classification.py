@@ -248,10 +248,10 @@ def speed_options(encoder, config: dict, device: torch.device) -> None:
     """``_runtime.activation_checkpointing`` (null: on for large/xlarge encoders on GPU) and ``_runtime.compile``
     (each block, ``fullgraph=True``): how fast and in how much memory, never what is computed."""
     runtime = config.get("_runtime") or {}
+    from fourm.models.factory import checkpoint_by_default
+
     ac = runtime.get("activation_checkpointing")
-    if ac is None:
-        ac = device.type == "cuda" and any(f"_{s}_" in config["transfer"]["model"] for s in ("large", "xlarge"))
-    encoder.checkpoint_blocks = bool(ac)
+    encoder.checkpoint_blocks = checkpoint_by_default(config["transfer"]["model"], device) if ac is None else bool(ac)
     if runtime.get("compile"):
         for blk in encoder.encoder:
             blk.compile(fullgraph=True, dynamic=False)

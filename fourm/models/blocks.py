@@ -6,6 +6,7 @@ Masks follow the official convention: a boolean ``True`` means *masked out* (not
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -175,3 +176,11 @@ class DecoderBlock(nn.Module):
         x = x + self.drop_path(self.self_attn(self.norm1(x), sa_mask))
         x = x + self.drop_path(self.cross_attn(self.query_norm(x), self.context_norm(context), xa_mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def run_block(blk: nn.Module, checkpoint: bool, *args):
+    """``blk(*args)``; with ``checkpoint`` (and gradients on) its activations are recomputed in backward instead of
+    stored: memory for L/XL, the same numbers (the recomputation replays the random state)."""
+    if checkpoint and blk.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(blk, *args, use_reentrant=False)
+    return blk(*args)

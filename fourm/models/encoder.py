@@ -7,11 +7,10 @@ into it with no renaming.
 from __future__ import annotations
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from fourm import modalities as M
-from fourm.models.blocks import Block, additive_mask
+from fourm.models.blocks import Block, additive_mask, run_block
 from fourm.models.fourm import ACTIVATIONS, CONFIG_DEFAULTS, encoder_embedding, norm_layer_for, with_vocab_sizes
 
 
@@ -74,10 +73,7 @@ class FourMEncoder(nn.Module):
         attn_mask = additive_mask(mask.unsqueeze(1), x.dtype) if mask is not None else None
         feats = []
         for i, blk in enumerate(self.encoder):
-            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(blk, x, attn_mask, use_reentrant=False)
-            else:
-                x = blk(x, attn_mask)
+            x = run_block(blk, self.checkpoint_blocks, x, attn_mask)
             if out_indices is not None and i in out_indices:
                 feats.append(x)
         x = self.encoder_norm(x)

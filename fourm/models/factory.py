@@ -67,3 +67,9 @@ def transformer_parameters(model: FourM) -> int:
     """Parameters of the transformer proper (encoder/decoder blocks, norms, context projection), the figure papers quote."""
     return sum(p.numel() for n, p in model.named_parameters()
                if n.startswith(("encoder.", "decoder.", "encoder_norm", "decoder_norm", "decoder_proj_context")))
+
+
+def checkpoint_by_default(model_name: str, device) -> bool:
+    """Activation checkpointing's ``auto``: on for the large and xlarge sizes on a GPU, where activations, not
+    weights, fill the memory."""
+    return getattr(device, "type", str(device)) == "cuda" and any(f"_{s}_" in model_name for s in ("large", "xlarge"))

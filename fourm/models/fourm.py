@@ -7,11 +7,10 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from fourm import modalities as M
-from fourm.models.blocks import Block, DecoderBlock, LayerNorm, additive_mask
+from fourm.models.blocks import Block, DecoderBlock, LayerNorm, additive_mask, run_block
 from fourm.models.embeddings import (
     ImageEncoderEmbedding,
     ImageTokenDecoderEmbedding,
@@ -229,13 +228,8 @@ class FourM(nn.Module):
     def forward_encoder(self, x: torch.Tensor, encoder_mask: torch.Tensor | None) -> torch.Tensor:
         attn_mask = additive_mask(encoder_mask, x.dtype)
         for blk in self.encoder:
-            x = self._block(blk, x, attn_mask)
+            x = run_block(blk, self.checkpoint_blocks, x, attn_mask)
         return self.encoder_norm(x)
-
-    def _block(self, blk: nn.Module, *args):
-        if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(blk, *args, use_reentrant=False)
-        return blk(*args)
 
     # --- decoder -----------------------------------------------------------------------------------
     def decoder_order(self, mods, rng=_random) -> list[str]:
@@ -301,7 +295,7 @@ class FourM(nn.Module):
         sa = additive_mask(attn_mask, y.dtype)
         xa = additive_mask(encoder_mask, y.dtype)
         for blk in self.decoder:
-            y = self._block(blk, y, context, sa, xa)
+            y = run_block(blk, self.checkpoint_blocks, y, context, sa, xa)
         return self.decoder_norm(y)
 
     # --- losses ------------------------------------------------------------------------------------

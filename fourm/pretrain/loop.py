@@ -72,10 +72,10 @@ def _autocast(cfg: dict, device: torch.device):
 
 def activation_checkpointing(cfg: dict, device: torch.device) -> bool:
     """``distributed.activation_checkpointing``: true/false, or auto (on for large and xlarge models on GPU)."""
+    from fourm.models.factory import checkpoint_by_default
+
     value = cfg["distributed"].get("activation_checkpointing", "auto")
-    if value == "auto":
-        return device.type == "cuda" and any(f"_{s}_" in cfg["model"]["name"] for s in ("large", "xlarge"))
-    return bool(value)
+    return checkpoint_by_default(cfg["model"]["name"], device) if value == "auto" else bool(value)
 
 
 def compile_blocks(model: FourM) -> None:
