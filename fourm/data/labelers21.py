@@ -32,9 +32,12 @@ from fourm.data.layouts import FOURM_MODALITIES, folder_modality, read_png
 from fourm.data.serialize import BINS, METADATA_TYPES, HumanPose
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B
+
+
 def _grey(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [0, 1] -> [B, H, W] luminance (ITU-R BT.601)."""
-    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    """[B, 3, H, W] in [0, 1] -> [B, H, W] luminance."""
+    w = torch.tensor(LUMA).view(1, 3, 1, 1)
     return (images.float().cpu() * w).sum(1).numpy()
 
 
@@ -194,11 +197,7 @@ assert set(METADATA_RANGES) == set(METADATA_TYPES)
 
 def metadata_bins(values: dict[str, float]) -> dict[str, int]:
     """Raw metadata values -> bins 0..999 over :data:`METADATA_RANGES` (the serialized form)."""
-    out = {}
-    for name, v in values.items():
-        lo, hi = METADATA_RANGES[name]
-        out[name] = int(np.clip(round((float(v) - lo) / (hi - lo) * (BINS - 1)), 0, BINS - 1))
-    return out
+    return {name: _bin([v], *METADATA_RANGES[name])[0] for name, v in values.items()}
 
 
 def image_statistics(rgb: np.ndarray) -> dict[str, float]:
@@ -206,7 +205,7 @@ def image_statistics(rgb: np.ndarray) -> dict[str, float]:
     [H, W, 3] image in [0, 1], with its width and height."""
     from skimage.color import rgb2hsv
 
-    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    grey = rgb @ np.array(LUMA)
     hsv = rgb2hsv(rgb)
     r, g, b = (rgb[..., i] * 255 for i in range(3))
     rg, yb = r - g, 0.5 * (r + g) - b

@@ -82,25 +82,34 @@ class MLPVQVAE(nn.Module):
         return self.decoder(z.flatten(1)) * self.std + self.mean
 
 
-def train_vectors(model: MLPVQVAE, train: torch.Tensor, *, steps: int = 500, batch_size: int = 64, lr: float = 2e-3,
-                  seed: int = 0) -> list[float]:
-    """Fit the tokenizer on vectors held in memory (seeded batches); returns the loss of every step."""
-    model.fit_normalisation(train)
+def fit_in_memory(model: nn.Module, data: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
+                  augment=None) -> list[float]:
+    """AdamW on seeded random batches of ``data`` (linear warmup over 20 steps), for tokenizers whose whole training
+    set fits in memory; ``augment(x, generator)`` may transform each batch. Returns every step's loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
     for step in range(steps):
-        idx = torch.randint(0, len(train), (min(batch_size, len(train)),), generator=gen)
+        x = data[torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen)]
+        if augment is not None:
+            x = augment(x, gen)
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 20)
-        out = model(train[idx])
+        loss = model(x)["loss"]
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        loss.backward()
         opt.step()
-        losses.append(float(out["loss"].detach()))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
+
+
+def train_vectors(model: MLPVQVAE, train: torch.Tensor, *, steps: int = 500, batch_size: int = 64, lr: float = 2e-3,
+                  seed: int = 0) -> list[float]:
+    """Fit the tokenizer on vectors held in memory (seeded batches); returns the loss of every step."""
+    model.fit_normalisation(train)
+    return fit_in_memory(model, train, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from fourm.data.labelers21 import instance_box, query_points
 from fourm.data.serialize import PointInstances, sam_to_text
 from fourm.tokenizers.metrics import ReconstructionMeter
+from fourm.tokenizers.mlp_vqvae import fit_in_memory
 from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 
 CROP = 32  # px of a mask crop: 3 stride-2 stages give the 4 x 4 = 16 tokens of an instance
@@ -40,26 +41,18 @@ def instance_crops(id_maps: list[np.ndarray], size: int = CROP) -> torch.Tensor:
     return torch.stack(crops)
 
 
+def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
 def train_mask_tokenizer(crops: torch.Tensor, config: VQVAEConfig | None = None, steps: int = 300, batch_size: int = 32,
                          lr: float = 3e-3, seed: int = 0) -> VQVAE:
     """Fit a mask tokenizer on crops held in memory (seeded batches, random horizontal flips)."""
     torch.manual_seed(seed)
     model = VQVAE(config or mask_tokenizer_config())
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for step in range(steps):
-        idx = torch.randint(0, len(crops), (min(batch_size, len(crops)),), generator=gen)
-        x = crops[idx]
-        flip = torch.rand(len(x), generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 20)
-        loss = model(x)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
+    fit_in_memory(model, crops, steps=steps, batch_size=batch_size, lr=lr, seed=seed, augment=_flip)
+    return model
 
 
 @torch.no_grad()
