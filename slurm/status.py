@@ -109,6 +109,18 @@ def status(sweep_dir_or_manifest: str | os.PathLike, tail_lines: int = 15) -> St
     return StatusTable(rows)
 
 
+def _jobs_still_running(sweep_dir_or_manifest) -> bool:
+    """Whether a run's latest job is still queued or running although its run wrote DONE.
+
+    A job writes DONE just before its process exits; SLURM reports it RUNNING (then COMPLETING) until then, and a
+    caller that waits for the sweep expects its jobs to have ended, e.g. to read their accounting."""
+    data = mf.load(sweep_dir_or_manifest)
+    ids = [j["job_id"] for j in map(mf.latest_job, data["runs"].values()) if j]
+    if not ids:
+        return False
+    return any(s.active for s in make_launcher(data["launcher"], data["log_dir"]).states(ids).values())
+
+
 def wait(sweep_dir_or_manifest: str | os.PathLike, poll_s: float = 2.0, timeout_s: float | None = None) -> dict:
     """Block (with a progress bar) until no run of the sweep has an active job; returns the final states by run."""
     t0 = time.monotonic()
@@ -119,7 +131,7 @@ def wait(sweep_dir_or_manifest: str | os.PathLike, poll_s: float = 2.0, timeout_
             bar.total = len(table.rows)
             bar.n = len(table.rows) - len(active)
             bar.refresh()
-            if not active:
+            if not active and not _jobs_still_running(sweep_dir_or_manifest):
                 return {r.run_id: r.state for r in table.rows}
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                 raise TimeoutError(f"{len(active)} runs still active after {timeout_s:.0f} s: "
