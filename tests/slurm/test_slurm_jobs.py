@@ -13,7 +13,6 @@ import pytest
 
 from fourm.runs import Run, run_id
 from slurm import scheduler
-from slurm import submit as sub
 from slurm.regression_job import train
 from slurm.lock import RunLock
 from slurm.status import status
@@ -89,8 +88,7 @@ def test_array_chunks_and_dependency(slurm_cluster, job_dir, monkeypatch):
     final = wait(job_dir / "sweep", timeout_s=150)
     assert set(final.values()) == {"DONE"}
     ids = [j["job_id"] for j in parent_jobs + [child_job]]
-    # DONE is written just before the job's process exits: give SLURM a moment to record the end
-    wait_for(lambda: all(sacct_state(j) not in scheduler.ACTIVE for j in ids), 30, "the jobs to end")
+    # DONE is written just before the job's process exits; wait also waits for SLURM to record the end
     assert [sacct_state(j) for j in ids] == ["COMPLETED"] * 4
     init = events(str(job_dir / "runs" / run_id(child)), "init_from")[0]
     assert init["started_at"] >= init["parent_done_at"]  # the child ran only after its parent was DONE
