@@ -32,7 +32,8 @@ RECIPES = Path(__file__).resolve().parent / "pipelines"
 ENTRIES = {"world": "slurm.jobs:world", "text_tokenizer": "slurm.jobs:text_tokenizer", "tokenizer": "slurm.jobs:tokenizer",
            "shards": "slurm.jobs:shards", "random_init": "slurm.jobs:random_init", "pretrain": "slurm.jobs:pretrain",
            "transfer": "slurm.jobs:transfer", "oob": "slurm.jobs:out_of_the_box", "generate": "slurm.jobs:generate",
-           "report": "results.report:report"}
+           "report": "results.report:report", "labels": "slurm.jobs:labels",
+           "vector_tokenizer": "slurm.jobs:vector_tokenizer", "mask_tokenizer": "slurm.jobs:mask_tokenizer"}
 NOT_IDENTITY = ("runs_root", "resume")  # run_from_config leaves these out of a pretraining run's identity
 RANDOM_INIT = "random_init"  # a transfer init naming the recipe's random-init checkpoint
 PLACEHOLDER = re.compile(r"\{(world|layouts|text_tokenizer|tokenizer\.[a-z_]+)\}")
@@ -160,6 +161,24 @@ def expand(recipe: dict, work: str | Path, out: str | Path, source: Path = Path(
         d = add("text_tokenizer", "text tokenizer", cfg, after=[ids[k] for k in ("world",) if k in ids])
         paths["text_tokenizer"], ids["text_tokenizer"] = str(d / "text_tokenizer.json"), d.name
 
+    # pseudo labels (4M-21 modalities), one job per labeler over the listed splits of the data
+    lab = recipe.get("labels") or {}
+    label_ids = {}  # modality folder -> the job writing it
+    for folder, spec in (lab.get("labelers") or {}).items():
+        spec = dict(spec or {})
+        cfg = {"kind": "labels", "data": paths["world"], "splits": list(lab.get("splits", ["train", "val"])),
+               "labeler": spec.pop("labeler", folder), "batch_size": int(spec.pop("batch_size", 16)), "options": spec}
+        from fourm.data.labeling import LABELERS
+
+        if cfg["labeler"] not in LABELERS:
+            raise RecipeError(f"{source}: labels.labelers.{folder}: unknown labeler {cfg['labeler']!r} "
+                              f"(known: {', '.join(sorted(LABELERS))})")
+        d = add("labels", f"labels {folder}", cfg, after=[ids[k] for k in ("world",) if k in ids])
+        label_ids[folder] = d.name
+
+    def data_after(mod: str) -> list[str]:
+        return [ids[k] for k in ("world",) if k in ids] + ([label_ids[mod]] if mod in label_ids else [])
+
     # VQ-VAE tokenizers, in the recipe's order (put the longest first: the local launcher starts jobs in order)
     toks = recipe.get("tokenizers") or {}
     token_modality = {}
@@ -170,9 +189,25 @@ def expand(recipe: dict, work: str | Path, out: str | Path, source: Path = Path(
         except Exception as e:  # hydra's errors name the override; say which recipe key holds it
             raise RecipeError(f"{source}: tokenizers.modalities.{mod}: {e}") from e
         cfg.pop("out")
-        d = add("tokenizer", f"tokenizer {mod}", cfg, after=[ids[k] for k in ("world",) if k in ids])
+        d = add("tokenizer", f"tokenizer {mod}", cfg, after=data_after(mod))
         paths[f"tokenizer.{mod}"], ids[f"tokenizer.{mod}"] = str(d), d.name
         token_modality[mod] = cfg["modality"]["token_modality"]
+    # MLP VQ-VAEs of global embeddings, and the SAM-instance mask tokenizer (its tokens become sam_instance text)
+    vec = recipe.get("vector_tokenizers") or {}
+    for mod, extra in (vec.get("modalities") or {}).items():
+        spec = {**(vec.get("common") or {}), **(extra or {})}
+        cfg = {"kind": "vector_tokenizer", "data": paths["world"], "modality": mod, "steps": int(spec.pop("steps", 500)),
+               "seed": int(spec.pop("seed", 0)), "model": spec}
+        d = add("vector_tokenizer", f"tokenizer {mod}", cfg, after=data_after(mod))
+        paths[f"tokenizer.{mod}"], ids[f"tokenizer.{mod}"] = str(d), d.name
+        token_modality[mod] = spec.get("token_modality", f"tok_{mod}")
+    if recipe.get("mask_tokenizer"):
+        spec = dict(recipe["mask_tokenizer"])
+        cfg = {"kind": "mask_tokenizer", "data": paths["world"], "steps": int(spec.pop("steps", 300)),
+               "seed": int(spec.pop("seed", 0)), "model": spec}
+        d = add("mask_tokenizer", "tokenizer sam_instance", cfg, after=data_after("sam_instance"))
+        paths["tokenizer.sam_instance"], ids["tokenizer.sam_instance"] = str(d), d.name
+        token_modality["sam_instance"] = "sam_instance"
 
     # token shards of the pretraining and validation splits; their file names are fixed by the split sizes
     sh = _get(recipe, "shards", source)
@@ -194,8 +229,8 @@ def expand(recipe: dict, work: str | Path, out: str | Path, source: Path = Path(
     shards_dir = work / "shards" / run_id(cfg)
     # what the shard files will be called (bookkeeping, not identity: it follows from the splits)
     cfg["_patterns"] = {k: v.replace("{shards}", str(shards_dir)) for k, v in patterns.items()}
-    add("shards", "token shards", cfg, after=[ids[f"tokenizer.{m}"] for m in token_modality] + ([ids["world"]] if "world" in ids else []),
-        run_dir=shards_dir)
+    add("shards", "token shards", cfg, after=[ids[f"tokenizer.{m}"] for m in token_modality] + list(label_ids.values())
+        + ([ids["world"]] if "world" in ids else []), run_dir=shards_dir)
 
     # pretraining, one run per model; the random-init checkpoint has the architecture of `random_init.like`
     from fourm.pretrain.loop import resolve
@@ -262,7 +297,7 @@ def expand(recipe: dict, work: str | Path, out: str | Path, source: Path = Path(
     if ob:
         model = ob["model"]
         common = [f"model={checkpoints[model]}", f"text_tokenizer={paths['text_tokenizer']}",
-                  *[f"tokenizers.{m}={paths[f'tokenizer.{m}']}" for m in token_modality]]
+                  *[f"tokenizers.{m}={paths[f'tokenizer.{m}']}" for m, t in token_modality.items() if t != "sam_instance"]]
         from fourm.generation import oob
 
         args = [*common, f"data={paths['world']}", *[_fill(o, paths, f"{source}: oob.args") for o in ob.get("args", [])]]

@@ -12,6 +12,10 @@ autoregressive for text) and scores it against the split's ground truth:
 * RGB -> semseg: ``miou`` (and pixel accuracy), the tokenizers' confusion-matrix mIoU;
 * RGB -> det: COCO box AP (pycocotools; generated boxes all have score 1);
 * RGB -> caption: corpus BLEU-4 against the one reference caption per image (lower-cased words, no smoothing);
+* 4M-21 retrieval (``retrieval_dinov2_global``, ``retrieval_imagebind_global``), when the model predicts the global
+  tokens and their MLP VQ-VAE is given (``tokenizers.dinov2_global=<run>``): the embedding predicted from RGB alone
+  and from the caption alone, decoded, against the split's labelled embeddings; recall@1/5 (%), with the tokenizer's
+  ceiling and chance;
 * retrieval, when the model has ``tok_clip@224`` and reads captions: CLIP tokens predicted from each caption alone
   and from each image alone, each pooled to one vector (the mean of the model's own embeddings of the predicted
   tokens, L2-normalised), and recall@1/5 (%) of the matching image among the split's images; the baseline is chance.
@@ -180,6 +184,11 @@ def evaluate(cfg: dict, progress: bool = True) -> dict[str, float]:
     metrics: dict[str, float] = {"num_images": len(stems)}
     if "tok_clip@224" in model.decoder_embeddings and "caption" in model.encoder_embeddings and probe.text_tokenizer:
         metrics.update({f"retrieval/{k}": v for k, v in _retrieval(probe, root, stems, cfg, size).items()})
+    for target in GLOBAL_TARGETS:
+        folder = probe.detok.modality(target) if probe.detok.can_decode(target) else None
+        if target in model.decoder_embeddings and folder and (root / folder).is_dir():
+            found = _global_retrieval(probe, root, stems, cfg, size, target)
+            metrics.update({f"retrieval_{folder}/{k}": v for k, v in found.items()})
     for t in tasks:
         mod = TASKS[t]
         gt = _ground_truth(root, stems, mod, size if mod in ("caption", "det") else probe.detok.tokenizers[t].config.image_size)
@@ -194,46 +203,87 @@ def recall_at(query: torch.Tensor, keys: torch.Tensor, ks=(1, 5)) -> dict[str, f
     return {f"recall@{k}": 100 * float((rank < k).double().mean()) for k in ks}
 
 
-def _clip_features(gen: Generator, mod: dict, cond: str, seed: int) -> torch.Tensor:
-    """tok_clip@224 predicted from ``mod``'s ``cond`` alone, pooled over the model's embeddings of the tokens."""
+def _predict_tokens(gen: Generator, mod: dict, cond: str, target: str, seed: int) -> torch.Tensor:
+    """``target`` tokens predicted from ``mod``'s ``cond`` alone (MaskGIT at temperature 0): [B, n]."""
     from fourm.generation.modality_dicts import init_empty_target_modality
     from fourm.generation.schedules import build_chained_generation_schedules
 
     info, B = gen.model.modality_info, next(iter(mod.values()))["tensor"].shape[0]
-    n = info["tok_clip@224"]["max_tokens"]
-    init_empty_target_modality(mod, info, "tok_clip@224", B, n, "cpu")
+    n = info[target]["max_tokens"]
+    init_empty_target_modality(mod, info, target, B, n, "cpu")
     sched = build_chained_generation_schedules(
-        cond_domains=[cond], target_domains=["tok_clip@224"], tokens_per_target=[n], autoregression_schemes=["maskgit"],
-        decoding_steps=[gen.cfg["steps"]], token_decoding_schedules=["cosine"], temps=[0.0], temp_schedules=["constant"],
-        cfg_scales=[1.0], cfg_schedules=["constant"], modality_info=info)
-    tokens = gen.sampler.generate(mod, sched, seed=seed)["tok_clip@224"]["tensor"].long()
+        cond_domains=[cond], target_domains=[target], tokens_per_target=[n], autoregression_schemes=["maskgit"],
+        decoding_steps=[min(gen.cfg["steps"], n)], token_decoding_schedules=["cosine"], temps=[0.0],
+        temp_schedules=["constant"], cfg_scales=[1.0], cfg_schedules=["constant"], modality_info=info)
+    return gen.sampler.generate(mod, sched, seed=seed)[target]["tensor"].long()
+
+
+def _clip_features(gen: Generator, mod: dict, cond: str, seed: int) -> torch.Tensor:
+    """tok_clip@224 predicted from ``mod``'s ``cond`` alone, pooled over the model's embeddings of the tokens."""
+    tokens = _predict_tokens(gen, mod, cond, "tok_clip@224", seed)
     table = gen.model.encoder_embeddings["tok_clip@224"].token_emb.weight if "tok_clip@224" in gen.model.encoder_embeddings \
         else gen.model.decoder_embeddings["tok_clip@224"].to_logits.weight
     return F.normalize(table[tokens].mean(1), dim=1)
 
 
-def _retrieval(gen: Generator, root: Path, stems: list[str], cfg: dict, size: int) -> dict[str, float]:
+def _conditions(gen: Generator, root: Path, chunk: list[str], size: int, with_caption: bool):
+    """The mod_dicts of a batch of images: RGB alone, and (``with_caption``) the caption alone."""
     from fourm.generation.modality_dicts import init_full_input_modality
 
-    tok, info = gen.text_tokenizer, gen.model.modality_info
-    eos, pad = tok.token_to_id("[EOS]"), tok.token_to_id("[PAD]")
-    image_f, text_f = [], []
-    for b in range(0, len(stems), cfg["batch"]):
-        chunk = stems[b: b + cfg["batch"]]
-        images = torch.stack([load_image(FOURM_MODALITIES["rgb"].path(root, s), size)[0] for s in chunk])
-        mod = {"rgb@224": {"tensor": images}}
-        init_full_input_modality(mod, info, "rgb@224", "cpu")
-        image_f.append(_clip_features(gen, mod, "rgb@224", cfg["seed"] + b))
+    info = gen.model.modality_info
+    images = torch.stack([load_image(FOURM_MODALITIES["rgb"].path(root, s), size)[0] for s in chunk])
+    mod = {"rgb@224": {"tensor": images}}
+    init_full_input_modality(mod, info, "rgb@224", "cpu")
+    out = {"rgb@224": mod}
+    if with_caption:
+        tok = gen.text_tokenizer
+        eos, pad = tok.token_to_id("[EOS]"), tok.token_to_id("[PAD]")
         ids = [tok.encode(read_raw(root, "caption", s).strip()).ids[: info["caption"]["max_tokens"] - 1] + [eos] for s in chunk]
         L = max(map(len, ids))
         tensor = torch.tensor([r + [pad] * (L - len(r)) for r in ids])
         mask = torch.tensor([[False] * len(r) + [True] * (L - len(r)) for r in ids])
-        mod = {"caption": {"tensor": tensor, "input_mask": mask, "target_mask": torch.ones_like(mask),
-                           "decoder_attention_mask": torch.zeros_like(mask)}}
-        text_f.append(_clip_features(gen, mod, "caption", cfg["seed"] + b))
-    out = recall_at(torch.cat(text_f), torch.cat(image_f))
-    n = len(stems)
-    out.update({"recall@1.baseline": 100 / n, "recall@5.baseline": 100 * min(5, n) / n})
+        out["caption"] = {"caption": {"tensor": tensor, "input_mask": mask, "target_mask": torch.ones_like(mask),
+                                      "decoder_attention_mask": torch.zeros_like(mask)}}
+    return out
+
+
+def _chance(n: int) -> dict[str, float]:
+    return {"recall@1.baseline": 100 / n, "recall@5.baseline": 100 * min(5, n) / n}
+
+
+def _retrieval(gen: Generator, root: Path, stems: list[str], cfg: dict, size: int) -> dict[str, float]:
+    image_f, text_f = [], []
+    for b in range(0, len(stems), cfg["batch"]):
+        conds = _conditions(gen, root, stems[b: b + cfg["batch"]], size, with_caption=True)
+        image_f.append(_clip_features(gen, conds["rgb@224"], "rgb@224", cfg["seed"] + b))
+        text_f.append(_clip_features(gen, conds["caption"], "caption", cfg["seed"] + b))
+    return {**recall_at(torch.cat(text_f), torch.cat(image_f)), **_chance(len(stems))}
+
+
+GLOBAL_TARGETS = ("tok_dinov2_global", "tok_imagebind_global")
+
+
+def _global_retrieval(gen: Generator, root: Path, stems: list[str], cfg: dict, size: int, target: str) -> dict[str, float]:
+    """4M-21 retrieval: the global embedding (``target``, decoded by its MLP VQ-VAE) predicted from RGB alone and from
+    the caption alone, against the split's labelled embeddings (the keys), as recall@1/5 (%); ``.ceiling``: the keys
+    through the tokenizer; ``.baseline``: chance."""
+    vq = gen.detok.tokenizers[target]
+    keys = torch.stack([torch.as_tensor(np.asarray(read_raw(root, vq.config.modality, s), np.float32)).flatten()
+                        for s in stems])
+    with_caption = "caption" in gen.model.encoder_embeddings and gen.text_tokenizer is not None
+    preds: dict[str, list] = {"rgb@224": [], "caption": []}
+    for b in range(0, len(stems), cfg["batch"]):
+        conds = _conditions(gen, root, stems[b: b + cfg["batch"]], size, with_caption)
+        for cond, mod in conds.items():
+            preds[cond].append(vq.decode(_predict_tokens(gen, mod, cond, target, cfg["seed"] + b)))
+    centre = vq.mean  # embeddings of one domain share a large common direction: retrieve on what differs
+    out = {}
+    for cond, name in (("rgb@224", "from_rgb"), ("caption", "from_caption")):
+        if preds[cond]:
+            out.update({f"{name}_{k}": v for k, v in recall_at(torch.cat(preds[cond]) - centre, keys - centre).items()})
+    ceiling = recall_at(vq.decode(vq.encode(keys)) - centre, keys - centre)
+    out.update({f"{k}.ceiling": v for k, v in ceiling.items()})
+    out.update(_chance(len(stems)))
     return out
 
 

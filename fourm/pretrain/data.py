@@ -41,12 +41,24 @@ def slice_rows(mod_dict: dict, start: int, stop: int) -> dict:
     return {m: {k: (v[start:stop] if torch.is_tensor(v) else v) for k, v in d.items()} for m, d in mod_dict.items()}
 
 
+# How each sequence modality is stored in token shards (fourm/tokenizers/encode.py): its file, and whether it holds
+# one value per crop ("crops"), one of several variants picked per step ("variants"), or one value ("whole").
+SEQUENCE_FILES = {
+    "caption": ("caption.txt", "whole"),
+    "det": ("det.json", "crops"),  # boxes normalised to each crop -> one text chunk per box
+    "metadata": ("metadata.json", "whole"),  # chunks "v1=<type> v0=<bin>": masked chunk by chunk
+    "color_palette": ("color_palette.json", "variants"),  # one string per palette size
+    "sam_instance": ("sam_instance.json", "crops"),
+}
+
+
 def load_token_samples(pattern: str, modalities: list[str], bins: int | None = None) -> list[dict]:
     """Every sample of token shards (braceexpand pattern) in memory, with all its stored crops, in shard order.
 
     A sample holds, per modality, a list over crops (token grids ``[h, w]``, RGB ``uint8 [3, S, S]``, det as box
-    chunk strings in ``bins`` coordinate bins, the official 1000 by default) or a single value (caption); ``__crops__``
-    says how many. Pretraining picks one crop per step.
+    chunk strings in ``bins`` coordinate bins, the official 1000 by default; sam_instance strings), a list of variants
+    (colour palettes of 1..7 colours) or a single value (caption, metadata chunks); ``__crops__`` says how many
+    crops. Pretraining picks one crop and one variant per step.
     """
     import io
     import json
@@ -61,27 +73,31 @@ def load_token_samples(pattern: str, modalities: list[str], bins: int | None = N
     for path in expand_shards(pattern):
         for header, raw in iter_shard(path):
             token_mods, n = header["modalities"], header["crops"]
-            sample = {"__key__": raw["__key__"], "__crops__": n, "__cropped__": ()}
-            cropped = []
+            sample = {"__key__": raw["__key__"], "__crops__": n}
+            cropped, variants = [], []
             for m in modalities:
                 kind = M.get(m).kind
-                ext = f"{m}.npy" if kind != "sequence" else ("caption.txt" if m == "caption" else f"{m}.json")
+                if kind == "sequence" and m not in SEQUENCE_FILES:
+                    raise ShardError(f"{path}: no shard format for the sequence modality {m!r} (known: "
+                                     f"{sorted(SEQUENCE_FILES)}); drop it from model.domains_in/out")
+                ext, per = SEQUENCE_FILES[m] if kind == "sequence" else (f"{m}.npy", "crops")
                 if ext not in raw:
                     raise ShardError(f"{path}: sample {raw['__key__']!r} has no {m!r} ({ext}); "
                                      f"re-encode with this modality or drop it from model.domains_in/out")
-                if kind == "sequence" and m == "caption":
-                    sample[m] = raw[ext].decode().strip()
+                if kind == "sequence":
+                    value = raw[ext].decode().strip() if ext.endswith(".txt") else json.loads(raw[ext])
+                    if m == "det":
+                        value = [boxes_to_chunks(b, 1, bins) for b in value]
+                    sample[m] = value
+                    (cropped if per == "crops" else variants if per == "variants" else []).append(m)
                     continue
-                if kind == "sequence":  # boxes per crop, normalised to the crop -> one text chunk per box
-                    sample[m] = [boxes_to_chunks(b, 1, bins) for b in json.loads(raw[ext])]
-                else:
-                    arr = np.load(io.BytesIO(raw[ext]), allow_pickle=False)
-                    if m in token_mods and int(arr.max(initial=0)) >= token_mods[m]["vocab_size"]:
-                        raise ShardError(f"{path}: {m} token id {int(arr.max())} >= vocab {token_mods[m]['vocab_size']}")
-                    t = torch.from_numpy(arr.astype(np.int64) if m in token_mods else np.ascontiguousarray(arr))
-                    sample[m] = [t[c] if m in token_mods else t[c].permute(2, 0, 1) for c in range(n)]
+                arr = np.load(io.BytesIO(raw[ext]), allow_pickle=False)
+                if m in token_mods and int(arr.max(initial=0)) >= token_mods[m]["vocab_size"]:
+                    raise ShardError(f"{path}: {m} token id {int(arr.max())} >= vocab {token_mods[m]['vocab_size']}")
+                t = torch.from_numpy(arr.astype(np.int64) if m in token_mods else np.ascontiguousarray(arr))
+                sample[m] = [t[c] if m in token_mods else t[c].permute(2, 0, 1) for c in range(n)]
                 cropped.append(m)
-            sample["__cropped__"] = tuple(cropped)
+            sample["__cropped__"], sample["__variants__"] = tuple(cropped), tuple(variants)
             out.append(sample)
     return out
 
@@ -168,9 +184,15 @@ def alphas_spec(alphas_cfg):
 
 
 def _pick_crop(sample: dict, g: torch.Generator) -> dict:
-    """Samples from shards hold every stored crop (token augmentation): pick one, the same for every modality."""
-    cropped = sample.get("__cropped__", ())
-    if not cropped:
+    """Samples from shards hold every stored crop (token augmentation): pick one, the same for every modality; and
+    one variant of each modality that has several (palette sizes)."""
+    cropped, variants = sample.get("__cropped__", ()), sample.get("__variants__", ())
+    if not cropped and not variants:
         return sample
-    c = int(torch.randint(0, sample["__crops__"], (1,), generator=g))
-    return {k: (v[c] if k in cropped else v) for k, v in sample.items()}
+    out = dict(sample)
+    if cropped:
+        c = int(torch.randint(0, sample["__crops__"], (1,), generator=g))
+        out.update({k: sample[k][c] for k in cropped})
+    for k in variants:
+        out[k] = sample[k][int(torch.randint(0, len(sample[k]), (1,), generator=g))]
+    return out

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from fourm.files import atomic_write_bytes  # noqa: F401  (used here and by the tokenizer modules)
+from fourm.tokenizers.mlp_vqvae import MLPVQVAE, MLPVQVAEConfig
 from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 
 _STEP_RE = re.compile(r"^step_(\d+)\.state\.pt$")
@@ -38,14 +39,21 @@ def config_from_metadata(metadata: dict[str, str]) -> dict:
     return out
 
 
-def save_tokenizer(model: VQVAE, path: str | os.PathLike) -> None:
+ARCHITECTURE_KEY = "architecture"  # metadata key telling a vector tokenizer (mlp_vqvae) from a spatial VQ-VAE
+
+
+def save_tokenizer(model: VQVAE | MLPVQVAE, path: str | os.PathLike) -> None:
     """Write the weights (every tensor of the state dict, contiguous) with the config as metadata, atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, safetensors_bytes(tensors, metadata_from_config(model.config.to_dict())))
+    metadata = metadata_from_config(model.config.to_dict())
+    if isinstance(model, MLPVQVAE):
+        metadata[ARCHITECTURE_KEY] = "mlp_vqvae"
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
-def load_tokenizer(path: str | os.PathLike, map_location: str = "cpu") -> VQVAE:
-    """Rebuild a :class:`VQVAE` from a safetensors checkpoint (or a run folder holding ``tokenizer.safetensors``)."""
+def load_tokenizer(path: str | os.PathLike, map_location: str = "cpu") -> VQVAE | MLPVQVAE:
+    """Rebuild a tokenizer from a safetensors checkpoint (or a run folder holding ``tokenizer.safetensors``): a
+    spatial :class:`VQVAE`, or an :class:`~fourm.tokenizers.mlp_vqvae.MLPVQVAE` for global embeddings."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.safetensors"
@@ -60,11 +68,14 @@ def load_tokenizer(path: str | os.PathLike, map_location: str = "cpu") -> VQVAE:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise ValueError(f"{path}: not a readable safetensors tokenizer checkpoint ({e})") from e
+    architecture = metadata.pop(ARCHITECTURE_KEY, "vqvae")
     try:
-        config = VQVAEConfig.from_dict(config_from_metadata(metadata))
+        if architecture == "mlp_vqvae":
+            model = MLPVQVAE(MLPVQVAEConfig(**config_from_metadata(metadata)))
+        else:
+            model = VQVAE(VQVAEConfig.from_dict(config_from_metadata(metadata)))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: __metadata__ is not a tokenizer config ({e})") from e
-    model = VQVAE(config)
     model.load_state_dict(tensors, strict=True)
     return model.eval()
 

@@ -17,25 +17,30 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from fourm import modalities as registry
+from fourm.data.labelers21 import metadata_bins
+from fourm.data.serialize import lab_bins, metadata_to_chunks, palette_to_text
 from fourm.runs import atomic_write_json, canonical_json
 from fourm.threads import torch_threads
 from fourm.tokenizers.checkpoint import load_tokenizer
+from fourm.tokenizers.mlp_vqvae import MLPVQVAE
 from fourm.tokenizers.modality_io import (
-    IMAGE_MODALITIES,
     center_box,
     crop_boxes,
     crop_resize_flip,
     list_stems,
     random_box,
     read_raw,
+    scale_box,
     split_root,
     to_tensor,
 )
+from fourm.tokenizers.sam import sam_instance_text
 from fourm.tokenizers.shards import ShardError, read_header, token_dtype, write_shard
 from fourm.tokenizers.vqvae import VQVAE
 
@@ -53,24 +58,37 @@ def crop_plan(stem: str, height: int, width: int, cfg: dict) -> list[tuple[int, 
     return plan
 
 
-def load_tokenizers(spec: dict) -> dict[str, VQVAE]:
-    """``{modality folder: run folder or .safetensors}`` (null entries skipped) -> loaded tokenizers."""
+# modality folder -> what its tokenizer's config names as its modality, where the two differ
+TOKENIZER_MODALITY = {"sam_instance": "sam_mask"}
+# text modalities copied into shards (when the split has the folder) and how each is stored there
+TEXT_MODALITIES = ("caption", "det", "color_palette", "metadata")
+
+
+def load_tokenizers(spec: dict) -> dict[str, VQVAE | MLPVQVAE]:
+    """``{modality folder: run folder or .safetensors}`` (null entries skipped) -> loaded tokenizers.
+
+    Spatial VQ-VAEs for image-like folders (rgb, depth, normal, semseg, edges, feature maps), MLP VQ-VAEs for folders
+    of vectors (``dinov2_global``...), and the mask tokenizer for ``sam_instance`` (which becomes text)."""
     out = {}
     for mod, path in spec.items():
         if path is None:
             continue
-        if mod not in IMAGE_MODALITIES:
-            raise ValueError(f"tokenizers.{mod}: no tokenizer kind for {mod!r}; image modalities are {IMAGE_MODALITIES}")
         model = load_tokenizer(path)
-        if model.config.modality != mod:
-            raise ValueError(f"tokenizers.{mod}={path} is a {model.config.modality!r} tokenizer, not {mod!r}")
+        want = TOKENIZER_MODALITY.get(mod, mod)
+        if model.config.modality != want:
+            raise ValueError(f"tokenizers.{mod}={path} is a {model.config.modality!r} tokenizer, not {want!r}")
         out[mod] = model
     if not out:
         raise ValueError("no tokenizers given; pass e.g. tokenizers.depth=<run folder or tokenizer.safetensors>")
     return out
 
 
-def _check_registry(model: VQVAE, path) -> None:
+def _token_models(models: dict) -> dict:
+    """The tokenizers whose ids are stored as token arrays (all but the sam_instance mask tokenizer)."""
+    return {m: t for m, t in models.items() if m not in TOKENIZER_MODALITY}
+
+
+def _check_registry(model, path) -> None:
     name = model.config.token_modality
     try:
         mod = registry.get(name)
@@ -79,6 +97,9 @@ def _check_registry(model: VQVAE, path) -> None:
             f"tokenizer {path} writes tokens as {name!r}, which is not a registered modality; "
             "register it with fourm.modalities.register or set token_modality when training"
         ) from None
+    if mod.kind != "image_tokens":
+        raise ValueError(f"tokenizer {path} writes tokens as {name!r}, a {mod.kind} modality; its tokens need an "
+                         "image_tokens modality (a grid or global tokens)")
     if mod.vocab_size is None or model.config.codebook_size > mod.vocab_size:
         raise ValueError(
             f"tokenizer {path}: codebook_size {model.config.codebook_size} exceeds {name}'s vocab_size {mod.vocab_size}"
@@ -113,13 +134,17 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     spec = {k: (str(Path(v).resolve()) if v is not None else None) for k, v in cfg["tokenizers"].items()}
     cfg["tokenizers"] = spec
     models = load_tokenizers(spec)
-    for mod, model in models.items():
+    for mod, model in _token_models(models).items():
         _check_registry(model, spec[mod])
+    unknown = [m for m in cfg["text"] if m not in TEXT_MODALITIES]
+    if unknown:
+        raise ValueError(f"text={list(cfg['text'])}: no shard format for {unknown}; text modalities are {TEXT_MODALITIES}")
     text_mods = [m for m in cfg["text"] if (root / m).is_dir()]
     stems = list_stems(root, [*models, *(["rgb"] if cfg["store_rgb"] else [])])
     if cfg.get("max_samples"):
         stems = stems[: cfg["max_samples"]]
-    rgb_size = cfg.get("rgb_size") or max(m.config.image_size for m in models.values())
+    sizes = [m.config.image_size for m in _spatial(models).values() if not _is_feature_map(m)]
+    rgb_size = cfg.get("rgb_size") or max(sizes, default=224)
     eid = encode_id(cfg, models, stems)
 
     out = Path(cfg["out"])
@@ -141,12 +166,14 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
         m.config.token_modality: {
             "vocab_size": m.config.codebook_size,
             "grid": m.config.grid,
-            "image_size": m.config.image_size,
+            "image_size": getattr(m.config, "image_size", None),
             "source": mod,
             "tokenizer": spec[mod],
         }
-        for mod, m in models.items()
+        for mod, m in _token_models(models).items()
     }
+    if "sam_instance" in models:
+        text_mods.append("sam_instance")
     header = {"encode_id": eid, "crops": cfg["crops"], "modalities": modalities, "split": cfg["split"]}
     if cfg["store_rgb"]:
         header["rgb"] = {"name": RGB_NAME, "size": rgb_size}
@@ -196,51 +223,99 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     return index
 
 
+def _spatial(models: dict) -> dict:
+    return {m: t for m, t in models.items() if isinstance(t, VQVAE) and m not in TOKENIZER_MODALITY}
+
+
+def _is_feature_map(model) -> bool:
+    return model.config.kind == "feature"
+
+
 def _encode_chunk(root, stems, models, text_mods, cfg, rgb_size, bar) -> list[dict]:
-    """Samples of one shard: every crop of every image through every tokenizer, in batches."""
-    samples, pending = [], []
+    """Samples of one shard: every crop of every image through every tokenizer, in batches.
+
+    Crops are planned in the pixels of the images (edges, depth, ... must share their size); a feature map (e.g. 16 x
+    16 ViT cells) is cut at the same region scaled to its grid. Vectors (global embeddings), palettes and metadata
+    describe the whole image: every crop gets the same."""
+    spatial, samples, pending = _spatial(models), [], []
     for stem in stems:
-        raws = {mod: to_tensor(mod, read_raw(root, mod, stem)) for mod in models}
+        raws = {mod: to_tensor(mod, read_raw(root, mod, stem)) for mod in spatial}
         rgb = to_tensor("rgb", read_raw(root, "rgb", stem)) if cfg["store_rgb"] else None
-        first = next(iter(raws.values()))
-        h, w = first.shape[-2:]
-        for mod, x in raws.items():
+        pixels = {m: x for m, x in raws.items() if not _is_feature_map(spatial[m])}
+        if rgb is not None:
+            pixels["rgb"] = rgb
+        ids = to_tensor("sam_instance", read_raw(root, "sam_instance", stem)) if "sam_instance" in models else None
+        if ids is not None:
+            pixels["sam_instance"] = ids
+        if not pixels:
+            raise ValueError(f"{root}: only feature maps to encode; crops are planned in pixels, so pass an image "
+                             "modality too (store_rgb=true or a tokenizer of rgb, depth, ...)")
+        h, w = next(iter(pixels.values())).shape[-2:]
+        for mod, x in pixels.items():
             if x.shape[-2:] != (h, w):
                 raise ValueError(f"{root}/{mod}/{stem}: size {tuple(x.shape[-2:])} differs from {(h, w)} of the other modalities")
         plan = crop_plan(stem, h, w, cfg)
         sample = {"__key__": stem, "crops.json": {"size": [int(h), int(w)], "crops": [list(p) for p in plan]}}
         for mod, x in raws.items():
-            size = models[mod].config.image_size
-            sample[f"_in.{mod}"] = torch.stack([crop_resize_flip(mod, x, p[:4], size, p[4]) for p in plan])
+            size = spatial[mod].config.image_size
+            boxes = [scale_box(p[:4], (h, w), tuple(x.shape[-2:])) if _is_feature_map(spatial[mod]) else p[:4] for p in plan]
+            sample[f"_in.{mod}"] = torch.stack([crop_resize_flip(mod, x, b, size, p[4]) for b, p in zip(boxes, plan)])
+        for mod, model in models.items():
+            if isinstance(model, MLPVQVAE):
+                v = torch.as_tensor(np.asarray(read_raw(root, mod, stem), dtype=np.float32)).flatten()
+                sample[f"_in.{mod}"] = v[None].expand(len(plan), -1)
         if rgb is not None:
             crops = torch.stack([crop_resize_flip("rgb", rgb, p[:4], rgb_size, p[4]) for p in plan])
             sample[f"{RGB_NAME}.npy"] = (crops.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        if ids is not None:
+            sample["sam_instance.json"] = [_sam_text(ids, p, stem, c, models["sam_instance"], cfg)
+                                           for c, p in enumerate(plan)]
         if "caption" in text_mods:
             sample["caption.txt"] = read_raw(root, "caption", stem)
         if "det" in text_mods:
             boxes = read_raw(root, "det", stem)
             sample["det.json"] = [crop_boxes(boxes, p[:4], p[4]) for p in plan]
+        if "color_palette" in text_mods:
+            sample["color_palette.json"] = palette_texts(read_raw(root, "color_palette", stem))
+        if "metadata" in text_mods:
+            sample["metadata.json"] = metadata_to_chunks(metadata_bins(read_raw(root, "metadata", stem)))
         samples.append(sample)
         pending.append(sample)
         if len(pending) * cfg["crops"] >= cfg["batch_size"]:
-            _tokenize(pending, models)
+            _tokenize(pending, _token_models(models))
             bar.update(len(pending))
             pending = []
     if pending:
-        _tokenize(pending, models)
+        _tokenize(pending, _token_models(models))
         bar.update(len(pending))
     return samples
 
 
+def palette_texts(palettes: dict) -> list[str]:
+    """A ``color_palette`` label (``{"1": [[L, a, b]], ...}``) -> one string per palette size, smallest first:
+    pretraining picks one per step, as the official loader picks a random number of colours."""
+    return [palette_to_text([lab_bins(c) for c in palettes[k]]) for k in sorted(palettes, key=int)]
+
+
+def _sam_text(ids: torch.Tensor, plan_entry, stem: str, crop: int, tokenizer: VQVAE, cfg: dict) -> str:
+    """The sam_instance string of one crop: its id map cut like the images, queried at seeded points."""
+    top, left, h, w, flip = plan_entry
+    cut = ids[top:top + h, left:left + w]
+    cut = cut.flip(-1) if flip else cut
+    seed = cfg["seed"] * 1_000_003 + zlib.crc32(f"{stem}/{crop}".encode())
+    return sam_instance_text(cut.numpy(), tokenizer, num_points=cfg.get("sam_points", 7), seed=seed)
+
+
 @torch.no_grad()
-def _tokenize(samples: list[dict], models: dict[str, VQVAE]) -> None:
+def _tokenize(samples: list[dict], models: dict) -> None:
     for mod, model in models.items():
         x = torch.cat([s.pop(f"_in.{mod}") for s in samples])
         tokens = model.encode(x).numpy()
         vocab = model.config.codebook_size
         if tokens.min() < 0 or tokens.max() >= vocab:  # cannot happen with argmax over the codebook; cheap to check
             raise RuntimeError(f"{mod} tokenizer produced ids outside [0, {vocab})")
-        tokens = tokens.astype(token_dtype(vocab))
+        grid = model.config.grid
+        tokens = tokens.astype(token_dtype(vocab)).reshape(len(tokens), grid, grid)
         i = 0
         for s in samples:
             n = len(s["crops.json"]["crops"])

@@ -9,6 +9,8 @@ training set's mean and std (stored in the model), so that vectors of any scale 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -27,12 +29,25 @@ class MLPVQVAEConfig:
     codebook_size: int = 256
     beta: float = 0.25
     restart_after: int = 50
+    modality: str = "dinov2_global"  # the folder of vectors it reads (fourm-bench label --labeler vit_global)
     token_modality: str = "tok_dinov2_global"
 
     def __post_init__(self):
         if self.dim < 1 or self.num_tokens < 1 or self.depth < 1:
             raise ValueError(f"MLPVQVAEConfig: dim, num_tokens and depth must be >= 1 (got {self.dim}, "
                              f"{self.num_tokens}, {self.depth})")
+
+
+    @property
+    def grid(self) -> int:
+        """Side of the square its tokens are stored as (16 tokens -> 4 x 4, as the model's global-token grid)."""
+        side = round(self.num_tokens ** 0.5)
+        if side * side != self.num_tokens:
+            raise ValueError(f"MLPVQVAEConfig.num_tokens={self.num_tokens} is not a square; 4M global tokens are 16")
+        return side
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def _mlp(cin: int, hidden: int, cout: int, depth: int) -> nn.Sequential:
@@ -103,6 +118,18 @@ def fit_in_memory(model: nn.Module, data: torch.Tensor, *, steps: int, batch_siz
         losses.append(float(loss.detach()))
     model.eval()
     return losses
+
+
+def load_vectors(split: str | os.PathLike, modality: str) -> torch.Tensor:
+    """Every vector of ``<split>/<modality>/*.npy`` (e.g. ``dinov2_global``), in stem order: float [N, dim]."""
+    import numpy as np
+
+    folder = Path(split) / modality
+    files = sorted(folder.glob("*.npy"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .npy vectors (write them with `fourm-bench label --labeler vit_global`)")
+    x = np.stack([np.load(f).astype(np.float32).reshape(-1) for f in files])
+    return torch.from_numpy(x)
 
 
 def train_vectors(model: MLPVQVAE, train: torch.Tensor, *, steps: int = 500, batch_size: int = 64, lr: float = 2e-3,

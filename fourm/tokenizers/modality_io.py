@@ -18,6 +18,8 @@ from tqdm import tqdm
 from fourm.data.layouts import FOURM_MODALITIES, folder_modality
 
 IMAGE_MODALITIES = ("rgb", "depth", "normal", "semseg")
+# resized with nearest neighbour: a value between two of them means nothing
+NEAREST_MODALITIES = ("depth", "normal", "semseg", "canny_edge", "sam_edge", "sam_instance")
 
 
 def split_root(data: str | os.PathLike, split: str | None) -> Path:
@@ -69,7 +71,7 @@ def to_tensor(modality: str, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.array(array, dtype=np.float32))[None]
     if modality == "normal":
         return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1)
-    if modality == "semseg":
+    if modality in ("semseg", "sam_instance"):
         return torch.from_numpy(np.array(array, dtype=np.int64))
     if modality in ("canny_edge", "sam_edge"):
         return torch.from_numpy(np.asarray(array) > 0).float()[None]
@@ -81,15 +83,17 @@ def to_tensor(modality: str, array: np.ndarray) -> torch.Tensor:
 def crop_resize_flip(modality: str, x: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool) -> torch.Tensor:
     """Crop ``box = (top, left, height, width)`` of a modality tensor, resize to ``size`` x ``size``, maybe h-flip.
 
-    RGB is resized bilinearly (antialiased); depth, normals and semseg with nearest neighbour so that no value is
-    invented across object edges. A horizontal flip negates the normals' x component (camera frame, x right).
+    RGB and feature maps are resized bilinearly (antialiased); depth, normals, edges and label maps with nearest
+    neighbour so that no value is invented across object edges. A horizontal flip negates the normals' x component
+    (camera frame, x right).
     """
     top, left, h, w = box
     x = x[..., top : top + h, left : left + w]
     if (h, w) != (size, size):
-        if modality == "rgb":
-            x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
-        elif modality == "semseg":
+        if modality not in NEAREST_MODALITIES:
+            x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+            x = x.clamp(0, 1) if modality == "rgb" else x
+        elif x.dim() == 2:  # label maps (semseg, sam_instance ids)
             x = F.interpolate(x[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
         else:
             x = F.interpolate(x[None], size=(size, size), mode="nearest-exact")[0]
@@ -99,6 +103,16 @@ def crop_resize_flip(modality: str, x: torch.Tensor, box: tuple[int, int, int, i
             x = x.clone()
             x[0] = -x[0]
     return x
+
+
+def scale_box(box: tuple[int, int, int, int], size: tuple[int, int], to: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box (top, left, h, w) in an image of ``size`` (H, W) as the same region of a map of ``to`` (h, w), e.g. a
+    ViT feature map of 16 x 16 cells: edges rounded to whole cells, at least one cell."""
+    (H, W), (fh, fw) = size, to
+    top, left, h, w = box
+    t, l = round(top * fh / H), round(left * fw / W)
+    b, r = max(round((top + h) * fh / H), t + 1), max(round((left + w) * fw / W), l + 1)
+    return t, l, min(b, fh) - t, min(r, fw) - l
 
 
 def center_box(height: int, width: int) -> tuple[int, int, int, int]:

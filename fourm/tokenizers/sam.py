@@ -8,11 +8,15 @@
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fourm.data.labelers21 import instance_box, query_points
+from fourm.data.layouts import read_png
 from fourm.data.serialize import PointInstances, sam_to_text
 from fourm.tokenizers.metrics import ReconstructionMeter
 from fourm.tokenizers.mlp_vqvae import fit_in_memory
@@ -33,6 +37,15 @@ def crop_mask(mask: np.ndarray, size: int = CROP) -> torch.Tensor:
     ys, xs = np.nonzero(mask)
     box = torch.from_numpy(mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32))
     return (F.interpolate(box[None, None], size=(size, size), mode="bilinear", align_corners=False)[0] > 0.5).float()
+
+
+def load_id_maps(split: str | os.PathLike) -> list[np.ndarray]:
+    """Every ``<split>/sam_instance/*.png`` id map (fourm-bench label --labeler sam_instance), in stem order."""
+    folder = Path(split) / "sam_instance"
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no id maps (write them with `fourm-bench label --labeler sam_instance`)")
+    return [read_png(f).astype(np.int64) for f in files]
 
 
 def instance_crops(id_maps: list[np.ndarray], size: int = CROP) -> torch.Tensor:
