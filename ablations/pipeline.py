@@ -371,7 +371,7 @@ def run_pipeline(recipe: str | Path, work: str | Path, out: str | Path, launcher
                 logs = [str(p) for p in st.log_files(log_dir, row.job_id) if p.exists() and p.stat().st_size]
                 lines.append(f"  {s.name}: {row.state}" + (f"; its output is in {logs[0]}" if logs else ""))
             raise PipelineError(f"pipeline {path.stem}: {len(bad)} of {len(stages)} jobs did not finish:\n"
-                                + "\n".join(lines) + f"\nfix the cause, then run the same command again "
+                                + "\n".join(lines) + "\nfix the cause, then run the same command again "
                                 "(finished jobs are not redone)")
     return result
 

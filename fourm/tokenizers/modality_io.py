@@ -110,7 +110,7 @@ def scale_box(box: tuple[int, int, int, int], size: tuple[int, int], to: tuple[i
     ViT feature map of 16 x 16 cells: edges rounded to whole cells, at least one cell."""
     (H, W), (fh, fw) = size, to
     top, left, h, w = box
-    t, l = round(top * fh / H), round(left * fw / W)
+    t, l = min(round(top * fh / H), fh - 1), min(round(left * fw / W), fw - 1)
     b, r = max(round((top + h) * fh / H), t + 1), max(round((left + w) * fw / W), l + 1)
     return t, l, min(b, fh) - t, min(r, fw) - l
 

@@ -1,5 +1,4 @@
 """4M masking: Dirichlet-mixture budgets (statistics, seeded), image masks, span masking, official batch format."""
-import math
 import random
 import re
 from pathlib import Path

@@ -1,7 +1,6 @@
 """The synthetic world: determinism, and that every modality agrees with the same analytic geometry."""
 import filecmp
 import json
-import math
 
 import numpy as np
 import pytest

@@ -1,11 +1,10 @@
 """Official-format checkpoint I/O: strict loading, clear errors, our own checkpoints in the same format."""
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fourm.models import (CheckpointError, FourM, config_for, create_model, load_encoder, load_pretrained,
+from fourm.models import (CheckpointError, config_for, create_model, load_encoder, load_pretrained,
                           save_checkpoint, transformer_parameters)
 from fourm.models.checkpoint import parse_metadata, read_checkpoint
 

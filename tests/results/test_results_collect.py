@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fourm.runs import find_run_paths, find_runs, open_run
+from fourm.runs import find_run_paths, find_runs
 from results.collect import Selection, collect, default_direction, flatten_config, load_collected
 
 from results_testdata import TRANSFER_RUNS, finished

@@ -43,3 +43,17 @@ def test_pose_parameters_round_trip_through_tokens():
 def test_config_errors():
     with pytest.raises(ValueError, match="num_tokens and depth must be >= 1"):
         MLPVQVAEConfig(num_tokens=0)
+
+
+def test_a_vector_tokenizer_saves_and_loads_through_the_tokenizer_checkpoint(tmp_path):
+    from fourm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
+
+    x = _embeddings(64, 3)
+    model = MLPVQVAE(MLPVQVAEConfig(dim=64, hidden=64, code_dim=8, codebook_size=32, modality="imagebind_global",
+                                    token_modality="tok_imagebind_global"))
+    train_vectors(model, x, steps=20, batch_size=32)
+    save_tokenizer(model, tmp_path / "tokenizer.safetensors")
+    back = load_tokenizer(tmp_path)
+    assert isinstance(back, MLPVQVAE) and back.config == model.config and back.config.grid == 4
+    assert torch.equal(back.encode(x), model.encode(x))
+    assert torch.equal(back.decode(model.encode(x)), model.decode(model.encode(x)))

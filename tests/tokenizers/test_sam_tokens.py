@@ -2,7 +2,6 @@
 baseline, and the instances of an image written and read back in the official string format."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -168,3 +168,36 @@ def test_decode_writes_a_grid_png(tiny_world, tokenizers, tmp_path):
         a = np.asarray(im.convert("RGB"))
     assert (w, h) == (4 * 34 + 2, 14 + 3 * 34 + 2)  # 2 modalities x (original, decoded), 3 rows
     assert a[16:, :].std() > 10  # not blank
+
+
+def test_a_feature_map_is_cut_at_the_region_of_the_pixel_crop():
+    from fourm.tokenizers.modality_io import scale_box
+
+    # a 16 x 16 map of a 112 px image: 7 px a cell
+    assert scale_box((0, 0, 112, 112), (112, 112), (16, 16)) == (0, 0, 16, 16)
+    assert scale_box((14, 28, 56, 42), (112, 112), (16, 16)) == (2, 4, 8, 6)
+    assert scale_box((110, 110, 2, 2), (112, 112), (16, 16)) == (15, 15, 1, 1)  # at least one cell, inside the map
+    # the map of a crop is the crop of the map: a map of cell means of an image, cut and resized like the pixels
+    img = torch.rand(3, 112, 112)
+    fmap = torch.nn.functional.avg_pool2d(img[None], 7)[0]
+    box = (14, 28, 56, 56)
+    cut = crop_resize_flip("dinov2", fmap, scale_box(box, (112, 112), (16, 16)), 8, False)
+    pixels = torch.nn.functional.avg_pool2d(crop_resize_flip("rgb", img, box, 56, False)[None], 7)[0]
+    assert torch.allclose(cut, pixels, atol=1e-5)
+
+
+def test_encode_names_an_unknown_text_modality_and_a_wrong_tokenizer(tiny_world, tokenizers, tmp_path):
+    with pytest.raises(ValueError, match=r"no shard format for \['poses'\]"):
+        _encode(tiny_world, tokenizers, tmp_path / "a", "text=[caption,poses]")
+    with pytest.raises(ValueError, match="is a 'semseg' tokenizer, not 'depth'"):
+        _encode(tiny_world, {"depth": tokenizers["semseg"]}, tmp_path / "b")
+
+
+def test_pretraining_names_a_sequence_modality_shards_cannot_hold(tiny_world, tokenizers, tmp_path):
+    from fourm.pretrain.data import load_token_samples
+
+    index = _encode(tiny_world, tokenizers, tmp_path / "c")
+    with pytest.raises(ShardError, match="no shard format for the sequence modality 'human_poses'"):
+        load_token_samples(index["pattern"], ["tok_depth@224", "human_poses"])
+    with pytest.raises(ShardError, match=r"has no 'color_palette' \(color_palette.json\)"):
+        load_token_samples(index["pattern"], ["tok_depth@224", "color_palette"])
