@@ -736,6 +736,9 @@ OOB_ROWS = [
     ("caption", "bleu4", "RGB → caption BLEU-4", "max"),
     ("retrieval", "recall@1", "caption → image retrieval R@1 (CLIP tokens)", "max"),
     ("retrieval", "recall@5", "caption → image retrieval R@5 (CLIP tokens)", "max"),
+    *[(f"retrieval_{emb}_from_{src}", f"recall@{k}", f"{q} → image retrieval R@{k} ({name} global tokens)", "max")
+      for emb, name in (("dinov2_global", "DINOv2"), ("imagebind_global", "ImageBind"))
+      for src, q in (("rgb", "RGB"), ("caption", "caption")) for k in (1, 5)],
 ]
 
 

@@ -12,7 +12,8 @@ autoregressive for text) and scores it against the split's ground truth:
 * RGB -> semseg: ``miou`` (and pixel accuracy), the tokenizers' confusion-matrix mIoU;
 * RGB -> det: COCO box AP (pycocotools; generated boxes all have score 1);
 * RGB -> caption: corpus BLEU-4 against the one reference caption per image (lower-cased words, no smoothing);
-* 4M-21 retrieval (``retrieval_dinov2_global``, ``retrieval_imagebind_global``), when the model predicts the global
+* 4M-21 retrieval (``retrieval_dinov2_global_from_rgb``, ``..._from_caption``; the same for ImageBind), when the
+  model predicts the global
   tokens and their MLP VQ-VAE is given (``tokenizers.dinov2_global=<run>``): the embedding predicted from RGB alone
   and from the caption alone, decoded, against the split's labelled embeddings; recall@1/5 (%), with the tokenizer's
   ceiling and chance;
@@ -188,7 +189,7 @@ def evaluate(cfg: dict, progress: bool = True) -> dict[str, float]:
         folder = probe.detok.modality(target) if probe.detok.can_decode(target) else None
         if target in model.decoder_embeddings and folder and (root / folder).is_dir():
             found = _global_retrieval(probe, root, stems, cfg, size, target)
-            metrics.update({f"retrieval_{folder}/{k}": v for k, v in found.items()})
+            metrics.update({f"retrieval_{folder}_{k}": v for k, v in found.items()})
     for t in tasks:
         mod = TASKS[t]
         gt = _ground_truth(root, stems, mod, size if mod in ("caption", "det") else probe.detok.tokenizers[t].config.image_size)
@@ -277,13 +278,12 @@ def _global_retrieval(gen: Generator, root: Path, stems: list[str], cfg: dict, s
         for cond, mod in conds.items():
             preds[cond].append(vq.decode(_predict_tokens(gen, mod, cond, target, cfg["seed"] + b)))
     centre = vq.mean  # embeddings of one domain share a large common direction: retrieve on what differs
+    ceiling = {f"{k}.ceiling": v for k, v in recall_at(vq.decode(vq.encode(keys)) - centre, keys - centre).items()}
     out = {}
     for cond, name in (("rgb@224", "from_rgb"), ("caption", "from_caption")):
         if preds[cond]:
-            out.update({f"{name}_{k}": v for k, v in recall_at(torch.cat(preds[cond]) - centre, keys - centre).items()})
-    ceiling = recall_at(vq.decode(vq.encode(keys)) - centre, keys - centre)
-    out.update({f"{k}.ceiling": v for k, v in ceiling.items()})
-    out.update(_chance(len(stems)))
+            found = recall_at(torch.cat(preds[cond]) - centre, keys - centre)
+            out.update({f"{name}/{k}": v for k, v in {**found, **ceiling, **_chance(len(stems))}.items()})
     return out
 
 
