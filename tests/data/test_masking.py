@@ -15,7 +15,7 @@ from fourm.data.masking import (
     trim_sequence_padding,
 )
 from fourm.data.text import boxes_to_chunks, load_tokenizer, merge_spans, special_ids, train_wordpiece
-from fourm.modalities import MOD7
+from fourm.modalities import MOD7, MOD21
 from fourm.models import create_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official_4m"
@@ -437,13 +437,19 @@ def test_full_mod7_batch_is_seeded_and_well_formed(tok):
 # --- config errors -----------------------------------------------------------------------------------------------
 
 
-def test_shipped_alphas_load():
+def test_shipped_alphas_load(tok):
     names = shipped_alphas()
     assert {"mix_mod7_all2all_rgb2all_a0.5", "mod7_rgb2all_a0.5", "mod7_all2all_a0.1", "mod7_all2all_a1.0"} <= set(names)
     for n in names:
         mix = load_alphas(n)
-        assert set(mix.modalities) == set(MOD7)
+        assert set(mix.modalities) == set(MOD21 if "mod21" in n else MOD7), n
         assert mix.alphas["rgb@224"].target_alphas == (0.0,) * mix.num_components
+    mod21 = load_alphas("mix_mod21_all2all_rgb2all_a0.5")
+    assert mod21.alphas["t5_caption"].target_alphas == (0.0, 0.0)  # input-only: no decoder
+    assert mod21.alphas["tok_dinov2_global"].input_alphas == (0.0, 0.5)
+    # a model of a subset of the 21 (what the world can label) reads its own entries
+    subset = [m for m in MOD21 if m not in ("human_poses", "t5_caption")]
+    assert UnifiedMasking(subset, mod21, 64, 64, text_tokenizer=tok).names == subset
     official = load_alphas("mix_mod7_all2all_rgb2all_a0.5")
     assert official.num_components == 2 and official.sampling_weights is None
     assert official.alphas["rgb@224"].input_alphas == (1000.0, 0.5)
