@@ -41,17 +41,6 @@ def slice_rows(mod_dict: dict, start: int, stop: int) -> dict:
     return {m: {k: (v[start:stop] if torch.is_tensor(v) else v) for k, v in d.items()} for m, d in mod_dict.items()}
 
 
-# How each sequence modality is stored in token shards (fourm/tokenizers/encode.py): its file, and whether it holds
-# one value per crop ("crops"), one of several variants picked per step ("variants"), or one value ("whole").
-SEQUENCE_FILES = {
-    "caption": ("caption.txt", "whole"),
-    "det": ("det.json", "crops"),  # boxes normalised to each crop -> one text chunk per box
-    "metadata": ("metadata.json", "whole"),  # chunks "v1=<type> v0=<bin>": masked chunk by chunk
-    "color_palette": ("color_palette.json", "variants"),  # one string per palette size
-    "sam_instance": ("sam_instance.json", "crops"),
-}
-
-
 def load_token_samples(pattern: str, modalities: list[str], bins: int | None = None) -> list[dict]:
     """Every sample of token shards (braceexpand pattern) in memory, with all its stored crops, in shard order.
 
@@ -66,7 +55,7 @@ def load_token_samples(pattern: str, modalities: list[str], bins: int | None = N
     import numpy as np
 
     from fourm.data.text import COORD_BINS, boxes_to_chunks
-    from fourm.tokenizers.shards import ShardError, expand_shards, iter_shard
+    from fourm.tokenizers.shards import SEQUENCE_FILES, ShardError, expand_shards, iter_shard
 
     bins = bins or COORD_BINS
     out = []

@@ -41,7 +41,7 @@ from fourm.tokenizers.modality_io import (
     to_tensor,
 )
 from fourm.tokenizers.sam import sam_instance_text
-from fourm.tokenizers.shards import ShardError, read_header, token_dtype, write_shard
+from fourm.tokenizers.shards import SEQUENCE_FILES, ShardError, read_header, token_dtype, write_shard
 from fourm.tokenizers.vqvae import VQVAE
 
 RGB_NAME = "rgb@224"  # the 4M name of the raw RGB input
@@ -60,8 +60,8 @@ def crop_plan(stem: str, height: int, width: int, cfg: dict) -> list[tuple[int, 
 
 # modality folder -> what its tokenizer's config names as its modality, where the two differ
 TOKENIZER_MODALITY = {"sam_instance": "sam_mask"}
-# text modalities copied into shards (when the split has the folder) and how each is stored there
-TEXT_MODALITIES = ("caption", "det", "color_palette", "metadata")
+# text modalities copied from the split's folders into shards (sam_instance is written from its mask tokenizer)
+TEXT_MODALITIES = tuple(m for m in SEQUENCE_FILES if m != "sam_instance")
 
 
 def load_tokenizers(spec: dict) -> dict[str, VQVAE | MLPVQVAE]:
@@ -268,17 +268,17 @@ def _encode_chunk(root, stems, models, text_mods, cfg, rgb_size, bar) -> list[di
             crops = torch.stack([crop_resize_flip("rgb", rgb, p[:4], rgb_size, p[4]) for p in plan])
             sample[f"{RGB_NAME}.npy"] = (crops.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
         if ids is not None:
-            sample["sam_instance.json"] = [_sam_text(ids, p, stem, c, models["sam_instance"], cfg)
+            sample[SEQUENCE_FILES["sam_instance"][0]] = [_sam_text(ids, p, stem, c, models["sam_instance"], cfg)
                                            for c, p in enumerate(plan)]
         if "caption" in text_mods:
-            sample["caption.txt"] = read_raw(root, "caption", stem)
+            sample[SEQUENCE_FILES["caption"][0]] = read_raw(root, "caption", stem)
         if "det" in text_mods:
             boxes = read_raw(root, "det", stem)
-            sample["det.json"] = [crop_boxes(boxes, p[:4], p[4]) for p in plan]
+            sample[SEQUENCE_FILES["det"][0]] = [crop_boxes(boxes, p[:4], p[4]) for p in plan]
         if "color_palette" in text_mods:
-            sample["color_palette.json"] = palette_texts(read_raw(root, "color_palette", stem))
+            sample[SEQUENCE_FILES["color_palette"][0]] = palette_texts(read_raw(root, "color_palette", stem))
         if "metadata" in text_mods:
-            sample["metadata.json"] = metadata_to_chunks(metadata_bins(read_raw(root, "metadata", stem)))
+            sample[SEQUENCE_FILES["metadata"][0]] = metadata_to_chunks(metadata_bins(read_raw(root, "metadata", stem)))
         samples.append(sample)
         pending.append(sample)
         if len(pending) * cfg["crops"] >= cfg["batch_size"]:

@@ -11,8 +11,13 @@ A shard ``<split>-000000.tar`` holds, in order:
   ``<key>.rgb@224.npy``        optional pixels of the same crops, uint8 ``[crops, S, S, 3]``
   ``<key>.caption.txt``        the caption (same for every crop)
   ``<key>.det.json``           per crop, the boxes ``[x0, y0, x1, y1, class]`` inside that crop, normalised to [0, 1]
+  ``<key>.color_palette.json`` 4M-21: the palette strings of 1..k colours (pretraining picks one per step)
+  ``<key>.metadata.json``      4M-21: the metadata chunks ``v1=<type> v0=<bin>`` (same for every crop)
+  ``<key>.sam_instance.json``  4M-21: per crop, the SAM-instance string of that crop
   ``<key>.crops.json``         ``{"size": [H, W], "crops": [[top, left, h, w, flip], ...]}`` in original pixels
   ==========================  ====================================================================================
+
+Global tokens (``tok_dinov2_global``) are stored like grids (``[crops, 4, 4]``), the same for every crop.
 
 Crop 0 is always the full image (centre square, no flip); crops 1.. are random resized crops (token augmentation as
 in 4M). Every modality of a sample uses the same crop list, so the crops are aligned across modalities.
@@ -33,6 +38,17 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 FORMAT = "fourm-token-shard/1"
 HEADER = "__shard__.json"
+
+
+# The sequence modalities of a shard: their member, and whether it holds one value per crop ("crops"), variants of
+# which pretraining picks one per step ("variants"), or one value for the sample ("whole").
+SEQUENCE_FILES = {
+    "caption": ("caption.txt", "whole"),
+    "det": ("det.json", "crops"),
+    "color_palette": ("color_palette.json", "variants"),
+    "metadata": ("metadata.json", "whole"),
+    "sam_instance": ("sam_instance.json", "crops"),
+}
 
 
 class ShardError(RuntimeError):
