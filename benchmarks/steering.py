@@ -1,18 +1,19 @@
 """Steering a 4M-21 model: RGB generated from metadata or a colour palette alone follows what was asked.
 
-    python -m benchmarks.steering --work data/world21 [--num 32] [--steps 8] [--temp 1.0] [--cfg 1.0 3.0]
+    python -m benchmarks.steering --work data/world21 [--images 4] [--num 8] [--steps 8] [--temp 1.0] [--cfg 1.0 3.0]
 
-Reads the model, the RGB tokenizer and the text tokenizer of a ``fourm-bench pipeline world21`` work folder. For two
-requests at the ends of what the world's validation images have (their minimum and maximum):
+Reads the model, the RGB tokenizer and the text tokenizer of a ``fourm-bench pipeline world21`` work folder. The
+requests are the labels of the world's own validation images at both ends of a statistic (the ``images`` darkest and
+brightest), so each asks for something the world has:
 
-* metadata: the single chunk ``brightness`` (``v1=4 v0=<bin>``) -> the mean brightness (HSV value) of the decoded RGB;
-* colour palette: one colour (``v1=1 v0=L v0=a v0=b``, the world's darkest / lightest dominant colours) -> the mean
-  CIELAB lightness of the decoded RGB.
+* metadata -> the mean brightness (HSV value) of the decoded RGB: the brightness chunk alone (``v1=4 v0=<bin>``), and
+  all the image's metadata chunks;
+* colour palette -> the mean CIELAB lightness of the decoded RGB: the dominant colour alone (``v1=1 v0=L v0=a v0=b``),
+  and the full palette.
 
-``num`` RGB token grids are generated per request (MaskGIT, ``temp``, seeds 0..), at each classifier-free guidance
-scale. The baseline in the same run is the spread of the measured statistic over the world's own validation images:
-a steer counts when the gap between the two requests is in the requested direction and larger than two standard
-errors.
+``num`` RGB token grids are generated per image (MaskGIT, ``temp``), at each classifier-free guidance scale. The
+baseline is what was asked, measured on the same images: the printed gap is the generated high-minus-low difference
+as a fraction of the asked one; a steer counts when it is positive beyond two standard errors.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fourm.data.labelers21 import METADATA_RANGES, metadata_bins
+from fourm.data.labelers21 import metadata_bins
 from fourm.data.serialize import METADATA_TYPES, lab_bins, metadata_to_chunks, palette_to_text
 
 
@@ -83,7 +84,8 @@ def lightness(rgb: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="the work folder of `fourm-bench pipeline world21`")
-    ap.add_argument("--num", type=int, default=32)
+    ap.add_argument("--images", type=int, default=4, help="images at each end of the world's range")
+    ap.add_argument("--num", type=int, default=8, help="generations per image")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--temp", type=float, default=1.0)
     ap.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0])
@@ -98,36 +100,40 @@ def main(argv: list[str] | None = None) -> int:
                          text_temp=0.0, top_p=0.0, top_k=0, text_tokens=64, cfg=1.0, inpaint=None, caption=None,
                          boxes=None))
     val = found["world"] / "val"
-    meta = [json.loads(p.read_text()) for p in sorted((val / "metadata").glob("*.json"))]
-    palettes = [json.loads(p.read_text())["1"][0] for p in sorted((val / "color_palette").glob("*.json"))]
     from fourm.data.layouts import FOURM_MODALITIES
 
-    images = [FOURM_MODALITIES["rgb"].decode(p).astype(np.float64) / 255 for p in sorted((val / "rgb").glob("*.png"))]
-
-    b = np.array([m["brightness"] for m in meta])
-    L = np.array([p[0] for p in palettes])
+    stems = sorted(p.stem for p in (val / "metadata").glob("*.json"))
+    meta = {s: json.loads((val / "metadata" / f"{s}.json").read_text()) for s in stems}
+    palettes = {s: json.loads((val / "color_palette" / f"{s}.json").read_text()) for s in stems}
+    images = {s: FOURM_MODALITIES["rgb"].decode(FOURM_MODALITIES["rgb"].path(val, s)).astype(np.float64) / 255
+              for s in stems}
+    biggest = str(max(int(k) for k in next(iter(palettes.values()))))
+    # request name -> (condition modality, statistic of the RGB, the condition text of an image's labels)
     requests = {
-        "metadata brightness": ("metadata", brightness, {
-            "dark": metadata_to_chunks(metadata_bins({"brightness": float(b.min())})),
-            "bright": metadata_to_chunks(metadata_bins({"brightness": float(b.max())}))}),
-        "palette lightness": ("color_palette", lightness, {
-            "dark": palette_to_text([lab_bins(palettes[int(np.argmin(L))])]),
-            "light": palette_to_text([lab_bins(palettes[int(np.argmax(L))])])}),
+        "metadata, brightness only": ("metadata", brightness,
+                                      lambda s: metadata_to_chunks(metadata_bins({"brightness": meta[s]["brightness"]}))),
+        f"metadata, all {len(METADATA_TYPES)} types": ("metadata", brightness,
+                                                       lambda s: metadata_to_chunks(metadata_bins(meta[s]))),
+        "palette, 1 colour": ("color_palette", lightness, lambda s: palette_to_text([lab_bins(palettes[s]["1"][0])])),
+        f"palette, {biggest} colours": ("color_palette", lightness,
+                                        lambda s: palette_to_text([lab_bins(c) for c in palettes[s][biggest]])),
     }
-    assert METADATA_TYPES.index("brightness") == 4 and "brightness" in METADATA_RANGES
-    for name, (cond, stat, asks) in requests.items():
-        world = np.array([stat(im) for im in images])
+    for name, (cond, stat, text_of) in requests.items():
+        world = {s: stat(im) for s, im in images.items()}
+        order = sorted(stems, key=world.get)
+        ends = {"low": order[:args.images], "high": order[-args.images:]}  # the world's own extremes
         for scale in args.cfg:
             got = {}
-            for label, text in asks.items():
-                value = _sequence_input(gen.text_tokenizer, text, args.num)
-                vals = np.array([stat(x) for x in _generate_rgb(gen, cond, value, args.num, args, scale, seed=0)])
-                got[label] = (vals.mean(), vals.std(), text if isinstance(text, str) else " | ".join(text))
-            (lo, hi) = list(got)
-            gap = got[hi][0] - got[lo][0]
-            noise = 2 * np.hypot(got[hi][1], got[lo][1]) / np.sqrt(args.num)  # two standard errors of the gap
-            print(f"{name:20s} cfg {scale:.1f}: " + ", ".join(f"{k} [{v[2]}] {v[0]:.3f} ± {v[1]:.3f}" for k, v in got.items())
-                  + f"; gap {gap:+.3f} = {gap / world.std():+.2f} x the world's std ({world.mean():.3f} ± {world.std():.3f})"
+            for end, group in ends.items():
+                vals = []
+                for i, s in enumerate(group):
+                    value = _sequence_input(gen.text_tokenizer, text_of(s), args.num)
+                    vals += [stat(x) for x in _generate_rgb(gen, cond, value, args.num, args, scale, seed=i)]
+                got[end] = (np.mean(vals), np.std(vals) / np.sqrt(len(vals)), np.mean([world[s] for s in group]))
+            gap, asked = got["high"][0] - got["low"][0], got["high"][2] - got["low"][2]
+            noise = 2 * np.hypot(got["high"][1], got["low"][1])
+            print(f"{name:26s} cfg {scale:.1f}: asked {got['low'][2]:.3f} / {got['high'][2]:.3f} -> generated "
+                  f"{got['low'][0]:.3f} / {got['high'][0]:.3f}; gap {gap:+.3f} = {gap / asked:+.0%} of the asked gap"
                   + ("  -> steered" if gap > noise else f"  -> not steered (2 s.e. = {noise:.3f})"))
     return 0
 
