@@ -759,8 +759,10 @@ def oob_table(long_df: pd.DataFrame, *, method_key: str = "method", decimals: in
                 continue
             stats = {sfx: mean_std(v) for sfx, v in vals.items()}
             gen, base = stats[""][0], stats[".baseline"][0]
-            beats = (gen > base) if direction == "max" else (gen < base)
             d = 3 if metric == "abs_rel" else decimals
+            # compared as shown: chance computed two ways (5/96 and 100 * 5 / 96) must not read as a win
+            shown_gen, shown_base = round(gen, d), round(base, d)
+            beats = (shown_gen > shown_base) if direction == "max" else (shown_gen < shown_base)
             rows.append([Cell(str(method)), Cell(label)] + [Cell(format_mean_std(*stats[sfx], d), bold=(sfx == "" and beats))
                                                             for sfx in ("", ".ceiling", ".baseline")])
             records.append({"method": method, "task": label, "metric": f"{task}/{metric}", "generated": gen,

@@ -167,6 +167,7 @@ def test_size_and_label_parsing():
 def test_unknown_layout_and_where_key():
     with pytest.raises(ValueError, match="unknown table layout"):
         table(None, "wide")
+    import numpy as np
     import pandas as pd
     with pytest.raises(KeyError, match="no column 'nope'"):
         transfer_table(pd.DataFrame({"run_id": ["a"], "metric": ["m"], "value": [1.0]}), where={"nope": 1})
@@ -185,3 +186,22 @@ def test_ablation_leaves_out_a_task_without_the_metric(tmp_path):
     assert mixed.markdown.splitlines()[3] == "| 2 | **0.200** | 2.000 |"
     with pytest.raises(ValueError, match="no run reports the metric 'top1'"):
         ablation_table(df, metric="top1")
+
+
+def test_oob_rows_at_chance_are_not_bold_whatever_the_float_rounding():
+    import numpy as np
+    import pandas as pd
+
+    from results.tables import oob_table
+
+    hits = 100 * float(np.mean([True] * 5 + [False] * 91))  # 5.208333333333334
+    chance = 100 * 5 / 96                                                          # 5.208333333333333
+    assert hits != chance
+    rows = [("retrieval/recall@5", hits), ("retrieval/recall@5.baseline", chance),
+            ("retrieval_dinov2_global_from_rgb/recall@5", 67.7), ("retrieval_dinov2_global_from_rgb/recall@5.ceiling", 95.8),
+            ("retrieval_dinov2_global_from_rgb/recall@5.baseline", chance)]
+    df = pd.DataFrame([{"task": "oob", "method": "m", "metric": k, "value": v} for k, v in rows])
+    tbl = oob_table(df)
+    assert tbl.frame["beats_baseline"].tolist() == [False, True]
+    assert "| m | caption → image retrieval R@5 (CLIP tokens) | 5.2 | – | 5.2 |" in tbl.markdown
+    assert "| m | RGB → image retrieval R@5 (DINOv2 global tokens) | **67.7** | 95.8 | 5.2 |" in tbl.markdown
