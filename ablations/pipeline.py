@@ -119,6 +119,21 @@ def _resources(recipe: dict, kind: str) -> Resources:
     return Resources(**{**(table.get("default") or {}), **(table.get(kind) or {})})
 
 
+def _check_tokenizer_keys(source: Path, key: str, spec: dict, vector: bool) -> None:
+    """A vector or mask tokenizer's model keys, checked before any job runs (a typo would fail only in the job)."""
+    import dataclasses
+
+    from fourm.tokenizers.mlp_vqvae import MLPVQVAEConfig
+    from fourm.tokenizers.vqvae import VQVAEConfig
+
+    config = MLPVQVAEConfig if vector else VQVAEConfig
+    known = {f.name for f in dataclasses.fields(config)} - {"dim", "modality"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise RecipeError(f"{source}: {key}: unknown keys {unknown}; known: steps, seed, batch_size, "
+                          f"{'lr, ' if vector else ''}{', '.join(sorted(known))}")
+
+
 def expand(recipe: dict, work: str | Path, out: str | Path, source: Path = Path("<recipe>")) -> list[Stage]:
     """The recipe's jobs in run order (each after the jobs it reads from); checks every config before returning."""
     from fourm.tokenizers.train import compose_config
@@ -197,14 +212,17 @@ def expand(recipe: dict, work: str | Path, out: str | Path, source: Path = Path(
     for mod, extra in (vec.get("modalities") or {}).items():
         spec = {**(vec.get("common") or {}), **(extra or {})}
         cfg = {"kind": "vector_tokenizer", "data": paths["world"], "modality": mod, "steps": int(spec.pop("steps", 500)),
-               "seed": int(spec.pop("seed", 0)), "model": spec}
+               "seed": int(spec.pop("seed", 0)), "batch_size": int(spec.pop("batch_size", 64)),
+               "lr": float(spec.pop("lr", 2e-3)), "model": spec}
+        _check_tokenizer_keys(source, f"vector_tokenizers.modalities.{mod}", spec, vector=True)
         d = add("vector_tokenizer", f"tokenizer {mod}", cfg, after=data_after(mod))
         paths[f"tokenizer.{mod}"], ids[f"tokenizer.{mod}"] = str(d), d.name
         token_modality[mod] = spec.get("token_modality", f"tok_{mod}")
     if recipe.get("mask_tokenizer"):
         spec = dict(recipe["mask_tokenizer"])
         cfg = {"kind": "mask_tokenizer", "data": paths["world"], "steps": int(spec.pop("steps", 300)),
-               "seed": int(spec.pop("seed", 0)), "model": spec}
+               "seed": int(spec.pop("seed", 0)), "batch_size": int(spec.pop("batch_size", 32)), "model": spec}
+        _check_tokenizer_keys(source, "mask_tokenizer", spec, vector=False)
         d = add("mask_tokenizer", "tokenizer sam_instance", cfg, after=data_after("sam_instance"))
         paths["tokenizer.sam_instance"], ids["tokenizer.sam_instance"] = str(d), d.name
         token_modality["sam_instance"] = "sam_instance"

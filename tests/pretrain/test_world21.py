@@ -126,3 +126,15 @@ def test_a_recipe_naming_an_unknown_labeler_fails_before_any_job(tmp_path):
     with pytest.raises(RecipeError, match=r"labels.labelers.depth_pro: unknown labeler 'depth_pro' \(known: .*canny_edge"):
         expand(cfg, tmp_path / "work", tmp_path / "out", path)
     assert not (tmp_path / "work").exists()
+
+
+def test_a_tokenizer_key_typo_in_the_recipe_fails_before_any_job(tmp_path):
+    from ablations.pipeline import RecipeError, expand, load_recipe
+
+    path, cfg = load_recipe("world21_tiny", ["vector_tokenizers.common.codebok_size=64"])
+    with pytest.raises(RecipeError, match=r"vector_tokenizers.modalities.dinov2_global: unknown keys \['codebok_size'\]; "
+                                          r"known: steps, seed, batch_size, lr, beta, code_dim, codebook_size"):
+        expand(cfg, tmp_path / "work", tmp_path / "out", path)
+    path, cfg = load_recipe("world21_tiny", ["mask_tokenizer.lr=0.1"])
+    with pytest.raises(RecipeError, match=r"mask_tokenizer: unknown keys \['lr'\]"):
+        expand(cfg, tmp_path / "work", tmp_path / "out", path)
