@@ -10,6 +10,8 @@ labeler            what it writes (per image)                                   
 ``metadata``       the 4M-21 metadata types (:data:`fourm.data.serialize.METADATA_TYPES`)      ``metadata/*.json``
 ``vit_features``   patch-token maps of a timm ViT (DINOv2/ImageBind/CLIP by model name)         ``<name>/*.npy``
 ``vit_global``     the pooled embedding of the same ViT (the retrieval modalities)            ``<name>_global/*.npy``
+``t5_caption``     T5 embeddings of the caption (a local T5 via ``checkpoint``; else a seeded  ``t5_caption/*.npy``
+                   stand-in encoder of the same shape)
 =================  =========================================================================  ======================
 
 The instance masks come from a :class:`MaskSource`: the world's ground-truth instances (:class:`WorldInstances`), or
@@ -340,6 +342,87 @@ def _vit_features(in_dir: Path, **options) -> Labeler:
 @register_labeler("vit_global")
 def _vit_global(in_dir: Path, **options) -> Labeler:
     return VitFeatures(global_=True, **options)
+
+
+# --- T5 caption embeddings --------------------------------------------------------------------------------------------
+class TextEmbedder(abc.ABC):
+    """A text encoder: each caption -> a float array ``[length, dim]`` (4M-21 reads T5-XXL's, dim 4096)."""
+
+    @abc.abstractmethod
+    def embed(self, texts: list[str]) -> list[np.ndarray]:
+        """One ``[length, dim]`` array per text (length <= max_length, padding removed)."""
+
+
+class T5Embedder(TextEmbedder):
+    """A T5 encoder and its tokenizer from a local folder (``transformers``' ``T5EncoderModel``; T5-XXL for 4M-21)."""
+
+    def __init__(self, path: str, max_length: int = 77, device: str = "cpu"):
+        try:
+            from transformers import AutoTokenizer, T5EncoderModel
+        except ImportError:
+            raise ImportError("the t5_caption labeler with checkpoint= needs `pip install transformers sentencepiece` "
+                              "(without a checkpoint it uses the seeded stand-in encoder)") from None
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"checkpoint {path}: no such folder (a saved T5 model and tokenizer)")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = T5EncoderModel.from_pretrained(path).eval().to(device)
+        self.max_length, self.device = max_length, device
+
+    @torch.no_grad()
+    def embed(self, texts):
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        h = self.model(**{k: v.to(self.device) for k, v in batch.items()}).last_hidden_state.float().cpu()
+        return [h[i, : int(m.sum())].numpy() for i, m in enumerate(batch["attention_mask"])]
+
+
+class HashedWordEncoder(TextEmbedder):
+    """A stand-in for T5 with seeded random weights: each lower-cased word hashed into an embedding table, mixed by
+    one self-attention layer, projected to ``dim``, plus an end-of-text row. The same caption always gives the same
+    array; captions that differ in a word differ there and, through the attention, around it."""
+
+    def __init__(self, dim: int = 4096, width: int = 64, buckets: int = 8192, max_length: int = 77, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(buckets + 1, width, generator=gen)  # the last row: end of text
+        self.pos = torch.randn(max_length, width, generator=gen) * 0.1
+        self.qkv = torch.randn(width, 3 * width, generator=gen) / width ** 0.5
+        self.proj = torch.randn(width, dim, generator=gen) / width ** 0.5
+        self.buckets, self.max_length = buckets, max_length
+
+    def embed(self, texts):
+        import zlib
+
+        out = []
+        for text in texts:
+            ids = [zlib.crc32(w.encode()) % self.buckets for w in text.lower().split()][: self.max_length - 1]
+            x = self.table[ids + [self.buckets]] + self.pos[: len(ids) + 1]
+            q, k, v = (x @ self.qkv).chunk(3, dim=-1)
+            x = x + torch.softmax(q @ k.T / q.shape[-1] ** 0.5, dim=-1) @ v
+            out.append((torch.nn.functional.layer_norm(x, x.shape[-1:]) @ self.proj).numpy())
+        return out
+
+
+class T5Captions(Labeler):
+    """The T5 embeddings of each image's caption (``<split>/caption``), stored as float16 ``[length, dim]`` .npy."""
+
+    name = modality = "t5_caption"
+
+    def __init__(self, split: Path, embedder: TextEmbedder):
+        self.split, self.embedder = Path(split), embedder
+        self.codec = folder_modality(self.modality)
+
+    def __call__(self, images, stems):
+        paths = [FOURM_MODALITIES["caption"].path(self.split, s) for s in stems]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: t5_caption embeds the split's captions ({len(missing)} missing)")
+        texts = [FOURM_MODALITIES["caption"].decode(p) for p in paths]
+        return [e.astype(np.float16) for e in self.embedder.embed(texts)]
+
+
+@register_labeler("t5_caption")
+def _t5_caption(in_dir: Path, checkpoint: str | None = None, seed: int = 0, device: str = "cpu", **_) -> Labeler:
+    embedder = T5Embedder(checkpoint, device=device) if checkpoint else HashedWordEncoder(seed=seed)
+    return T5Captions(in_dir.parent, embedder)
 
 
 # --- human poses ------------------------------------------------------------------------------------------------------

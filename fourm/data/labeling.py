@@ -181,7 +181,8 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", default=None, help="timm_features, vit_features, vit_global: the timm model name")
     p.add_argument("--name", default=None, help="vit_features, vit_global: the modality folder (e.g. dinov2, clip)")
-    p.add_argument("--checkpoint", default=None, help="vit_features, vit_global: a local weights file")
+    p.add_argument("--checkpoint", default=None,
+                   help="vit_features, vit_global: a local weights file; t5_caption: a local T5 model folder")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     options = {}
@@ -189,10 +190,12 @@ def cli(argv: list[str]) -> int:
         options = {"device": args.device, **({"model": args.model} if args.model else {})}
         if args.labeler != "timm_features":
             options.update({k: v for k, v in (("folder", args.name), ("checkpoint", args.checkpoint)) if v})
+    elif args.labeler == "t5_caption":
+        options = {"device": args.device, **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
     try:
         labeler = create_labeler(args.labeler, rgb_folder(args.in_dir), **options)
         result = label_folder(args.in_dir, labeler, args.out, args.batch_size)
-    except (KeyError, FileNotFoundError, ValueError) as e:
+    except (KeyError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"fourm-bench label: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     print(f"label {labeler.name}: {result['labelled']} labelled, {result['skipped']} already done -> {result['out']}")

@@ -8,7 +8,8 @@ One call masks a whole batch with vectorised torch ops (only tokenization loops 
    ``min_tokens`` / ``max_tokens`` (overflow goes to the other modalities of the component);
 3. image modalities: a random set of ``input`` grid positions, and a disjoint random set of ``target`` positions;
    sequences (caption, det): span masking with sentinels [S_1], [S_2], ... (``keep`` scheme random / all / binary);
-   a sequence given as a list of strings (one chunk per box) is masked chunk by chunk.
+   a sequence given as a list of strings (one chunk per box) is masked chunk by chunk; embedding sequences
+   (``t5_caption``, input-only): a random set of ``input`` positions among each row's valid embeddings.
 
 The output is the official FourM batch format, ``mod_dict[mod] = {"tensor", "input_mask", "target_mask",
 "decoder_attention_mask"}`` where True in a mask means *not used*:
@@ -16,7 +17,8 @@ The output is the official FourM batch format, ``mod_dict[mod] = {"tensor", "inp
 * image / image tokens: ``tensor`` passed through, masks ``[B, N]`` bool, ``decoder_attention_mask`` ``[B, N]`` int32
   holding the number of target tokens at the first target position (0 elsewhere);
 * sequences: ``tensor`` ``[B, 2 * (max_tokens + 1)]`` int32: the masked input sequence at ``[0, len)``, the target
-  sequence at ``[input_budget, input_budget + len)``, PAD elsewhere; ``decoder_attention_mask`` is 1 on target positions.
+  sequence at ``[input_budget, input_budget + len)``, PAD elsewhere; ``decoder_attention_mask`` is 1 on target positions;
+* embedding sequences: ``tensor`` ``[B, max_length, D]`` float, zero-padded; padding is never an input.
 
 Alphas configs use the official YAML format (modality -> ``input_alphas`` / ``target_alphas`` / ``keep`` lists, one
 value per component, optionally wrapped as ``{sampling_weights: [...], alphas_mixture: {...}}``); the mixtures shipped
@@ -375,7 +377,7 @@ class UnifiedMasking:
         self.max_tokens = torch.tensor([overrides.get(m.name, m.num_tokens) for m in self.mods], dtype=torch.long)
         self.min_tokens = torch.tensor([mins.get(m.name, m.min_tokens) for m in self.mods], dtype=torch.long)
         for m, mx in zip(self.mods, self.max_tokens.tolist()):
-            limit = m.grid * m.grid if m.kind != "sequence" else m.max_length
+            limit = m.max_length if m.kind in ("sequence", "embedding_sequence") else m.grid * m.grid
             if not 0 < mx <= limit:
                 raise ValueError(f"UnifiedMasking: max_tokens[{m.name!r}]={mx} must be in 1..{limit}")
         self.is_image = torch.tensor([m.kind != "sequence" for m in self.mods])
@@ -446,13 +448,15 @@ class UnifiedMasking:
         # modalities of the same shape are masked together: fewer, larger tensor ops
         groups: dict[tuple, list[int]] = {}
         for j, mod in enumerate(self.mods):
-            key = ("seq", int(self.max_tokens[j])) if mod.kind == "sequence" else ("img", mod.grid)
+            key = {"sequence": ("seq", int(self.max_tokens[j])), "embedding_sequence": ("emb", j)}.get(mod.kind, ("img", mod.grid))
             groups.setdefault(key, []).append(j)
         for (kind, size), js in groups.items():
             in_b, tg_b = budgets.input[:, js].long().T, budgets.target[:, js].long().T  # [n, B]
             xs, mods = [batch[self.names[j]] for j in js], [self.mods[j] for j in js]
             if kind == "img":
                 results = self._images(xs, mods, in_b, tg_b, generator)
+            elif kind == "emb":
+                results = [self._embedding_sequence(xs[0], mods[0], in_b[0], generator)]
             else:
                 keep = self.keep_codes[comp][:, js].T
                 results = self._sequences(xs, mods, size, in_b, tg_b, keep, generator)
@@ -485,6 +489,30 @@ class UnifiedMasking:
             {"tensor": x, "input_mask": input_mask[i], "target_mask": target_mask[i], "decoder_attention_mask": dam[i]}
             for i, x in enumerate(xs)
         ]
+
+    def _embedding_sequence(self, xs, mod, in_b, g) -> dict:
+        """An input-only sequence of float embeddings (``t5_caption``): ``xs`` holds B tensors ``[L_i, D]`` (or a padded
+        ``[B, L, D]`` tensor with every row valid). Rows are padded to ``max_length``; ``in_b`` random valid positions
+        of each row are the input (fewer when the row is shorter), padding never is."""
+        rows = list(xs) if not torch.is_tensor(xs) else list(xs.unbind(0))
+        L = mod.max_length
+        for i, r in enumerate(rows):
+            if not torch.is_tensor(r) or r.ndim != 2 or r.shape[1] != mod.embedding_dim:
+                raise ValueError(f"batch[{mod.name!r}][{i}] must be a float tensor [length, {mod.embedding_dim}], got "
+                                 f"{tuple(r.shape) if torch.is_tensor(r) else type(r).__name__}")
+        B = len(rows)
+        x = torch.zeros(B, L, mod.embedding_dim)
+        valid = torch.zeros(B, L, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            n = min(len(r), L)
+            x[i, :n], valid[i, :n] = r[:n].float(), True
+        keys = torch.randint(0, 2**31 - 1, (B, L), generator=g, dtype=torch.int64)
+        keys = torch.where(valid, keys, torch.iinfo(torch.int64).max)  # padding ranks after every valid position
+        rank = keys.argsort(dim=-1).argsort(dim=-1)
+        input_mask = (rank >= in_b[:, None]) | ~valid
+        ones = torch.ones(B, L, dtype=torch.bool)
+        return {"tensor": x, "input_mask": input_mask, "target_mask": ones,
+                "decoder_attention_mask": torch.zeros(B, L, dtype=torch.int32)}
 
     def _encode(self, strings: list[str]):
         # encode_batch_fast skips character offsets, which masking never needs

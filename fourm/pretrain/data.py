@@ -23,7 +23,7 @@ def collate(samples: list[dict], modalities: list[str]) -> dict:
     for mod in modalities:
         kind = M.get(mod).kind
         vals = [s[mod] for s in samples]
-        if kind == "sequence":
+        if kind in ("sequence", "embedding_sequence"):  # strings / chunk lists; embeddings of varying length
             out[mod] = list(vals)
         elif kind == "image":
             x = torch.stack([torch.as_tensor(v) for v in vals])
@@ -46,8 +46,8 @@ def load_token_samples(pattern: str, modalities: list[str], bins: int | None = N
 
     A sample holds, per modality, a list over crops (token grids ``[h, w]``, RGB ``uint8 [3, S, S]``, det as box
     chunk strings in ``bins`` coordinate bins, the official 1000 by default; sam_instance strings), a list of variants
-    (colour palettes of 1..7 colours) or a single value (caption, metadata chunks); ``__crops__`` says how many
-    crops. Pretraining picks one crop and one variant per step.
+    (colour palettes of 1..7 colours) or a single value (caption, metadata chunks, T5 embeddings ``[L, D]``);
+    ``__crops__`` says how many crops. Pretraining picks one crop and one variant per step.
     """
     import io
     import json
@@ -81,6 +81,9 @@ def load_token_samples(pattern: str, modalities: list[str], bins: int | None = N
                     (cropped if per == "crops" else variants if per == "variants" else []).append(m)
                     continue
                 arr = np.load(io.BytesIO(raw[ext]), allow_pickle=False)
+                if kind == "embedding_sequence":  # [L, D] for the whole sample
+                    sample[m] = torch.from_numpy(arr.astype(np.float32))
+                    continue
                 if m in token_mods and int(arr.max(initial=0)) >= token_mods[m]["vocab_size"]:
                     raise ShardError(f"{path}: {m} token id {int(arr.max())} >= vocab {token_mods[m]['vocab_size']}")
                 t = torch.from_numpy(arr.astype(np.int64) if m in token_mods else np.ascontiguousarray(arr))

@@ -140,6 +140,11 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     if unknown:
         raise ValueError(f"text={list(cfg['text'])}: no shard format for {unknown}; text modalities are {TEXT_MODALITIES}")
     text_mods = [m for m in cfg["text"] if (root / m).is_dir()]
+    for m in cfg.get("embeddings", []):
+        if registry.get(m).kind != "embedding_sequence":
+            raise ValueError(f"embeddings={list(cfg['embeddings'])}: {m!r} is a {registry.get(m).kind} modality, not an "
+                             "embedding sequence (e.g. t5_caption)")
+    emb_mods = [m for m in cfg.get("embeddings", []) if (root / m).is_dir()]
     stems = list_stems(root, [*models, *(["rgb"] if cfg["store_rgb"] else [])])
     if cfg.get("max_samples"):
         stems = stems[: cfg["max_samples"]]
@@ -199,7 +204,7 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
                     f"{path} exists and was not written by this encode config; "
                     "use another out= or pass overwrite=true to replace it"
                 )
-        samples = _encode_chunk(root, chunk, models, text_mods, cfg, rgb_size, bar)
+        samples = _encode_chunk(root, chunk, models, text_mods, emb_mods, cfg, rgb_size, bar)
         size = write_shard(path, header, samples)
         shards.append({"file": name, "samples": len(chunk), "bytes": size})
         written += 1
@@ -213,6 +218,7 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
         "modalities": modalities,
         "rgb": header.get("rgb"),
         "text": text_mods,
+        "embeddings": emb_mods,
         "shards": shards,
         "bytes": sum(s["bytes"] for s in shards),
         "seconds": round(time.perf_counter() - t0, 2),
@@ -231,7 +237,7 @@ def _is_feature_map(model) -> bool:
     return model.config.kind == "feature"
 
 
-def _encode_chunk(root, stems, models, text_mods, cfg, rgb_size, bar) -> list[dict]:
+def _encode_chunk(root, stems, models, text_mods, emb_mods, cfg, rgb_size, bar) -> list[dict]:
     """Samples of one shard: every crop of every image through every tokenizer, in batches.
 
     Crops are planned in the pixels of the images (edges, depth, ... must share their size); a feature map (e.g. 16 x
@@ -277,6 +283,12 @@ def _encode_chunk(root, stems, models, text_mods, cfg, rgb_size, bar) -> list[di
             sample[SEQUENCE_FILES["det"][0]] = [crop_boxes(boxes, p[:4], p[4]) for p in plan]
         if "color_palette" in text_mods:
             sample[SEQUENCE_FILES["color_palette"][0]] = palette_texts(read_raw(root, "color_palette", stem))
+        for m in emb_mods:
+            emb = np.asarray(read_raw(root, m, stem), dtype=np.float16)
+            if emb.ndim != 2 or emb.shape[1] != registry.get(m).embedding_dim:
+                raise ValueError(f"{root}/{m}/{stem}.npy: shape {emb.shape}, expected [length, "
+                                 f"{registry.get(m).embedding_dim}] (the registry's embedding_dim of {m})")
+            sample[f"{m}.npy"] = emb
         if "metadata" in text_mods:
             sample[SEQUENCE_FILES["metadata"][0]] = metadata_to_chunks(metadata_bins(read_raw(root, "metadata", stem)))
         samples.append(sample)

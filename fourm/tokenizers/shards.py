@@ -14,6 +14,7 @@ A shard ``<split>-000000.tar`` holds, in order:
   ``<key>.color_palette.json`` 4M-21: the palette strings of 1..k colours (pretraining picks one per step)
   ``<key>.metadata.json``      4M-21: the metadata chunks ``v1=<type> v0=<bin>`` (same for every crop)
   ``<key>.sam_instance.json``  4M-21: per crop, the SAM-instance string of that crop
+  ``<key>.t5_caption.npy``     4M-21: the caption's T5 embeddings, float16 ``[length, 4096]`` (same for every crop)
   ``<key>.crops.json``         ``{"size": [H, W], "crops": [[top, left, h, w, flip], ...]}`` in original pixels
   ==========================  ====================================================================================
 

@@ -160,3 +160,19 @@ def test_cli_writes_a_named_global_embedding_folder(split, capsys):
     assert rc == 0 and "8 labelled" in capsys.readouterr().out
     files = sorted((split / "clip_global").glob("*.npy"))
     assert len(files) == 8 and np.load(files[0]).shape == (384,)
+
+
+def test_t5_caption_embeds_each_caption_at_t5_xxl_width_and_names_a_missing_model(split, capsys):
+    assert labeling.cli(["--in", str(split), "--labeler", "t5_caption"]) == 0
+    stems = sorted(p.stem for p in (split / "caption").glob("*.txt"))
+    embs = {s: np.load(split / "t5_caption" / f"{s}.npy") for s in stems}
+    for s, e in embs.items():
+        words = (split / "caption" / f"{s}.txt").read_text().split()
+        assert e.dtype == np.float16 and e.shape == (min(len(words), 76) + 1, 4096)  # a row a word, then end of text
+    enc = L21.HashedWordEncoder()
+    a, b, c = enc.embed(["a red cube", "a red cube", "a blue cube"])
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    capsys.readouterr()
+    assert labeling.cli(["--in", str(split), "--labeler", "t5_caption", "--checkpoint", str(split / "no-t5")]) == 2
+    err = capsys.readouterr().err  # without transformers: what to install; with it: the missing folder
+    assert "needs `pip install transformers sentencepiece`" in err or f"checkpoint {split / 'no-t5'}: no such folder" in err

@@ -597,3 +597,28 @@ def test_trimming_sequence_padding_keeps_the_loss_and_gradients(tok):
 
     # budgets wider than what is left after the cut: the full layout is kept, so the model's shapes stay the same
     assert trim_sequence_padding(batch, ["caption"], ["caption"], 300, 48) is batch
+
+
+def test_embedding_sequences_give_random_valid_positions_as_input_and_never_padding():
+    names = ["tok_depth@224", "t5_caption"]
+    alphas = {"tok_depth@224": {"input_alphas": [1.0], "target_alphas": [1.0]},
+              "t5_caption": {"input_alphas": [1.0], "target_alphas": [0.0]}}
+    m = UnifiedMasking(names, alphas, 40, 16)
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 30, 77, 12]
+    batch = {"tok_depth@224": torch.randint(0, 100, (4, 14, 14), generator=g),
+             "t5_caption": [torch.randn(n, 4096, generator=g) for n in lengths]}
+    budgets = m.sample_budgets(4, torch.Generator().manual_seed(1))
+    out = m(batch, torch.Generator().manual_seed(2), budgets=budgets)["t5_caption"]
+    assert out["tensor"].shape == (4, 77, 4096) and out["input_mask"].shape == (4, 77)
+    assert out["target_mask"].all()  # input-only
+    for i, n in enumerate(lengths):
+        visible = (~out["input_mask"][i]).nonzero().flatten()
+        assert len(visible) == min(int(budgets.input[i, 1]), n) and (visible < n).all()
+        assert torch.equal(out["tensor"][i, :n], batch["t5_caption"][i]) and not out["tensor"][i, n:].any()
+    # which positions are visible is random, not the first ones
+    many = m({k: (v.repeat(8, 1, 1) if torch.is_tensor(v) else v * 8) for k, v in batch.items()},
+             torch.Generator().manual_seed(3))["t5_caption"]["input_mask"]
+    assert (~many[:, 60:]).any()
+    with pytest.raises(ValueError, match=r"batch\['t5_caption'\]\[0\] must be a float tensor \[length, 4096\]"):
+        m({**batch, "t5_caption": [torch.randn(5, 8)] * 4}, torch.Generator().manual_seed(2))

@@ -22,9 +22,9 @@ from fourm.tokenizers.checkpoint import load_tokenizer
 from fourm.tokenizers.mlp_vqvae import MLPVQVAE
 from fourm.tokenizers.shards import iter_shard
 
-# what the world can label of 4M-21 (no people: no human_poses; no T5: no t5_caption)
-WORLD21 = [m for m in M.MOD21 if m not in ("human_poses", "t5_caption")]
-TARGETS = [m for m in WORLD21 if m != "rgb@224"]
+# what the world can label of 4M-21 (no people: no human_poses); T5 embeddings and RGB pixels are input-only
+WORLD21 = [m for m in M.MOD21 if m != "human_poses"]
+TARGETS = [m for m in WORLD21 if m not in ("rgb@224", "t5_caption")]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,9 @@ def test_shards_hold_4m21_tokens_and_text_in_the_official_formats(world21):
     shapes = {m: np.load(io.BytesIO(raw[f"{m}.npy"])).shape for m in index["modalities"]}
     assert shapes["tok_dinov2@224"] == (crops, 16, 16) and shapes["tok_dinov2_global"] == (crops, 4, 4)
     assert shapes["tok_rgb@224"] == shapes["tok_canny_edge@224"] == shapes["tok_clip@224"] == (crops, 14, 14)
+    assert index["embeddings"] == ["t5_caption"]
+    t5 = np.load(io.BytesIO(raw["t5_caption.npy"]))
+    assert t5.dtype == np.float16 and t5.shape[1] == 4096 and 2 <= t5.shape[0] <= 77
     globals_ = np.load(io.BytesIO(raw["tok_dinov2_global.npy"]))
     assert (globals_[0] == globals_[1]).all()  # a global embedding describes the whole image: every crop has it
     # each string parses back with its serializer
