@@ -292,7 +292,6 @@ class GenerationSampler(nn.Module):
         self.check_schedule(mod_dict, schedule, text_tokenizer)
         mod_dict = copy.deepcopy(mod_dict)
         for step, info in tqdm(enumerate(schedule), total=len(schedule), disable=not verbose, desc="generate"):
-            target, temp = info["target_domain"], info["temperature"]
             scale, conds = info.get("cfg_scale", 1.0), info.get("cfg_cond_domains", [])
             seed_i = seed + step if seed is not None else None
             if scale == 1.0 or not conds:
