@@ -1,6 +1,6 @@
 """Steering a 4M-21 model: RGB generated from metadata or a colour palette alone follows what was asked.
 
-    python -m benchmarks.steering --work data/world21 [--images 4] [--num 8] [--steps 8] [--temp 1.0] [--cfg 1.0 3.0]
+    python -m benchmarks.steering --work data/world21 [--recipe world21] [--images 4] [--num 8] [--steps 8] [--temp 1.0] [--cfg 1.0 3.0]
 
 Reads the model, the RGB tokenizer and the text tokenizer of a ``fourm-bench pipeline world21`` work folder. The
 requests are the labels of the world's own validation images at both ends of a statistic (the ``images`` darkest and
@@ -28,19 +28,21 @@ from fourm.data.labelers21 import metadata_bins
 from fourm.data.serialize import METADATA_TYPES, lab_bins, metadata_to_chunks, palette_to_text
 
 
-def _pipeline_outputs(work: Path) -> dict:
-    """The pretrained checkpoint, RGB tokenizer, text tokenizer and world of a world21 pipeline work folder."""
-    pre = sorted((work / "pretrain").glob("*/metrics.json"))
-    if not pre:
-        raise FileNotFoundError(f"{work}/pretrain: no finished pretraining; run `fourm-bench pipeline world21` first")
-    rgb = [d for d in (work / "tokenizer").iterdir() if (d / "DONE").exists()
-           and json.loads((d / "metrics.json").read_text()).get("modality") == "rgb"]
-    text = sorted((work / "text_tokenizer").glob("*/text_tokenizer.json"))
-    world = sorted((work / "world").glob("*/world"))
-    if not (rgb and text and world):
-        raise FileNotFoundError(f"{work}: needs a finished rgb tokenizer, text tokenizer and world")
-    return {"model": json.loads(pre[0].read_text())["checkpoint"], "rgb": str(rgb[0]), "text": str(text[0]),
-            "world": world[0]}
+def _pipeline_outputs(recipe: str, work: Path) -> dict:
+    """The pretrained checkpoint, RGB tokenizer, text tokenizer and world that ``recipe`` puts in ``work``."""
+    from ablations.pipeline import expand, load_recipe
+
+    path, cfg = load_recipe(recipe)
+    stages = {s.name: Path(s.job.run_dir) for s in expand(cfg, work, work / "unused-out", path)}
+    pretrain = next(d for name, d in stages.items() if name.startswith("pretrain "))
+    need = {"pretraining": pretrain, "rgb tokenizer": stages["tokenizer rgb"],
+            "text tokenizer": stages["text tokenizer"], "world": stages["world"]}
+    missing = [f"{k} ({d})" for k, d in need.items() if not (d / "DONE").exists()]
+    if missing:
+        raise FileNotFoundError(f"{work}: not finished: {', '.join(missing)}; run `fourm-bench pipeline {recipe} "
+                                f"--work {work}` first")
+    return {"model": json.loads((pretrain / "metrics.json").read_text())["checkpoint"], "rgb": str(need["rgb tokenizer"]),
+            "text": str(need["text tokenizer"] / "text_tokenizer.json"), "world": need["world"] / "world"}
 
 
 def _sequence_input(tok, text: str | list[str], n: int) -> dict:
@@ -84,6 +86,7 @@ def lightness(rgb: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="the work folder of `fourm-bench pipeline world21`")
+    ap.add_argument("--recipe", default="world21", help="the pipeline recipe that filled --work (default world21)")
     ap.add_argument("--images", type=int, default=4, help="images at each end of the world's range")
     ap.add_argument("--num", type=int, default=8, help="generations per image")
     ap.add_argument("--steps", type=int, default=8)
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fourm.generation.cli import Generator
 
-    found = _pipeline_outputs(Path(args.work))
+    found = _pipeline_outputs(args.recipe, Path(args.work).resolve())
     gen = Generator(dict(model=found["model"], text_tokenizer=found["text"], tokenizers={"rgb": found["rgb"]},
                          cond=[], targets=["tok_rgb@224"], steps=args.steps, scheme="maskgit", temp=args.temp,
                          text_temp=0.0, top_p=0.0, top_k=0, text_tokens=64, cfg=1.0, inpaint=None, caption=None,
