@@ -201,3 +201,12 @@ def test_pretraining_names_a_sequence_modality_shards_cannot_hold(tiny_world, to
         load_token_samples(index["pattern"], ["tok_depth@224", "human_poses"])
     with pytest.raises(ShardError, match=r"has no 'color_palette' \(color_palette.json\)"):
         load_token_samples(index["pattern"], ["tok_depth@224", "color_palette"])
+
+
+def test_encode_names_a_tokenizer_writing_into_a_mistyped_or_unknown_modality(tiny_world, tiny_config, tmp_path):
+    for name, message in (("caption", "writes tokens as 'caption', a sequence modality"),
+                          ("tok_dpeth@224", "writes tokens as 'tok_dpeth@224', which is not a registered modality")):
+        path = tmp_path / f"{name}.safetensors"
+        save_tokenizer(VQVAE(tiny_config("depth", token_modality=name)).eval(), path)
+        with pytest.raises(ValueError, match=message):
+            _encode(tiny_world, {"depth": path}, tmp_path / name)
