@@ -13,10 +13,9 @@ autoregressive for text) and scores it against the split's ground truth:
 * RGB -> det: COCO box AP (pycocotools; generated boxes all have score 1);
 * RGB -> caption: corpus BLEU-4 against the one reference caption per image (lower-cased words, no smoothing);
 * 4M-21 retrieval (``retrieval_dinov2_global_from_rgb``, ``..._from_caption``; the same for ImageBind), when the
-  model predicts the global
-  tokens and their MLP VQ-VAE is given (``tokenizers.dinov2_global=<run>``): the embedding predicted from RGB alone
-  and from the caption alone, decoded, against the split's labelled embeddings; recall@1/5 (%), with the tokenizer's
-  ceiling and chance;
+  model predicts the global tokens and their MLP VQ-VAE is given (``tokenizers.dinov2_global=<run>``): the embedding
+  predicted from RGB alone and from the caption alone, decoded, against the split's labelled embeddings; recall@1/5
+  (%), with the tokenizer's ceiling and chance;
 * retrieval, when the model has ``tok_clip@224`` and reads captions: CLIP tokens predicted from each caption alone
   and from each image alone, each pooled to one vector (the mean of the model's own embeddings of the predicted
   tokens, L2-normalised), and recall@1/5 (%) of the matching image among the split's images; the baseline is chance.
