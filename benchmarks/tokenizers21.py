@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fourm.data import labeling, world
-from fourm.data.layouts import folder_modality
 from fourm.tokenizers import sam
-from fourm.tokenizers.mlp_vqvae import MLPVQVAE, MLPVQVAEConfig, train_vectors, vector_metrics
+from fourm.tokenizers.mlp_vqvae import MLPVQVAE, MLPVQVAEConfig, load_vectors, train_vectors, vector_metrics
 from fourm.tokenizers.train import compose_config, train
 
 
@@ -45,11 +43,6 @@ def _label(data: Path, vit: str, checkpoint: str | None) -> None:
             labeling.label_folder(root, labeling.create_labeler(name, root / "rgb", **opts))
 
 
-def _vectors(root: Path, name: str) -> torch.Tensor:
-    codec = folder_modality(name)
-    return torch.stack([torch.from_numpy(codec.decode(p).astype(np.float32)) for p in sorted((root / name).glob("*.npy"))])
-
-
 def run(work: Path, n_train: int, n_val: int, size: int, epochs: int, vit: str, checkpoint: str | None) -> None:
     data = work / f"world{size}"
     world.generate(str(data), n_train, size, seed=0, split="train")
@@ -61,13 +54,13 @@ def run(work: Path, n_train: int, n_val: int, size: int, epochs: int, vit: str, 
     for mod in ("canny_edge", "sam_edge"):
         r = train(compose_config("train", [f"modality={mod}", f"model.image_size={size}", *tiny]), progress=True)
         rows.append((mod, "f1", r.metrics["val"]["f1"], r.metrics["baselines"]["constant"]["f1"], True))
-    dim = int(_vectors(data / "train", "dinov2_global").shape[1])
+    dim = int(load_vectors(data / "train", "dinov2_global").shape[1])
     cfg = compose_config("train", ["modality=dinov2", f"modality.feature_dim={dim}", *tiny,
                                    "model.channels=[128,128]"])
     r = train(cfg, progress=True)
     rows.append(("dinov2 maps", "cosine", r.metrics["val"]["cosine"], r.metrics["baselines"]["constant"]["cosine"], True))
 
-    tr, va = _vectors(data / "train", "dinov2_global"), _vectors(data / "val", "dinov2_global")
+    tr, va = load_vectors(data / "train", "dinov2_global"), load_vectors(data / "val", "dinov2_global")
     mlp = MLPVQVAE(MLPVQVAEConfig(dim=dim, num_tokens=16, hidden=512, code_dim=32, codebook_size=256))
     train_vectors(mlp, tr, steps=50 * epochs)
     center = tr.mean(0)
@@ -76,8 +69,7 @@ def run(work: Path, n_train: int, n_val: int, size: int, epochs: int, vit: str, 
     rows.append(("dinov2 global", "cosine", ours["cosine"], mean["cosine"], True))
     rows.append(("dinov2 global", "c.cos", ours["centered_cosine"], mean["centered_cosine"], True))
 
-    maps = {s: [folder_modality("sam_instance").decode(p) for p in sorted((data / s / "sam_instance").glob("*.png"))]
-            for s in ("train", "val")}
+    maps = {s: sam.load_id_maps(data / s) for s in ("train", "val")}
     tok = sam.train_mask_tokenizer(sam.instance_crops(maps["train"]), steps=50 * epochs)
     m = sam.mask_metrics(tok, sam.instance_crops(maps["val"]))
     rows.append(("sam masks", "miou", m["tokens"]["miou"], m["whole_box"]["miou"], True))
