@@ -296,6 +296,13 @@ def _local_job(entry: RunEntry, log_dir: str, threads: int, started) -> None:
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     started.set()
+    # tqdm's default lock holds multiprocessing semaphores; a forkserver child ends without running finalizers, so
+    # the launcher's resource tracker would report every job's as leaked. A job draws its bars from one process.
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
