@@ -83,7 +83,7 @@ def test_pretraining_lowers_every_modalitys_validation_loss(world21):
     vals = [r for r in Run(run_dir).read_log() if "val/loss" in r]
     first, last = vals[0], vals[-1]
     assert (first["step"], last["step"]) == (10, 60)
-    assert last["val/loss"] < first["val/loss"] - 0.3  # measured 4.65 -> 4.10
+    assert last["val/loss"] < first["val/loss"] - 0.3  # measured 5.09 -> 4.39
     for m in TARGETS:
         assert math.isfinite(last[f"val/{m}"]) and last[f"val/{m}"] < first[f"val/{m}"], m
 
