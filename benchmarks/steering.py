@@ -45,32 +45,20 @@ def _pipeline_outputs(recipe: str, work: Path) -> dict:
             "text": str(need["text tokenizer"] / "text_tokenizer.json"), "world": need["world"] / "world"}
 
 
-def _sequence_input(tok, text: str | list[str], n: int) -> dict:
-    """A sequence modality given in full (no masking) to ``n`` rows: what the model reads as a condition."""
+def _sequence_input(tok, cond: str, text: str | list[str], n: int) -> dict:
+    """The mod_dict of ``n`` rows that each hold ``text`` (a string or its chunks) as the whole ``cond`` sequence."""
+    from fourm.generation.modality_dicts import full_sequence_input
+
     chunks = [text] if isinstance(text, str) else text
     ids = [i for c in chunks for i in tok.encode(c).ids] + [tok.token_to_id("[EOS]")]
-    tensor = torch.tensor([ids] * n)
-    mask = torch.zeros_like(tensor, dtype=torch.bool)
-    return {"tensor": tensor, "input_mask": mask, "target_mask": torch.ones_like(mask),
-            "decoder_attention_mask": torch.zeros_like(tensor)}
+    return full_sequence_input({}, cond, [ids] * n, tok.token_to_id("[PAD]"))
 
 
 @torch.no_grad()
-def _generate_rgb(gen, cond: str, value: dict, n: int, args, scale: float, seed: int) -> list[np.ndarray]:
-    from fourm.generation.modality_dicts import init_empty_target_modality
-    from fourm.generation.schedules import build_chained_generation_schedules
-
-    info = gen.model.modality_info
-    mod = {cond: value}
-    t = "tok_rgb@224"
-    init_empty_target_modality(mod, info, t, n, info[t]["max_tokens"], "cpu")
-    sched = build_chained_generation_schedules(
-        cond_domains=[cond], target_domains=[t], tokens_per_target=[info[t]["max_tokens"]],
-        autoregression_schemes=["maskgit"], decoding_steps=[args.steps], token_decoding_schedules=["cosine"],
-        temps=[args.temp], temp_schedules=["constant"], cfg_scales=[scale], cfg_schedules=["constant"],
-        modality_info=info, cfg_grow_conditioning=True)
-    out = gen.sampler.generate(mod, sched, seed=seed)
-    return [x.permute(1, 2, 0).clamp(0, 1).numpy().astype(np.float64) for x in gen.detok.decode(t, out[t])]
+def _generate_rgb(gen, cond: str, mod: dict, args, scale: float, seed: int) -> list[np.ndarray]:
+    tokens = gen.predict(mod, cond, "tok_rgb@224", seed, temp=args.temp, cfg_scale=scale, steps=args.steps)
+    return [x.permute(1, 2, 0).clamp(0, 1).numpy().astype(np.float64)
+            for x in gen.detok.decode("tok_rgb@224", {"tensor": tokens})]
 
 
 def brightness(rgb: np.ndarray) -> float:
@@ -130,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             for end, group in ends.items():
                 vals = []
                 for i, s in enumerate(group):
-                    value = _sequence_input(gen.text_tokenizer, text_of(s), args.num)
-                    vals += [stat(x) for x in _generate_rgb(gen, cond, value, args.num, args, scale, seed=i)]
+                    mod = _sequence_input(gen.text_tokenizer, cond, text_of(s), args.num)
+                    vals += [stat(x) for x in _generate_rgb(gen, cond, mod, args, scale, seed=i)]
                 got[end] = (np.mean(vals), np.std(vals) / np.sqrt(len(vals)), np.mean([world[s] for s in group]))
             gap, asked = got["high"][0] - got["low"][0], got["high"][2] - got["low"][2]
             noise = 2 * np.hypot(got["high"][1], got["low"][1])

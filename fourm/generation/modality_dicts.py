@@ -128,6 +128,17 @@ def custom_text(sample: dict, input_text: str, eos_token: str, key: str, device,
     return sample
 
 
+def full_sequence_input(mod_dict: dict, key: str, rows: list[list[int]], pad_id: int, device="cpu") -> dict:
+    """A sequence modality given in full as a condition: one row of token ids per sample (each ending in [EOS]),
+    padded with ``pad_id``; the padding is neither input nor target."""
+    width = max(map(len, rows))
+    tensor = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
+    pad = torch.tensor([[False] * len(r) + [True] * (width - len(r)) for r in rows], device=device)
+    mod_dict[key] = {"tensor": tensor, "input_mask": pad, "target_mask": torch.ones_like(pad),
+                     "decoder_attention_mask": torch.zeros_like(pad)}
+    return mod_dict
+
+
 def expand_to_batch(mod_dict: dict, batch_size: int) -> dict:
     """Repeat every batch-1 tensor of ``mod_dict`` to ``batch_size`` rows (other sizes must already match)."""
     for mod, d in mod_dict.items():

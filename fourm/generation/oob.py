@@ -203,24 +203,9 @@ def recall_at(query: torch.Tensor, keys: torch.Tensor, ks=(1, 5)) -> dict[str, f
     return {f"recall@{k}": 100 * float((rank < k).double().mean()) for k in ks}
 
 
-def _predict_tokens(gen: Generator, mod: dict, cond: str, target: str, seed: int) -> torch.Tensor:
-    """``target`` tokens predicted from ``mod``'s ``cond`` alone (MaskGIT at temperature 0): [B, n]."""
-    from fourm.generation.modality_dicts import init_empty_target_modality
-    from fourm.generation.schedules import build_chained_generation_schedules
-
-    info, B = gen.model.modality_info, next(iter(mod.values()))["tensor"].shape[0]
-    n = info[target]["max_tokens"]
-    init_empty_target_modality(mod, info, target, B, n, "cpu")
-    sched = build_chained_generation_schedules(
-        cond_domains=[cond], target_domains=[target], tokens_per_target=[n], autoregression_schemes=["maskgit"],
-        decoding_steps=[min(gen.cfg["steps"], n)], token_decoding_schedules=["cosine"], temps=[0.0],
-        temp_schedules=["constant"], cfg_scales=[1.0], cfg_schedules=["constant"], modality_info=info)
-    return gen.sampler.generate(mod, sched, seed=seed)[target]["tensor"].long()
-
-
 def _clip_features(gen: Generator, mod: dict, cond: str, seed: int) -> torch.Tensor:
     """tok_clip@224 predicted from ``mod``'s ``cond`` alone, pooled over the model's embeddings of the tokens."""
-    tokens = _predict_tokens(gen, mod, cond, "tok_clip@224", seed)
+    tokens = gen.predict(mod, cond, "tok_clip@224", seed)
     table = gen.model.encoder_embeddings["tok_clip@224"].token_emb.weight if "tok_clip@224" in gen.model.encoder_embeddings \
         else gen.model.decoder_embeddings["tok_clip@224"].to_logits.weight
     return F.normalize(table[tokens].mean(1), dim=1)
@@ -228,7 +213,7 @@ def _clip_features(gen: Generator, mod: dict, cond: str, seed: int) -> torch.Ten
 
 def _conditions(gen: Generator, root: Path, chunk: list[str], size: int, with_caption: bool):
     """The mod_dicts of a batch of images: RGB alone, and (``with_caption``) the caption alone."""
-    from fourm.generation.modality_dicts import init_full_input_modality
+    from fourm.generation.modality_dicts import full_sequence_input, init_full_input_modality
 
     info = gen.model.modality_info
     images = torch.stack([load_image(FOURM_MODALITIES["rgb"].path(root, s), size)[0] for s in chunk])
@@ -237,13 +222,9 @@ def _conditions(gen: Generator, root: Path, chunk: list[str], size: int, with_ca
     out = {"rgb@224": mod}
     if with_caption:
         tok = gen.text_tokenizer
-        eos, pad = tok.token_to_id("[EOS]"), tok.token_to_id("[PAD]")
+        eos = tok.token_to_id("[EOS]")
         ids = [tok.encode(read_raw(root, "caption", s).strip()).ids[: info["caption"]["max_tokens"] - 1] + [eos] for s in chunk]
-        L = max(map(len, ids))
-        tensor = torch.tensor([r + [pad] * (L - len(r)) for r in ids])
-        mask = torch.tensor([[False] * len(r) + [True] * (L - len(r)) for r in ids])
-        out["caption"] = {"caption": {"tensor": tensor, "input_mask": mask, "target_mask": torch.ones_like(mask),
-                                      "decoder_attention_mask": torch.zeros_like(mask)}}
+        out["caption"] = full_sequence_input({}, "caption", ids, tok.token_to_id("[PAD]"))
     return out
 
 
@@ -275,7 +256,7 @@ def _global_retrieval(gen: Generator, root: Path, stems: list[str], cfg: dict, s
     for b in range(0, len(stems), cfg["batch"]):
         conds = _conditions(gen, root, stems[b: b + cfg["batch"]], size, with_caption)
         for cond, mod in conds.items():
-            preds[cond].append(vq.decode(_predict_tokens(gen, mod, cond, target, cfg["seed"] + b)))
+            preds[cond].append(vq.decode(gen.predict(mod, cond, target, cfg["seed"] + b)))
     centre = vq.mean  # embeddings of one domain share a large common direction: retrieve on what differs
     ceiling = {f"{k}.ceiling": v for k, v in recall_at(vq.decode(vq.encode(keys)) - centre, keys - centre).items()}
     out = {}
