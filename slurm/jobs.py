@@ -169,27 +169,16 @@ def labels(config: dict, run_dir: str) -> dict:
 def vector_tokenizer(config: dict, run_dir: str) -> dict:
     """Train an MLP VQ-VAE on a folder of vectors (global embeddings) of the train split, measure it on the val
     split, and save ``<run>/tokenizer.safetensors``."""
-    import torch
-
     from fourm.tokenizers.checkpoint import save_tokenizer
-    from fourm.tokenizers.mlp_vqvae import MLPVQVAE, MLPVQVAEConfig, load_vectors, train_vectors, vector_metrics
+    from fourm.tokenizers.mlp_vqvae import train_vector_folder
 
     run = _open(config, Path(run_dir), "vector_tokenizer")
     if run is None:
         return Run(run_dir).metrics
-    data, mod = Path(config["data"]), config["modality"]
-    train_x = load_vectors(data / config.get("split", "train"), mod)
-    torch.manual_seed(config.get("seed", 0))
-    model = MLPVQVAE(MLPVQVAEConfig(dim=train_x.shape[1], modality=mod, **config["model"]))
-    losses = train_vectors(model, train_x, steps=config["steps"], batch_size=config.get("batch_size", 64),
-                           lr=config.get("lr", 2e-3), seed=config.get("seed", 0))
-    metrics = {"train_loss": losses[-1], "steps": len(losses)}
-    val = data / config.get("val_split", "val")
-    if (val / mod).is_dir():
-        val_x = load_vectors(val, mod)
-        metrics["val"] = vector_metrics(model.decode(model.encode(val_x)), val_x, center=model.mean)
-        metrics["val_mean_baseline"] = vector_metrics(model.mean.expand_as(val_x), val_x, center=model.mean)
-    save_tokenizer(model, run.path / "tokenizer.safetensors")
+    keys = ("steps", "seed", "batch_size", "lr", "split", "val_split")
+    tok, metrics = train_vector_folder(config["data"], config["modality"], **{k: config[k] for k in keys if k in config},
+                                       **config["model"])
+    save_tokenizer(tok, run.path / "tokenizer.safetensors")
     return _finish(run, metrics)
 
 
@@ -197,20 +186,14 @@ def mask_tokenizer(config: dict, run_dir: str) -> dict:
     """Train the SAM-instance mask tokenizer on every instance of the train split's ``sam_instance`` id maps and save
     ``<run>/tokenizer.safetensors``; IoU through the tokens and of the whole-box baseline on the val split."""
     from fourm.tokenizers.checkpoint import save_tokenizer
-    from fourm.tokenizers.sam import instance_crops, load_id_maps, mask_metrics, mask_tokenizer_config, train_mask_tokenizer
+    from fourm.tokenizers.sam import train_mask_folder
 
     run = _open(config, Path(run_dir), "mask_tokenizer")
     if run is None:
         return Run(run_dir).metrics
-    data = Path(config["data"])
-    crops = instance_crops(load_id_maps(data / config.get("split", "train")))
-    model = train_mask_tokenizer(crops, mask_tokenizer_config(**config.get("model", {})), steps=config["steps"],
-                                 batch_size=config.get("batch_size", 32), seed=config.get("seed", 0))
-    metrics = {"instances": len(crops)}
-    val = data / config.get("val_split", "val")
-    if (val / "sam_instance").is_dir():
-        metrics["val"] = mask_metrics(model, instance_crops(load_id_maps(val)))
-    save_tokenizer(model, run.path / "tokenizer.safetensors")
+    keys = ("steps", "seed", "batch_size", "split", "val_split")
+    tok, metrics = train_mask_folder(config["data"], **{k: config[k] for k in keys if k in config}, **config.get("model", {}))
+    save_tokenizer(tok, run.path / "tokenizer.safetensors")
     return _finish(run, metrics)
 
 

@@ -139,6 +139,23 @@ def train_vectors(model: MLPVQVAE, train: torch.Tensor, *, steps: int = 500, bat
     return fit_in_memory(model, train, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
 
 
+def train_vector_folder(data: str | os.PathLike, modality: str, *, steps: int, seed: int = 0, batch_size: int = 64,
+                        lr: float = 2e-3, split: str = "train", val_split: str = "val", **model) -> tuple[MLPVQVAE, dict]:
+    """Fit an MLP VQ-VAE (``model``: :class:`MLPVQVAEConfig` fields) on ``<data>/<split>/<modality>/*.npy``; its
+    metrics on ``<data>/<val_split>`` (when labelled) next to the training mean's."""
+    train_x = load_vectors(Path(data) / split, modality)
+    torch.manual_seed(seed)
+    tok = MLPVQVAE(MLPVQVAEConfig(dim=train_x.shape[1], modality=modality, **model))
+    losses = train_vectors(tok, train_x, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    metrics = {"train_loss": losses[-1], "steps": len(losses)}
+    val = Path(data) / val_split
+    if (val / modality).is_dir():
+        val_x = load_vectors(val, modality)
+        metrics["val"] = vector_metrics(tok.decode(tok.encode(val_x)), val_x, center=tok.mean)
+        metrics["val_mean_baseline"] = vector_metrics(tok.mean.expand_as(val_x), val_x, center=tok.mean)
+    return tok, metrics
+
+
 @torch.no_grad()
 def vector_metrics(pred: torch.Tensor, target: torch.Tensor, center: torch.Tensor | None = None) -> dict[str, float]:
     """Mean cosine similarity and MSE of reconstructed vectors; with ``center`` (the training mean) also the cosine of

@@ -68,6 +68,19 @@ def train_mask_tokenizer(crops: torch.Tensor, config: VQVAEConfig | None = None,
     return model
 
 
+def train_mask_folder(data: str | os.PathLike, *, steps: int, seed: int = 0, batch_size: int = 32, split: str = "train",
+                      val_split: str = "val", **model) -> tuple[VQVAE, dict]:
+    """Fit the mask tokenizer (``model``: :func:`mask_tokenizer_config` overrides) on every instance of
+    ``<data>/<split>/sam_instance``; IoU on ``<data>/<val_split>`` (when labelled) next to the whole box's."""
+    crops = instance_crops(load_id_maps(Path(data) / split))
+    tok = train_mask_tokenizer(crops, mask_tokenizer_config(**model), steps=steps, batch_size=batch_size, seed=seed)
+    metrics = {"instances": len(crops)}
+    val = Path(data) / val_split
+    if (val / "sam_instance").is_dir():
+        metrics["val"] = mask_metrics(tok, instance_crops(load_id_maps(val)))
+    return tok, metrics
+
+
 @torch.no_grad()
 def mask_metrics(model: VQVAE, crops: torch.Tensor) -> dict[str, dict[str, float]]:
     """IoU of the crops through the tokens, and of the trivial baseline (the whole box)."""
