@@ -177,14 +177,14 @@ def expand(recipe: dict, work: str | Path, out: str | Path, source: Path = Path(
         paths["text_tokenizer"], ids["text_tokenizer"] = str(d / "text_tokenizer.json"), d.name
 
     # pseudo labels (4M-21 modalities), one job per labeler over the listed splits of the data
+    from fourm.data.labeling import LABELERS
+
     lab = recipe.get("labels") or {}
     label_ids = {}  # modality folder -> the job writing it
     for folder, spec in (lab.get("labelers") or {}).items():
         spec = dict(spec or {})
         cfg = {"kind": "labels", "data": paths["world"], "splits": list(lab.get("splits", ["train", "val"])),
                "labeler": spec.pop("labeler", folder), "batch_size": int(spec.pop("batch_size", 16)), "options": spec}
-        from fourm.data.labeling import LABELERS
-
         if cfg["labeler"] not in LABELERS:
             raise RecipeError(f"{source}: labels.labelers.{folder}: unknown labeler {cfg['labeler']!r} "
                               f"(known: {', '.join(sorted(LABELERS))})")
