@@ -18,7 +18,6 @@ from fourm import modalities as M
 from fourm.runs import run_id
 
 # run_from_config drops these from a run's identity: they say where/how to run, not what
-NOT_IDENTITY = ("runs_root", "resume")
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,9 @@ def check_pretrain(cfg: dict, checks: _Checks) -> tuple[str, str] | None:
 def plan(grid: Grid, runs_root: str | Path, progress: bool = True) -> list[PlannedRun]:
     """Expand and validate the grid; pretraining runs first, then their evaluations. Raises GridError."""
     from transfer.configs import ConfigError
-    from transfer.run import TASKS
+    from transfer.tasks import tasks
+
+    TASKS = tasks()
 
     runs_root = Path(runs_root).expanduser().resolve()
     points = expand(grid)
@@ -177,7 +178,7 @@ def plan(grid: Grid, runs_root: str | Path, progress: bool = True) -> list[Plann
         problem = check_pretrain(cfg, checks)
         if problem:
             raise GridError(f"{where}: key {problem[0]}: {problem[1]}")
-        identity = {k: v for k, v in cfg.items() if k not in NOT_IDENTITY}
+        identity = dict(cfg)  # its _runs_root and _resume are not identity (fourm.runs.identity)
         identity["_ablation"] = {"grid": grid.name, **dict(point.labels)}
         rid = run_id(identity)
         if rid in owner:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 SIZE = 56
 TOKEN_MODALITIES = ("rgb", "depth", "normal", "semseg")
+CLASS_SETTINGS = {"semseg": {"num_classes": 15, "ignore_index": 0}}  # the world's classes, 0 = void
 TEXT_TOKENIZER_NAME = "text_tokenizer_4m_wordpiece_30k.json"  # in the official fixture folder
 
 
@@ -41,8 +42,7 @@ def build(out: str | Path, num_train: int = 16, num_val: int = 4, text_tokenizer
         if not paths[mod].exists():
             torch.manual_seed(i)
             cfg = VQVAEConfig(modality=mod, token_modality=f"tok_{mod}@224", image_size=SIZE, channels=(8, 16),
-                              code_dim=8, codebook_size=64, num_classes=15 if mod == "semseg" else 0,
-                              ignore_index=0 if mod == "semseg" else 255)
+                              code_dim=8, codebook_size=64, **CLASS_SETTINGS.get(mod, {}))
             paths[mod].parent.mkdir(parents=True, exist_ok=True)
             save_tokenizer(VQVAE(cfg).eval(), paths[mod])
     patterns = {}

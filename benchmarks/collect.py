@@ -7,7 +7,7 @@ libyaml loader, plain ``json``, column lists and a single DataFrame build.
     python -m benchmarks.collect [--runs 10000] [--baseline-runs 1000]
 
 The baseline reads the first ``--baseline-runs`` folders only (it is slow); the ratio compares runs per second.
-Folders are written directly in the run store's format (config.yaml, env.json, metrics.json, DONE) because
+Folders are written directly in the run store's format (config.json, config.yaml, env.json, metrics.json, DONE) because
 ``open_run`` records the environment per run (git, torch), which would dominate setting up 10,000 folders.
 """
 from __future__ import annotations
@@ -26,9 +26,11 @@ from tqdm import tqdm
 
 from fourm.runs import canonical_json, find_runs, run_id
 from results.collect import collect
+from transfer.tasks import tasks
 
-TASKS = {"in1k": ("top1", "top5"), "ade20k": ("mIoU", "aAcc"), "nyuv2_depth": ("delta1", "abs_rel"),
-         "coco": ("bbox_mAP", "segm_mAP")}
+# two metrics of each task with two (the registry's headline and extra metrics)
+TASKS = {name: (*(h.metric for h in t.headline), *t.extra_metrics)[:2] for name, t in tasks().items()
+         if len(t.headline) + len(t.extra_metrics) >= 2}
 
 
 def make_store(root: Path, n: int) -> None:
@@ -49,7 +51,9 @@ def make_store(root: Path, n: int) -> None:
         }
         path = root / run_id(cfg)
         path.mkdir(parents=True)
-        (path / "config.yaml").write_text(yaml.dump(json.loads(canonical_json(cfg)), Dumper=dump, sort_keys=True))
+        plain = json.loads(canonical_json(cfg))
+        (path / "config.json").write_text(json.dumps(plain, indent=2, sort_keys=True))
+        (path / "config.yaml").write_text(yaml.dump(plain, Dumper=dump, sort_keys=True))
         (path / "env.json").write_text(env)
         a, b = TASKS[task]
         evals = [{"step": s, "val/loss": 1.0 / s + i * 1e-6, f"val/{a}": 50.0 + s} for s in (1, 2, 3)]

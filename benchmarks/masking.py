@@ -22,6 +22,7 @@ from torch.distributions import Dirichlet
 from tqdm import tqdm
 
 from fourm import modalities as registry
+from fourm.modalities import spec
 from fourm.data.masking import UnifiedMasking, load_alphas
 from fourm.data.text import boxes_to_text, load_tokenizer, special_ids, train_wordpiece
 
@@ -42,7 +43,7 @@ def make_batch(batch: int, names: list[str], seed: int = 0) -> dict:
             out[n] = torch.randn(batch, 3, mod.input_size, mod.input_size, generator=g)
         elif mod.kind == "image_tokens":
             out[n] = torch.randint(0, mod.vocab_size, (batch, mod.grid, mod.grid), generator=g)
-        elif n == "det":
+        elif spec(n).value == "boxes":
             out[n] = []
             for _ in range(batch):
                 boxes = []

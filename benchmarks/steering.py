@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
 
-    from fourm.generation.cli import Generator
+    from fourm.generation.generator import Generator
 
     found = _pipeline_outputs(args.recipe, Path(args.work).resolve())
-    gen = Generator(dict(model=found["model"], text_tokenizer=found["text"], tokenizers={"rgb": found["rgb"]},
+    gen = Generator(dict(checkpoint=found["model"], text_tokenizer=found["text"], tokenizers={"rgb": found["rgb"]},
                          cond=[], targets=["tok_rgb@224"], steps=args.steps, scheme="maskgit", temp=args.temp,
                          text_temp=0.0, top_p=0.0, top_k=0, text_tokens=64, cfg=1.0, inpaint=None, caption=None,
                          boxes=None))

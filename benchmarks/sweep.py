@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ablations.grid import expand, hydra_value, load_grid
     from fourm.pretrain.loop import resolve
-    from slurm.sweep import cli
+    from ablations.sweep import cli
     from transfer.run import make_config
 
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:

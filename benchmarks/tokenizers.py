@@ -49,7 +49,7 @@ def run(work: Path, n_train: int, n_val: int, size: int, epochs: int, modalities
             tail = (f"   {m['train_seconds']:7.1f}  {m['steps']:5d}  {m['val']['codes_used']:5d}  {r.path}"
                     if i == 0 else "")
             print(f"{mod:8} {k:13} {v:10.4f} {b:10.4f} {ratio:6.1f}x{tail}")
-        if mod == "depth":
+        if "image_mean" in m["baselines"]:
             o = m["baselines"]["image_mean"]
             print(f"{'':8} {'(oracle per-image mean depth: mae ' + format(o['mae'], '.4f') + ')'}")
 

@@ -16,7 +16,7 @@ COMMANDS = {
     "tokenize": ("fourm.tokenizers.cli:cli", "train VQ-VAEs, encode shards, decode tokens"),
     "pretrain": ("fourm.pretrain.loop:cli", "pretrain a 4M model on token shards"),
     "transfer": ("transfer.run:cli", "fine-tune the 4M encoder on IN1K / ADE20K / NYUv2 / COCO"),
-    "sweep": ("slurm.sweep:cli", "expand an ablation grid and launch it (SLURM or local)"),
+    "sweep": ("ablations.sweep:cli", "expand an ablation grid and launch it (SLURM or local)"),
     "status": ("slurm.status:cli", "state of every run of a sweep"),
     "generate": ("fourm.generation.cli:cli", "any-to-any generation from images, a picture per input"),
     "oob": ("fourm.generation.oob:cli", "out-of-the-box (zero-shot) evaluation of a pretrained 4M"),

@@ -1,6 +1,7 @@
 """Hydra config composition, the one way every command turns a YAML recipe plus ``key=value`` overrides into a config."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -40,3 +41,31 @@ def compose(config_dir: str | os.PathLike, name: str, overrides: list[str] = (),
         if type(e).__module__.startswith("yaml"):
             raise ComposeError(f"{path}: not valid YAML: {e}") from None
         raise
+
+
+def format_configs(items) -> str:
+    """``(title, config)`` pairs as YAML documents, each headed by a ``# title`` comment (``--print-config``)."""
+    import yaml
+
+    from fourm.runs import canonical_json
+
+    docs = []
+    for title, config in items:
+        plain = json.loads(canonical_json(config))
+        docs.append(f"# {title}\n" + yaml.safe_dump(plain, sort_keys=False))
+    return "---\n".join(docs)
+
+
+def parse_cli(parser, argv: list[str]):
+    """``parser.parse_args(argv)`` with ``--print-config``: print the parsed settings as YAML and exit 0, as
+    ``--help`` exits (every command shows what it resolves to)."""
+    import yaml
+
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    args = parser.parse_args(argv)
+    if args.print_config:
+        settings = {k: v for k, v in vars(args).items() if k != "print_config" and not callable(v)}
+        print(yaml.safe_dump(json.loads(json.dumps(settings, default=str)), sort_keys=False), end="")
+        raise SystemExit(0)
+    del args.print_config
+    return args

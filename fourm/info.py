@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import json
 
+from fourm.configs import parse_cli
+
 
 def _version(module: str) -> str | None:
     try:
@@ -39,7 +41,7 @@ def cli(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="fourm-bench info", description=__doc__)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2))

@@ -2,13 +2,18 @@
 
 Layout of ``<root>/<run_id>/``::
 
-    config.yaml    the resolved config (what the id hashes)
+    config.yaml    the resolved config (what the id hashes), for people
+    config.json    the same config, for programs (``results collect`` reads it without a YAML parser)
     env.json       git SHA, versions, host, SLURM job
     log.jsonl      one JSON record per line (step, losses, events)
     metrics.json   final metrics (written atomically)
     DONE           written last, atomically: the run is complete and its metrics are final
 
 A run folder without ``DONE`` is partial: readers count it but never treat it as a result.
+
+The identity rule, for every kind of run: a top-level key starting with ``_`` is bookkeeping (where the run folder
+lives, how a job runs it, whether to resume), not identity; :func:`identity` drops those keys and :func:`run_id`
+hashes the rest.
 """
 from __future__ import annotations
 
@@ -35,10 +40,22 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def identity(config: dict) -> dict:
+    """The part of a config that names its run: every top-level key not starting with ``_``."""
+    return {k: v for k, v in config.items() if not str(k).startswith("_")}
+
+
 def run_id(config: dict) -> str:
-    """Hash of a resolved config (keys starting with '_' are ignored: they are bookkeeping, not identity)."""
-    identity = {k: v for k, v in config.items() if not str(k).startswith("_")}
-    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:ID_LENGTH]
+    """Hash of a resolved config's :func:`identity`."""
+    return hashlib.sha256(canonical_json(identity(config)).encode()).hexdigest()[:ID_LENGTH]
+
+
+def write_config(path: str | os.PathLike, config: dict) -> None:
+    """A run folder's ``config.yaml`` and ``config.json`` (atomic each; the JSON first, the YAML marks a run)."""
+    path = Path(path)
+    plain = json.loads(canonical_json(config))
+    atomic_write_json(path / "config.json", plain)
+    atomic_write_text(path / "config.yaml", yaml.safe_dump(plain, sort_keys=True))
 
 
 def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
@@ -83,6 +100,9 @@ class Run:
 
     @property
     def config(self) -> dict:
+        if (self.path / "config.json").exists():
+            with open(self.path / "config.json") as f:
+                return json.load(f)
         with open(self.path / "config.yaml") as f:
             return yaml.safe_load(f)
 
@@ -153,7 +173,6 @@ def open_run(root: str | os.PathLike, config: dict) -> Run:
     run = Run(Path(root) / rid)
     run.path.mkdir(parents=True, exist_ok=True)
     cfg_path = run.path / "config.yaml"
-    text = yaml.safe_dump(json.loads(canonical_json(config)), sort_keys=True)
     if cfg_path.exists():
         existing = yaml.safe_load(cfg_path.read_text())
         if run_id(existing) != rid:
@@ -161,8 +180,10 @@ def open_run(root: str | os.PathLike, config: dict) -> Run:
                 f"{cfg_path} holds a different config than the one hashed to {rid}; "
                 "move the folder away rather than overwrite it"
             )
+        if not (run.path / "config.json").exists():
+            atomic_write_json(run.path / "config.json", json.loads(canonical_json(existing)))
     else:
-        atomic_write_text(cfg_path, text)
+        write_config(run.path, config)
     if not (run.path / "env.json").exists():
         run.write_env()
     elif not run.done:  # a resumed run keeps its first env.json; where it resumed goes to the log

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fourm.configs import parse_cli
 from results.collect import collect, describe, load_collected
 
 DEFAULT_OUT = "report"
@@ -65,7 +66,7 @@ def cmd_collect(argv: list[str]) -> int:
     p.add_argument("--name", default="collected", help="file stem (default: collected)")
     p.add_argument("--select", default="last", help="last | best (with --by): which entry of metrics['evals'] is the result")
     p.add_argument("--by", metavar="METRIC[:min|max]", help="validation metric for --select best, e.g. val/loss")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     c = collect(*args.roots, select=args.select, by=args.by)
     print(describe(c))
     out = Path(args.out)
@@ -97,7 +98,7 @@ def cmd_table(argv: list[str]) -> int:
     g.add_argument("--columns", default="metric", help="comma-separated column keys (default: metric)")
     g.add_argument("--values", default="value")
     g.add_argument("--metrics", help="comma-separated metric names to keep")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     split = lambda s: [x for x in s.split(",") if x] if s else None  # noqa: E731
     where = _where(args.where)
     kwargs: dict = {}
@@ -146,7 +147,7 @@ def cmd_plot(argv: list[str]) -> int:
     p.add_argument("--reference", metavar="KEY=VALUE[,...]", help="with --bars: normalise tasks by this grid row")
     p.add_argument("--name", help="file stem")
     p.add_argument("--logy", action="store_true")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     df = _load(args)
     existed = {p for p in Path(args.out).glob("*")} if Path(args.out).is_dir() else set()
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None

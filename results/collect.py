@@ -46,7 +46,6 @@ import yaml
 from tqdm import tqdm
 
 from fourm.runs import atomic_write_json, find_run_paths
-from results import block_yaml
 
 try:  # libyaml is ~20x faster than the pure-Python loader; fall back so a build without it still works
     _YamlLoader = yaml.CSafeLoader
@@ -284,23 +283,32 @@ def _read_env(path: str, base: str | None = None) -> dict[str, Any]:
 
 
 def read_config(path: str | os.PathLike) -> dict:
-    """A run's config.yaml as ``yaml.safe_load`` reads it (fast path: :mod:`results.block_yaml`); ValueError if broken."""
-    return _parse_config(_read_bytes(os.path.join(path, "config.yaml")))
+    """A run's config (its config.json, else its config.yaml); ValueError if broken."""
+    return _read_config_file(os.path.join(path, ""))
 
 
-def _parse_config(data: bytes) -> dict:
+def _read_config_file(base: str) -> dict:
+    """``<base>config.json`` as written by the run store, or ``<base>config.yaml`` for a folder without one."""
+    try:
+        data, name = _read_bytes(base + "config.json"), "config.json"
+    except FileNotFoundError:
+        data, name = _read_bytes(base + "config.yaml"), "config.yaml"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"config.yaml is not UTF-8: {e}") from None
-    config = block_yaml.load(text)
-    if config is None:
+        raise ValueError(f"{name} is not UTF-8: {e}") from None
+    if name == "config.json":
+        try:
+            config = _loads(data)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config.json does not parse: {e}") from None
+    else:
         try:
             config = yaml.load(text, Loader=_YamlLoader)
         except yaml.YAMLError as e:
             raise ValueError(f"config.yaml does not parse: {' '.join(str(e).split())}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"config.yaml holds a {type(config).__name__}, not a mapping")
+        raise ValueError(f"{name} holds a {type(config).__name__}, not a mapping")
     return config
 
 
@@ -311,7 +319,7 @@ def _read_done_run(path: str, selection: Selection, base: str | None = None):
     "" (``os.path.join(path, "")``), given by a caller that has it already.
     """
     base = os.path.join(path, "") if base is None else base
-    config = _parse_config(_read_bytes(base + "config.yaml"))
+    config = _read_config_file(base)
     try:
         data = _read_bytes(base + "metrics.json")
     except FileNotFoundError:

@@ -12,15 +12,13 @@ from pathlib import Path
 
 from fourm.files import atomic_write_json
 from fourm.runs import Run, atomic_write_text, open_run, run_id
+from transfer.tasks import get_task
 
-# all higher-is-better; the first one decides the verdict
-HEADLINE_KEYS = {"in1k": ["top1"], "ade20k": ["mIoU"], "nyuv2_depth": ["delta1"], "coco": ["bbox_mAP", "segm_mAP"],
-                 "nyuv2_semseg_rgbd": ["mIoU"]}
 PRETRAINED, RANDOM = "pretrained", "random init"
 
 
 def headline(task: str, metrics: dict) -> str:
-    return ", ".join(f"{k} {metrics.get(k)}" for k in HEADLINE_KEYS[task])
+    return ", ".join(f"{h.metric} {metrics.get(h.metric)}" for h in get_task(task).headline)
 
 
 def verdict(primary: dict[str, dict[str, list[float]]], pretrained: str = "4M-demo (pretrained)",
@@ -36,7 +34,7 @@ def verdict(primary: dict[str, dict[str, list[float]]], pretrained: str = "4M-de
         if not pre or not rand:
             continue
         pm, rm = statistics.fmean(pre), statistics.fmean(rand)
-        v = {"metric": HEADLINE_KEYS[task][0], "seeds": len(pre), PRETRAINED: pm, RANDOM: rm, "pretrained_wins": pm > rm}
+        v = {"metric": get_task(task).metric, "seeds": len(pre), PRETRAINED: pm, RANDOM: rm, "pretrained_wins": pm > rm if get_task(task).headline[0].higher_is_better else pm < rm}
         if len(pre) > 1 and len(rand) > 1:
             v["std"] = {PRETRAINED: statistics.stdev(pre), RANDOM: statistics.stdev(rand)}
             v["beyond_spread"] = abs(pm - rm) > max(v["std"].values())
@@ -95,7 +93,7 @@ def write_report(config: dict) -> dict:
     for d, j in sorted(transfer.items(), key=lambda kv: (order[kv[1]["label"]], tasks.index(kv[1]["task"]), kv[1]["seed"])):
         metrics = Run(d).metrics
         head.setdefault(j["label"], {})[j["key"]] = headline(j["task"], metrics)
-        primary.setdefault(j["task"], {}).setdefault(j["label"], []).append(float(metrics[HEADLINE_KEYS[j["task"]][0]]))
+        primary.setdefault(j["task"], {}).setdefault(j["label"], []).append(float(metrics[get_task(j["task"]).metric]))
 
     pretrain = {m: Path(d) for m, d in config["pretrain"].items()}
     coll = collect(*transfer, *pretrain.values())

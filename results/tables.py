@@ -30,6 +30,7 @@ import pandas as pd
 
 from fourm.runs import atomic_write_text
 from results.collect import BASE_COLUMNS, default_direction
+from transfer.tasks import tasks
 
 PUBLISHED_TRANSFER = Path(__file__).resolve().parent / "published" / "4m_transfer.csv"
 LAYOUTS = ("transfer", "ablation", "custom", "oob")
@@ -48,13 +49,12 @@ class MetricColumn:
     scale: float  # run-store value x scale = percent
 
 
-TRANSFER_COLUMNS = (
-    MetricColumn("in1k_top1", "IN1K top-1", r"IN1K top-1", "in1k", "top1", 1.0),
-    MetricColumn("coco_ap_box", "COCO AP box", r"COCO AP$^{\mathrm{box}}$", "coco", "bbox_mAP", 100.0),
-    MetricColumn("coco_ap_mask", "COCO AP mask", r"COCO AP$^{\mathrm{mask}}$", "coco", "segm_mAP", 100.0),
-    MetricColumn("ade20k_miou", "ADE20K mIoU", r"ADE20K mIoU", "ade20k", "mIoU", 1.0),
-    MetricColumn("nyuv2_delta1", "NYUv2 δ1", r"NYUv2 $\delta_1$", "nyuv2_depth", "delta1", 100.0),
-)
+def transfer_columns() -> tuple[MetricColumn, ...]:
+    """The paper-layout columns: every registered task's headline metrics that have a published column, in the
+    published table's order (IN1K, COCO box, COCO mask, ADE20K, NYUv2)."""
+    return tuple(MetricColumn(h.column, h.label, h.latex or h.label, t.name, h.metric, h.scale)
+                 for t in tasks().values() for h in t.headline if h.column)
+
 
 METHOD_KEYS = ("method", "transfer.method")
 SIZE_KEYS = ("size", "model.size", "transfer.size", "model.name", "model.arch", "transfer.model", "transfer.encoder", "model")
@@ -315,11 +315,11 @@ def _drop_redundant_locators(runs: pd.DataFrame, keys: list[str], group_key: str
 
 
 def published_transfer(path: str | os.PathLike = PUBLISHED_TRANSFER) -> pd.DataFrame:
-    """The published table (method, size, one column per :data:`TRANSFER_COLUMNS` key), in file order."""
+    """The published table (method, size, one column per :func:`transfer_columns` key), in file order."""
     df = pd.read_csv(path, dtype={"method": str, "size": str})
-    missing = [c for c in ("method", "size", *(c.key for c in TRANSFER_COLUMNS)) if c not in df.columns]
+    missing = [c for c in ("method", "size", *(c.key for c in transfer_columns())) if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing}; expected method,size,{','.join(c.key for c in TRANSFER_COLUMNS)}")
+        raise ValueError(f"{path}: missing columns {missing}; expected method,size,{','.join(c.key for c in transfer_columns())}")
     return df
 
 
@@ -374,9 +374,10 @@ def _our_size(run: Mapping[str, Any], size_key: str | None) -> str | None:
 
 def transfer_table(long_df: pd.DataFrame | None = None, *, published: str | os.PathLike | pd.DataFrame | None = PUBLISHED_TRANSFER,
                    where: Mapping[str, Any] | None = None, method_key: str | None = None, size_key: str | None = None,
-                   columns: Sequence[MetricColumn] = TRANSFER_COLUMNS, decimals: int = 1,
+                   columns: Sequence[MetricColumn] | None = None, decimals: int = 1,
                    ignore_keys: Iterable[str] = ()) -> TableResult:
     """The paper's transfer table: published rows, then ours (mean ± std over seeds) each followed by its Δ row."""
+    columns = transfer_columns() if columns is None else columns
     notes: list[str] = []
     pub = published if isinstance(published, pd.DataFrame) else (published_transfer(published) if published else None)
     records: list[dict] = []

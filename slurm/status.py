@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fourm.configs import parse_cli
 from slurm import manifest as mf
 from slurm.submit import make_launcher
 
@@ -145,7 +146,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("sweep", help="a sweep folder (holding manifest.json) or the manifest itself")
     p.add_argument("--tail", type=int, default=15, help="log lines shown for failed runs (default 15)")
     p.add_argument("--json", action="store_true", help="print rows and counts as JSON")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     try:
         table = status(args.sweep, args.tail)
     except (FileNotFoundError, ValueError) as e:

@@ -219,7 +219,8 @@ class LocalLauncher:
     """
 
     name = "local"
-    PRELOAD = ("torch", "slurm.jobs", "transfer.run", "mmengine.runner", "mmdet.models", "mmseg.models")
+    # the heavy libraries jobs use; the first job's entry module is preloaded too
+    PRELOAD = ("torch", "timm", "mmengine.runner", "mmdet.models", "mmseg.models")
 
     def __init__(self, log_dir: str | os.PathLike, python: str | None = None, cpus: int | None = None):
         self.log_dir = Path(log_dir)
@@ -236,7 +237,8 @@ class LocalLauncher:
         ctx = multiprocessing.get_context("forkserver")
         if self.python != sys.executable:
             ctx.set_executable(self.python)
-        ctx.set_forkserver_preload(list(self.PRELOAD))  # only read when the server starts (the first job)
+        entry_module = entry.entry.partition(":")[0]
+        ctx.set_forkserver_preload([*self.PRELOAD, entry_module])  # only read when the server starts (the first job)
         started = ctx.Event()
         proc = ctx.Process(target=_local_job, args=(entry, str(self.log_dir), res.cpus_per_task, started), daemon=False)
         proc.start()

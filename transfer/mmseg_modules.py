@@ -33,7 +33,8 @@ from mmseg.models.losses import accuracy as _mmseg_accuracy
 from mmseg.registry import DATASETS, METRICS, MODELS, TRANSFORMS
 from torch import nn
 
-from fourm.data.layouts import decode_depth
+from fourm.modalities import spec
+from fourm.modalities.codecs import decode_depth
 from transfer.adapter import build_encoder
 
 RGB = "rgb@224"
@@ -88,7 +89,7 @@ class FourMBackbone(BaseModule):
             from fourm.tokenizers.checkpoint import load_tokenizer
 
             tok = load_tokenizer(depth_tokenizer)
-            if tok.config.modality != "depth":
+            if spec(tok.config.modality).token != DEPTH_TOKENS:
                 raise ValueError(f"FourMBackbone: {depth_tokenizer} is a {tok.config.modality} tokenizer, not depth")
             for p in tok.parameters():
                 p.requires_grad_(False)

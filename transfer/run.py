@@ -16,34 +16,29 @@ import yaml
 
 from fourm.models import CheckpointError
 from fourm.runs import RankRun, Run, open_run, run_id
+from transfer.tasks import get_task, tasks
 from transfer.configs import DEFAULT_RUNS_ROOT, PROFILES, ConfigError, parse_overrides, resolve
 
-TASKS = {
-    "in1k": "transfer.classification",
-    "ade20k": "transfer.segmentation",
-    "nyuv2_depth": "transfer.depth",
-    "coco": "transfer.detection",
-    "nyuv2_semseg_rgbd": "transfer.multimodal",
-}
 DEFAULT_PROFILE = "paper"
 
 
 def task_module(task: str):
     """The module implementing a task (``run(config, run)`` and ``build(config)``)."""
-    if task not in TASKS:
-        raise ConfigError(f"unknown transfer task {task!r}; choose from {sorted(TASKS)}")
+    if task not in tasks():
+        raise ConfigError(f"unknown transfer task {task!r}; choose from {sorted(tasks())}")
+    module = get_task(task).module
     try:
-        return importlib.import_module(TASKS[task])
+        return importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name == TASKS[task]:
-            raise ConfigError(f"transfer task {task!r}: {TASKS[task]} is not in this checkout yet") from None
+        if e.name == module:
+            raise ConfigError(f"transfer task {task!r}: its module {module} cannot be imported") from None
         raise
 
 
 def make_config(task: str, profile: str = DEFAULT_PROFILE, overrides=()) -> dict:
     """The resolved config of a task (see :func:`transfer.configs.resolve`), after checking the task and profile."""
-    if task not in TASKS:
-        raise ConfigError(f"unknown transfer task {task!r}; choose from {sorted(TASKS)}")
+    if task not in tasks():
+        raise ConfigError(f"unknown transfer task {task!r}; choose from {sorted(tasks())}")
     if profile not in PROFILES:
         raise ConfigError(f"unknown transfer profile {profile!r}; choose from {list(PROFILES)}")
     return resolve(task, profile, overrides)
@@ -91,14 +86,14 @@ def split_args(argv: list[str]) -> tuple[str, str, list[str], set[str]]:
         else:
             rest.append(f"{key}={value}")
     if task is None:
-        raise ConfigError(f"missing task=<{'|'.join(TASKS)}>")
+        raise ConfigError(f"missing task=<{'|'.join(tasks())}>")
     return task, profile or DEFAULT_PROFILE, rest, flags
 
 
 def cli(argv: list[str]) -> int:
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip())
-        print(f"\ntasks: {', '.join(TASKS)}; profiles: {', '.join(PROFILES)} (default {DEFAULT_PROFILE}); "
+        print(f"\ntasks: {', '.join(tasks())}; profiles: {', '.join(PROFILES)} (default {DEFAULT_PROFILE}); "
               "configs in transfer/configs/<task>/<profile>.yaml")
         return 0
     try:

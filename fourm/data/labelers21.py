@@ -29,8 +29,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fourm.data.labeling import Labeler, register_labeler
-from fourm.data.layouts import FOURM_MODALITIES, folder_modality, read_png
+from fourm.data.labeler import Labeler, register_labeler
+from fourm.data.layouts import FOURM_MODALITIES, folder_modality
+from fourm.modalities import ModalitySpec, has_spec, register_spec
+from fourm.modalities.codecs import read_png
+from fourm.modalities.specs import feature_map
 from fourm.data.serialize import BINS, METADATA_TYPES, HumanPose
 
 
@@ -318,6 +321,9 @@ class VitFeatures(Labeler):
         self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
         self.image_size, self.device, self.global_ = image_size, device, global_
         self.name = self.modality = f"{folder}_global" if global_ else folder
+        if not has_spec(self.modality):  # a folder of its own name: register what it holds
+            register_spec(ModalitySpec(self.modality, "npy", value="embedding", official_input="global") if global_
+                          else feature_map(self.modality))
         self.codec = folder_modality(self.modality)  # .npy
 
     @torch.no_grad()

@@ -10,64 +10,22 @@ metadata, DINOv2/ImageBind/CLIP maps and global embeddings). Runs are batched an
 """
 from __future__ import annotations
 
-import abc
 import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fourm.data.layouts import FOURM_MODALITIES, FolderModality, folder_modality
+from fourm.configs import parse_cli
+from fourm.data import labelers21  # noqa: F401  (the 4M-21 labelers register themselves)
+from fourm.data.labeler import LABELERS, Labeler, create_labeler, register_labeler  # noqa: F401  (the labeling API)
+from fourm.data.layouts import FOURM_MODALITIES, folder_modality
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".JPEG", ".webp")
-
-
-class Labeler(abc.ABC):
-    """A pseudo-labeler: ``__call__(images Bx3xHxW float [0, 1], stems) -> list of B labels``, saved by ``save``.
-
-    ``modality`` is the output folder name; ``codec`` says how a label is stored (extension, encoder).
-    """
-
-    name: str = "labeler"
-    modality: str = "labels"
-    codec: FolderModality
-
-    @abc.abstractmethod
-    def __call__(self, images: torch.Tensor, stems: Sequence[str]) -> list:
-        """Labels for a batch of RGB images (float, [B, 3, H, W]) with their stems."""
-
-    def output_path(self, out_dir: str | os.PathLike, stem: str) -> Path:
-        return Path(out_dir) / f"{stem}{self.codec.ext}"
-
-    def save(self, path: str | os.PathLike, label: Any) -> None:
-        """Atomic: a crash never leaves a half-written label that a resumed run would skip."""
-        self.codec.write(path, label)
-
-
-LABELERS: dict[str, Callable[..., Labeler]] = {}
-
-
-def register_labeler(name: str):
-    """Decorator: register a factory ``f(in_dir: Path, **options) -> Labeler`` under ``name``."""
-
-    def deco(factory):
-        if name in LABELERS:
-            raise ValueError(f"labeler {name!r} is already registered")
-        LABELERS[name] = factory
-        return factory
-
-    return deco
-
-
-def create_labeler(name: str, in_dir: str | os.PathLike, **options) -> Labeler:
-    if name not in LABELERS:
-        raise KeyError(f"unknown labeler {name!r}; registered: {sorted(LABELERS)}")
-    return LABELERS[name](Path(in_dir), **options)
 
 
 # --- built-in labelers -------------------------------------------------------------------------------------------
@@ -90,7 +48,7 @@ class WorldGroundTruth(Labeler):
 
 
 for _m in FOURM_MODALITIES:
-    if _m != "rgb":
+    if FOURM_MODALITIES[_m].value != "image":  # every world modality but the images themselves
         register_labeler(f"world_gt_{_m}")(lambda in_dir, _m=_m, **_: WorldGroundTruth(_m, in_dir.parent))
 
 
@@ -184,7 +142,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--checkpoint", default=None,
                    help="vit_features, vit_global: a local weights file; t5_caption: a local T5 model folder")
     p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     options = {}
     if args.labeler in ("timm_features", "vit_features", "vit_global"):
         options = {"device": args.device, **({"model": args.model} if args.model else {})}
@@ -201,6 +159,3 @@ def cli(argv: list[str]) -> int:
     print(f"label {labeler.name}: {result['labelled']} labelled, {result['skipped']} already done -> {result['out']}")
     return 0
 
-
-# the 4M-21 labelers register themselves with the registry above
-from fourm.data import labelers21  # noqa: E402,F401

@@ -17,33 +17,24 @@ reads) is one folder per modality with matching stems::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fourm import files
+from fourm.modalities import ModalitySpec, spec
+from fourm.modalities.codecs import atomic_write_bytes
 
-PNG_COMPRESS_LEVEL = 1  # fast and still deterministic; these folders are caches, not archives
 JPEG_QUALITY = 95
 
-
-# --- atomic writes ------------------------------------------------------------------------------------
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Dataset files are regenerable caches: atomic, but without the cost of an fsync per file."""
-    files.atomic_write_bytes(path, data, fsync=False)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+# The folders a world split has, in the order they are written; their specs say how each is stored.
+WORLD_MODALITIES = ("rgb", "depth", "normal", "semseg", "instance", "det", "caption")
+FOURM_MODALITIES: dict[str, ModalitySpec] = {m: spec(m) for m in WORLD_MODALITIES}
 
 
 def _jpeg_bytes(rgb: np.ndarray) -> bytes:
@@ -52,115 +43,13 @@ def _jpeg_bytes(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def read_png(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        im.load()
-        return np.asarray(im)
-
-
-# --- codecs of the 4M layout ----------------------------------------------------------------------------
-def encode_depth(depth_m: np.ndarray) -> bytes:
-    """Metres (float) -> 16-bit PNG of millimetres; depths beyond 65.535 m saturate."""
-    mm = np.clip(np.round(depth_m * 1000.0), 0, 65535).astype(np.uint16)
-    return png_bytes(mm)
-
-
-def decode_depth(path: Path) -> np.ndarray:
-    return read_png(path).astype(np.float32) / 1000.0
-
-
-def encode_normal(normal: np.ndarray) -> bytes:
-    """Unit vectors in [-1, 1] -> uint8 (n + 1) / 2 * 255."""
-    return png_bytes(np.clip(np.round((normal + 1.0) * 127.5), 0, 255).astype(np.uint8))
-
-
-def decode_normal(path: Path) -> np.ndarray:
-    """uint8 PNG -> unit vectors (renormalised: 8 bits per channel are not exactly unit length)."""
-    n = read_png(path).astype(np.float32) / 127.5 - 1.0
-    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
-
-
-def _decode_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _decode_det(path: Path) -> list:
-    boxes = json.loads(Path(path).read_text())
-    if not isinstance(boxes, list) or any(not isinstance(b, list) or len(b) != 5 for b in boxes):
-        raise ValueError(f"{path}: det must be a JSON list of [x0, y0, x1, y1, class_name]")
-    return boxes
-
-
-def _decode_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
-
-
-def _encode_npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderModality:
-    """How one modality folder of the 4M layout is stored: file extension, encoder to bytes, decoder from a path."""
-
-    name: str
-    ext: str
-    kind: str  # image (interpolate bilinear) | label (nearest) | normal | boxes | text | array
-    encode: Callable[[Any], bytes]
-    decode: Callable[[Path], Any]
-
-    def path(self, split_root: str | os.PathLike, stem: str) -> Path:
-        return Path(split_root) / self.name / f"{stem}{self.ext}"
-
-    def write(self, path: str | os.PathLike, value: Any) -> None:
-        atomic_write_bytes(path, self.encode(value))
-
-
-FOURM_MODALITIES: dict[str, FolderModality] = {
-    m.name: m
-    for m in [
-        FolderModality("rgb", ".png", "image", png_bytes, _decode_rgb),
-        FolderModality("depth", ".png", "label", encode_depth, decode_depth),
-        FolderModality("normal", ".png", "normal", encode_normal, decode_normal),
-        FolderModality("semseg", ".png", "label", lambda a: png_bytes(a.astype(np.uint8)), read_png),
-        FolderModality("instance", ".png", "label", lambda a: png_bytes(a.astype(np.uint16)), read_png),
-        FolderModality("det", ".json", "boxes", lambda b: (json.dumps(b) + "\n").encode(), _decode_det),
-        FolderModality("caption", ".txt", "text", lambda s: (s.strip() + "\n").encode(), lambda p: Path(p).read_text().strip()),
-    ]
-}
-WORLD_MODALITIES = tuple(FOURM_MODALITIES)
-
-# Folders the 4M-21 labelers write (fourm.data.labelers21); any other folder holds .npy arrays (feature maps).
-LABEL_MODALITIES: dict[str, FolderModality] = {
-    m.name: m
-    for m in [
-        FolderModality("canny_edge", ".png", "label", lambda a: png_bytes(np.asarray(a).astype(np.uint8)), read_png),
-        FolderModality("sam_edge", ".png", "label", lambda a: png_bytes(np.asarray(a).astype(np.uint8)), read_png),
-        FolderModality("sam_instance", ".png", "label", lambda a: png_bytes(np.asarray(a).astype(np.uint16)), read_png),
-        FolderModality("color_palette", ".json", "json", lambda v: (json.dumps(v) + "\n").encode(),
-                       lambda p: json.loads(Path(p).read_text())),
-        FolderModality("metadata", ".json", "json", lambda v: (json.dumps(v) + "\n").encode(),
-                       lambda p: json.loads(Path(p).read_text())),
-    ]
-}
-
-
-def folder_modality(name: str, root: str | os.PathLike | None = None) -> FolderModality:
-    """The codec of a modality folder: a built-in one, a 4M-21 label folder, or a ``.npy`` feature folder (e.g.
-    written by a labeler)."""
-    if name in FOURM_MODALITIES:
-        return FOURM_MODALITIES[name]
-    if name in LABEL_MODALITIES:
-        return LABEL_MODALITIES[name]
+def folder_modality(name: str, root: str | os.PathLike | None = None) -> ModalitySpec:
+    """The spec of a modality folder (:func:`fourm.modalities.spec`); with ``root``, the folder must exist."""
+    s = spec(name)
     if root is not None and not (Path(root) / name).is_dir():
-        raise FileNotFoundError(
-            f"{Path(root) / name}: no such modality folder; built-in modalities are {list(FOURM_MODALITIES)}, "
-            "other folders must hold .npy arrays (e.g. written by `fourm-bench label`)"
-        )
-    return FolderModality(name, ".npy", "array", _encode_npy, _decode_npy)
+        raise FileNotFoundError(f"{Path(root) / name}: no such modality folder; folders there: "
+                                f"{sorted(p.name for p in Path(root).iterdir() if p.is_dir())}")
+    return s
 
 
 def read_world_meta(split_root: str | os.PathLike) -> dict:

@@ -15,12 +15,11 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from fourm.data.layouts import FolderModality, folder_modality
+from fourm.data.layouts import folder_modality
+from fourm.modalities import spec
 
 
 class CorruptFileError(RuntimeError):
@@ -29,21 +28,6 @@ class CorruptFileError(RuntimeError):
     def __init__(self, path: str | os.PathLike, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = str(path), reason
-
-
-def to_tensor(codec: FolderModality, value):
-    """Decoded file -> the sample's value (tensors channel-first; boxes and text unchanged)."""
-    if codec.kind == "boxes" or codec.kind == "text":
-        return value
-    if codec.name == "rgb":
-        return torch.from_numpy(np.array(value)).permute(2, 0, 1).float().div_(255)
-    if codec.name == "depth":
-        return torch.from_numpy(np.array(value, np.float32))[None]
-    if codec.kind == "normal":
-        return torch.from_numpy(np.array(value, np.float32)).permute(2, 0, 1).contiguous()
-    if codec.name in ("semseg", "instance"):
-        return torch.from_numpy(value.astype(np.int64))
-    return torch.from_numpy(np.asarray(value, dtype=np.float32))
 
 
 class MultimodalFolder(torch.utils.data.Dataset):
@@ -91,7 +75,7 @@ class MultimodalFolder(torch.utils.data.Dataset):
         for m, codec in self.codecs.items():
             path = codec.path(self.root, stem)
             try:
-                sample[m] = to_tensor(codec, codec.decode(path))
+                sample[m] = codec.to_tensor(codec.decode(path))
             except Exception as e:  # any decoder failure is a bad file; name it
                 raise CorruptFileError(path, f"{type(e).__name__}: {e}") from e
         return sample
@@ -141,8 +125,6 @@ class AlignedAugment:
     modality and applied in relative coordinates to modalities of another resolution.
     """
 
-    NEAREST = ("depth", "normal", "semseg", "instance")
-
     def __init__(self, size: int | tuple[int, int] = 224, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5,
                  generator: torch.Generator | None = None):
         self.size = (size, size) if isinstance(size, int) else tuple(size)
@@ -167,7 +149,7 @@ class AlignedAugment:
         return (height - side) // 2 / height, (width - side) // 2 / width, side / height, side / width
 
     def __call__(self, sample: dict) -> dict:
-        images = [k for k, v in sample.items() if isinstance(v, torch.Tensor) and v.dim() >= 2]
+        images = [k for k, v in sample.items() if isinstance(v, torch.Tensor) and v.dim() >= 2 and spec(k).is_map]
         if not images:
             return sample
         ref = sample[images[0]]
@@ -186,19 +168,9 @@ class AlignedAugment:
         r0, c0 = int(round(top * h)), int(round(left * w))
         r1, c1 = r0 + max(1, int(round(ch * h))), c0 + max(1, int(round(cw * w)))
         size = (max(1, round(self.size[0] * h / ref_h)), max(1, round(self.size[1] * h / ref_h)))
-        squeeze = x.dim() == 2
-        crop = x[None, None, r0:r1, c0:c1] if squeeze else x[None, :, r0:r1, c0:c1]
-        if key in self.NEAREST:
-            y = F.interpolate(crop.float(), size=size, mode="nearest-exact").to(x.dtype)
-        else:
-            y = F.interpolate(crop.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-        y = y[0, 0] if squeeze else y[0]
-        if flip:
-            y = y.flip(-1)
-            if key == "normal":
-                y = y.clone()
-                y[0] = -y[0]
-        return y
+        s = spec(key)
+        y = s.resize_to(x[..., r0:r1, c0:c1], size)
+        return s.hflip(y) if flip else y
 
     def _boxes(self, boxes, top, left, ch, cw, flip):
         sx, sy = self.size[1] / cw, self.size[0] / ch

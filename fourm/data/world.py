@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fourm.configs import parse_cli
 from fourm.data.layouts import FOURM_MODALITIES, WORLD_MODALITIES, atomic_write_bytes
 
 CLASSES = [
@@ -728,7 +729,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--split", default="train", choices=["train", "val"])
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--layouts", default="", help="also write these views under <out>/layouts: in1k,coco,ade20k,nyuv2")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     if args.num < 1 or args.size < 16:
         p.error("--num must be >= 1 and --size >= 16")
     try:

@@ -1,6 +1,6 @@
 """`fourm-bench generate`: chained any-to-any generation from images, with a picture per input.
 
-    fourm-bench generate model=<checkpoint> tokenizers.depth=<run> tokenizers.semseg=<run> text_tokenizer=<json> \\
+    fourm-bench generate checkpoint=<model.safetensors> tokenizers.depth=<run> tokenizers.semseg=<run> text_tokenizer=<json> \\
         cond=rgb@224 targets=tok_depth@224,tok_semseg@224,caption input=<image | folder | world split> out=DIR
 
 Options (key=value): ``steps=8`` MaskGIT/ROAR steps per image target, ``scheme=maskgit|roar``, ``temp=0.0`` for
@@ -22,25 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from fourm.files import atomic_write_json
+from fourm.modalities import spec
 from fourm.generation.detokenize import Detokenizer, render
-from fourm.generation.modality_dicts import init_empty_target_modality, init_full_input_modality, kind_of
-from fourm.generation.sampler import GenerationSampler
-from fourm.generation.schedules import build_chained_generation_schedules
-from fourm.pretrain.data import IMAGENET_MEAN, IMAGENET_STD
+from fourm.generation.generator import GenerateError, Generator, load_image  # noqa: F401  (GenerateError: this command's)
 from fourm.tokenizers.checkpoint import atomic_write_bytes
 
-DEFAULTS = dict(model=None, text_tokenizer=None, cond="rgb@224", targets=None, input=None, out=None, steps=8,
+DEFAULTS = dict(checkpoint=None, text_tokenizer=None, cond="rgb@224", targets=None, input=None, out=None, steps=8,
                 scheme="maskgit", temp=0.0, text_temp=0.7, top_p=0.9, top_k=0, text_tokens=64, cfg=1.0, seed=0,
                 batch=8, num=None, threads=None, inpaint=None, caption=None, boxes=None)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
-
-
-class GenerateError(ValueError):
-    """A generate call that cannot run; the message names the argument and the fix."""
 
 
 def parse_key_values(argv: list[str], defaults: dict, command: str) -> dict:
@@ -51,6 +44,9 @@ def parse_key_values(argv: list[str], defaults: dict, command: str) -> dict:
         if "=" not in a:
             raise GenerateError(f"argument {a!r} is not key=value; see `fourm-bench {command} --help`")
         k, v = a.split("=", 1)
+        if k == "model" and "model" not in defaults:
+            raise GenerateError(f"model={v}: model= names an architecture (as in pretrain and transfer); give the "
+                                "weights as checkpoint=<model.safetensors>")
         if k.startswith("tokenizers."):
             cfg["tokenizers"][k.split(".", 1)[1]] = v
         elif k not in defaults:
@@ -67,7 +63,7 @@ def parse_key_values(argv: list[str], defaults: dict, command: str) -> dict:
 def parse_args(argv: list[str]) -> dict:
     """The generate command's arguments (see the module docstring)."""
     cfg = parse_key_values(argv, DEFAULTS, "generate")
-    for k in ("model", "targets", "input", "out"):
+    for k in ("checkpoint", "targets", "input", "out"):
         if not cfg[k]:
             raise GenerateError(f"{k}= is required (e.g. {k}={_EXAMPLES[k]})")
     cfg["cond"] = [c for c in str(cfg["cond"]).split(",") if c]
@@ -77,7 +73,7 @@ def parse_args(argv: list[str]) -> dict:
     return cfg
 
 
-_EXAMPLES = {"model": "runs/pretrain/<id>/checkpoints/final.safetensors", "targets": "tok_depth@224,caption",
+_EXAMPLES = {"checkpoint": "runs/pretrain/<id>/checkpoints/final.safetensors", "targets": "tok_depth@224,caption",
              "input": "data/demo/world/val", "out": "results/generations"}
 
 
@@ -93,105 +89,6 @@ def list_inputs(path: str | Path) -> list[Path]:
             return files
         raise GenerateError(f"input={path}: no {'/'.join(IMAGE_EXTS)} images in {folder}")
     raise GenerateError(f"input={path} does not exist; give an image, a folder of images or a split with rgb/")
-
-
-def load_image(path: Path, size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """(normalised [3, size, size] tensor, the uint8 picture at that size)."""
-    im = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
-    a = np.asarray(im)
-    x = torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255.0)
-    return (x - IMAGENET_MEAN[0]) / IMAGENET_STD[0], a
-
-
-class Generator:
-    """Loads a model, its tokenizers and text tokenizer once; generates and renders batches of inputs."""
-
-    def __init__(self, cfg: dict):
-        from fourm.data.text import load_tokenizer as load_text_tokenizer
-        from fourm.models.checkpoint import load_pretrained
-        from fourm.tokenizers.checkpoint import load_tokenizer
-
-        self.cfg = cfg
-        self.model = load_pretrained(cfg["model"]).eval()
-        info = self.model.modality_info
-        self.image_size = self.model.config["image_size"]
-        for d in cfg["cond"] + cfg["targets"]:
-            if d not in info:
-                raise GenerateError(f"{d!r} is not a modality of {cfg['model']}; it has {sorted(info)}")
-        missing = [t for t in cfg["targets"] if t not in self.model.decoder_embeddings]
-        if missing:
-            raise GenerateError(f"targets {missing}: {cfg['model']} has no decoder for them; it generates "
-                                f"{sorted(self.model.decoder_embeddings)}")
-        self.text_tokenizer = load_text_tokenizer(cfg["text_tokenizer"]) if cfg["text_tokenizer"] else None
-        needs_text = [d for d in cfg["cond"] + cfg["targets"] if kind_of(info[d]) == "seq"]
-        if needs_text and self.text_tokenizer is None:
-            raise GenerateError(f"{needs_text} are text: pass text_tokenizer=<the model's tokenizer JSON>")
-        tokenizers = {}
-        for name, path in cfg["tokenizers"].items():
-            vq = load_tokenizer(path)
-            tokenizers[vq.config.token_modality] = vq
-        undecodable = [t for t in cfg["targets"] if kind_of(info[t]) == "img" and t not in tokenizers]
-        if undecodable:
-            raise GenerateError(f"targets {undecodable} need their VQ-VAE to be drawn: pass "
-                                + " ".join(f"tokenizers.{t.removeprefix('tok_').split('@')[0]}=<run>" for t in undecodable))
-        self.detok = Detokenizer(tokenizers, self.text_tokenizer, self.image_size)
-        self.sampler = GenerationSampler(self.model)
-
-    def schedule(self) -> list[dict]:
-        c, info = self.cfg, self.model.modality_info
-        seq = [kind_of(info[t]) == "seq" for t in c["targets"]]
-        return build_chained_generation_schedules(
-            cond_domains=c["cond"], target_domains=c["targets"],
-            tokens_per_target=[c["text_tokens"] + 1 if s else info[t]["max_tokens"] for t, s in zip(c["targets"], seq)],
-            autoregression_schemes=["autoregressive" if s else c["scheme"] for s in seq],
-            decoding_steps=[None if s else c["steps"] for s in seq],
-            token_decoding_schedules=[None if s else "cosine" for s in seq],
-            temps=[c["text_temp"] if s else c["temp"] for s in seq], temp_schedules=["constant"] * len(seq),
-            cfg_scales=[float(c["cfg"])] * len(seq), cfg_schedules=["constant"] * len(seq), modality_info=info)
-
-    def inputs(self, images: torch.Tensor) -> dict:
-        """The starting mod_dict for a batch of normalised images: conditions visible, targets empty."""
-        c, info, B = self.cfg, self.model.modality_info, images.shape[0]
-        mod = {"rgb@224": {"tensor": images}}
-        init_full_input_modality(mod, info, "rgb@224", "cpu")
-        if c["inpaint"]:
-            x0, y0, x1, y1 = (int(v) for v in str(c["inpaint"]).split(","))
-            p = info["rgb@224"]["patch_size"]
-            g = self.image_size // p
-            cols, rows = torch.arange(g) * p, torch.arange(g) * p
-            hide = ((rows[:, None] + p > y0) & (rows[:, None] < y1) & (cols[None] + p > x0) & (cols[None] < x1)).flatten()
-            mod["rgb@224"]["input_mask"][:, hide] = True
-        for name, text in (("caption", c["caption"]), ("det", c["boxes"])):
-            if text is not None and name in c["cond"]:  # an edited input: the given text, then [EOS]
-                eos = self.text_tokenizer.token_to_id("[EOS]")
-                ids = self.text_tokenizer.encode(text).ids + [eos]
-                mod[name] = {"tensor": torch.tensor(ids).unsqueeze(0).expand(B, -1).clone()}
-                init_full_input_modality(mod, info, name, "cpu", eos_id=eos)
-        for t, s in zip(c["targets"], self.schedule_tokens()):
-            init_empty_target_modality(mod, info, t, B, s, "cpu")
-        return mod
-
-    def schedule_tokens(self) -> list[int]:
-        info = self.model.modality_info
-        return [self.cfg["text_tokens"] + 1 if kind_of(info[t]) == "seq" else info[t]["max_tokens"] for t in self.cfg["targets"]]
-
-    def predict(self, mod_dict: dict, cond: str, target: str, seed: int, temp: float = 0.0, cfg_scale: float = 1.0,
-                steps: int | None = None) -> torch.Tensor:
-        """The tokens ``[B, n]`` of an image-like ``target`` generated by MaskGIT from ``mod_dict``'s ``cond`` alone
-        (``steps``: the configured ones, at most one a token)."""
-        info = self.model.modality_info
-        n = info[target]["max_tokens"]
-        init_empty_target_modality(mod_dict, info, target, next(iter(mod_dict.values()))["tensor"].shape[0], n, "cpu")
-        sched = build_chained_generation_schedules(
-            cond_domains=[cond], target_domains=[target], tokens_per_target=[n], autoregression_schemes=["maskgit"],
-            decoding_steps=[min(steps or self.cfg["steps"], n)], token_decoding_schedules=["cosine"], temps=[temp],
-            temp_schedules=["constant"], cfg_scales=[cfg_scale], cfg_schedules=["constant"], modality_info=info)
-        return self.sampler.generate(mod_dict, sched, seed=seed)[target]["tensor"].long()
-
-    def generate(self, images: torch.Tensor, seed: int) -> dict:
-        c = self.cfg
-        return self.sampler.generate(self.inputs(images), self.schedule(), top_k=int(c["top_k"]), top_p=float(c["top_p"]),
-                                     text_tokenizer=self.text_tokenizer, seed=seed)
 
 
 def run_generate(cfg: dict, progress: bool = True) -> Path:
@@ -240,9 +137,10 @@ def _write_one(out: Path, stem: str, pic: np.ndarray, targets, result, decoded, 
         arrays[f"{t}.tokens"] = result[t]["tensor"][i].numpy()
         mod = detok.modality(t)
         value = decoded[t][i]
-        if mod == "caption":
+        kind = spec(mod).value
+        if kind == "text":
             texts[t] = value
-        elif mod == "det":
+        elif kind == "boxes":
             texts[t] = [list(b) for b in value]
         else:
             arrays[t] = value.numpy()
@@ -265,7 +163,10 @@ def cli(argv: list[str]) -> int:
         print(__doc__)
         return 0
     try:
-        cfg = parse_args(argv)
+        cfg = parse_args([a for a in argv if a != "--print-config"])
+        if "--print-config" in argv:
+            print(json.dumps(cfg, indent=2, default=str))
+            return 0
         out = run_generate(cfg)
     except (GenerateError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"fourm-bench generate: {e}")

@@ -1,6 +1,6 @@
 """`fourm-bench oob`: what a pretrained 4M predicts out of the box (no fine-tuning), as a run in the run store.
 
-    fourm-bench oob model=<checkpoint> tokenizers.depth=<run> tokenizers.semseg=<run> text_tokenizer=<json> \\
+    fourm-bench oob checkpoint=<model.safetensors> tokenizers.depth=<run> tokenizers.semseg=<run> text_tokenizer=<json> \\
         data=<4M-layout dataset> split=val runs_root=runs/oob [method=<label>] [num=] [steps=8] [batch=8]
 
 Each task generates one target from RGB alone (MaskGIT ``steps`` steps at temperature 0 for token grids, greedy
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -38,17 +39,25 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fourm.data.layouts import FOURM_MODALITIES
 from fourm.data.text import boxes_to_text, text_to_boxes
-from fourm.generation.cli import GenerateError, Generator, load_image, parse_key_values
+from fourm.generation.cli import parse_key_values
+from fourm.generation.generator import GenerateError, Generator, load_image
 from fourm.generation.detokenize import sequence_text
-from fourm.runs import open_run
-from fourm.tokenizers.metrics import ReconstructionMeter, fit_constant
+from fourm.runs import open_run, run_id
+from fourm.modalities import spec, specs
+from fourm.modalities.metrics import ReconstructionMeter, constant_prediction, fit_constant
 from fourm.tokenizers.modality_io import center_box, crop_resize_flip, list_stems, read_raw, split_root, to_tensor
 
-DEFAULTS = dict(model=None, text_tokenizer=None, data=None, split="val", runs_root="runs/oob", method=None, num=None,
+DEFAULTS = dict(checkpoint=None, text_tokenizer=None, data=None, split="val", runs_root="runs/oob", method=None, num=None,
                 steps=8, batch=8, seed=0, threads=None)
-TASKS = {"tok_depth@224": "depth", "tok_normal@224": "normal", "tok_semseg@224": "semseg", "det": "det", "caption": "caption"}
+
+
+IMAGE = "rgb"  # the folder of the images every prediction is made from
+
+
+def oob_targets() -> dict[str, str]:
+    """Token modality -> its folder, for every modality whose spec names an out-of-the-box task."""
+    return {s.token: s.name for s in specs().values() if s.task and s.token}
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -127,7 +136,7 @@ def box_ap(gt: list[list], pred: list[list], size: int) -> dict[str, float]:
 def parse_args(argv: list[str]) -> dict:
     """The oob command's arguments (see the module docstring)."""
     cfg = parse_key_values(argv, DEFAULTS, "oob")
-    for k in ("model", "data"):
+    for k in ("checkpoint", "data"):
         if not cfg[k]:
             raise GenerateError(f"{k}= is required")
     for k in ("num", "threads"):
@@ -137,14 +146,15 @@ def parse_args(argv: list[str]) -> dict:
 
 
 def _ground_truth(root: Path, stems: list[str], modality: str, size: int):
-    if modality in ("caption",):
-        return [read_raw(root, "caption", s).strip() for s in stems]
-    if modality == "det":
+    value = spec(modality).value
+    if value == "text":
+        return [read_raw(root, modality, s).strip() for s in stems]
+    if value == "boxes":
         out = []
         for s in stems:
-            h = to_tensor("rgb", read_raw(root, "rgb", s)).shape[-1]
+            h = to_tensor(IMAGE, read_raw(root, IMAGE, s)).shape[-1]
             out.append([(x0 * size / h, y0 * size / h, x1 * size / h, y1 * size / h, n)
-                        for x0, y0, x1, y1, n, *_ in read_raw(root, "det", s)])
+                        for x0, y0, x1, y1, n, *_ in read_raw(root, modality, s)])
         return out
     xs = []
     for s in stems:
@@ -161,11 +171,12 @@ def evaluate(cfg: dict, progress: bool = True) -> dict[str, float]:
     root = split_root(cfg["data"], cfg["split"])
     probe = Generator({**_gen_cfg(cfg), "targets": []})
     model = probe.model
-    tasks = [t for t in TASKS if t in model.decoder_embeddings and probe.detok.can_decode(t)]
+    targets = oob_targets()
+    tasks = [t for t in targets if t in model.decoder_embeddings and probe.detok.can_decode(t)]
     if not tasks:
-        raise GenerateError(f"{cfg['model']} has none of the targets {list(TASKS)} with a tokenizer given; pass "
+        raise GenerateError(f"{cfg['checkpoint']} has none of the targets {list(targets)} with a tokenizer given; pass "
                             "tokenizers.<modality>=<run> (and text_tokenizer= for caption/det)")
-    stems = list_stems(root, ["rgb", *[TASKS[t] for t in tasks]])[: cfg["num"]]
+    stems = list_stems(root, [IMAGE, *[targets[t] for t in tasks]])[: cfg["num"]]
     size = probe.image_size
     gens = {}
     for t in tasks:  # one loaded model, one schedule per task
@@ -175,7 +186,7 @@ def evaluate(cfg: dict, progress: bool = True) -> dict[str, float]:
     bar = tqdm(total=len(stems) * len(tasks), desc="oob", unit="gen", disable=not progress)
     for b in range(0, len(stems), cfg["batch"]):
         chunk = stems[b: b + cfg["batch"]]
-        images = torch.stack([load_image(FOURM_MODALITIES["rgb"].path(root, s), size)[0] for s in chunk])
+        images = torch.stack([load_image(spec(IMAGE).path(root, s), size)[0] for s in chunk])
         for t, g in gens.items():
             out = g.generate(images, cfg["seed"] + b)
             preds[t] += g.detok.decode(t, out[t])
@@ -190,8 +201,8 @@ def evaluate(cfg: dict, progress: bool = True) -> dict[str, float]:
             found = _global_retrieval(probe, root, stems, cfg, size, target)
             metrics.update({f"retrieval_{folder}_{k}": v for k, v in found.items()})
     for t in tasks:
-        mod = TASKS[t]
-        gt = _ground_truth(root, stems, mod, size if mod in ("caption", "det") else probe.detok.tokenizers[t].config.image_size)
+        mod = targets[t]
+        gt = _ground_truth(root, stems, mod, probe.detok.tokenizers[t].config.image_size if spec(mod).is_map else size)
         metrics.update({f"{mod}/{k}": v for k, v in _score(t, mod, preds[t], gt, probe).items()})
     return metrics
 
@@ -216,7 +227,7 @@ def _conditions(gen: Generator, root: Path, chunk: list[str], size: int, with_ca
     from fourm.generation.modality_dicts import full_sequence_input, init_full_input_modality
 
     info = gen.model.modality_info
-    images = torch.stack([load_image(FOURM_MODALITIES["rgb"].path(root, s), size)[0] for s in chunk])
+    images = torch.stack([load_image(spec(IMAGE).path(root, s), size)[0] for s in chunk])
     mod = {"rgb@224": {"tensor": images}}
     init_full_input_modality(mod, info, "rgb@224", "cpu")
     out = {"rgb@224": mod}
@@ -268,54 +279,66 @@ def _global_retrieval(gen: Generator, root: Path, stems: list[str], cfg: dict, s
 
 
 def _gen_cfg(cfg: dict) -> dict:
-    return dict(model=cfg["model"], text_tokenizer=cfg["text_tokenizer"], tokenizers=cfg["tokenizers"], cond=["rgb@224"],
+    return dict(checkpoint=cfg["checkpoint"], text_tokenizer=cfg["text_tokenizer"], tokenizers=cfg["tokenizers"], cond=["rgb@224"],
                 steps=cfg["steps"], scheme="maskgit", temp=0.0, text_temp=0.0, top_p=0.0, top_k=0, text_tokens=64,
                 cfg=1.0, inpaint=None, caption=None, boxes=None)
+
+
+def _depth_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str) -> dict[str, float]:
+    meter = ReconstructionMeter("depth")
+    meter.update(median_scaled(p, gt), gt)
+    m = meter.compute()
+    return {f"delta1{suffix}": 100 * m["delta1"], f"abs_rel{suffix}": m["abs_rel"]}
+
+
+def _semseg_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str) -> dict[str, float]:
+    meter = ReconstructionMeter("semseg", num_classes=vq.config.num_classes)
+    meter.update(p, gt)
+    m = meter.compute()
+    return {f"miou{suffix}": 100 * m["miou"], f"pixel_acc{suffix}": 100 * m["pixel_acc"]}
+
+
+def _normal_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str) -> dict[str, float]:
+    err = normal_errors(p, gt)
+    return {f"angle_mean{suffix}": float(err.mean()), f"angle_median{suffix}": float(err.median()),
+            f"within_11deg{suffix}": 100 * float((err < 11.25).double().mean())}
+
+
+# what an out-of-the-box task of a map (ModalitySpec.task) reports of a prediction
+MAP_SCORES = {"depth": _depth_scores, "semseg": _semseg_scores, "normal": _normal_scores}
 
 
 def _score(target: str, mod: str, pred: list, gt, gen: Generator) -> dict[str, float]:
     """The task's metrics for the prediction, the tokenizer's ceiling and the trivial baseline."""
     out = {}
-    if mod in ("depth", "semseg", "normal"):
+    s = spec(mod)
+    if s.task in MAP_SCORES:
         vq = gen.detok.tokenizers[target]
         pred = torch.stack(pred)
         ceiling = torch.cat([vq.reconstruct(gt[i:i + 16]) for i in range(0, len(gt), 16)])
-        const = fit_constant(mod, gt, num_classes=vq.config.num_classes)
-        baseline = const.expand(gt.shape[0], *const.shape[:-2], *gt.shape[-2:]).to(gt.dtype if mod == "semseg" else torch.float32)
+        baseline = constant_prediction(fit_constant(s.metric, gt, num_classes=vq.config.num_classes), gt)
         for suffix, p in (("", pred), (".ceiling", ceiling), (".baseline", baseline)):
-            if mod == "depth":
-                meter = ReconstructionMeter("depth")
-                meter.update(median_scaled(p, gt), gt)
-                m = meter.compute()
-                out[f"delta1{suffix}"], out[f"abs_rel{suffix}"] = 100 * m["delta1"], m["abs_rel"]
-            elif mod == "semseg":
-                meter = ReconstructionMeter("semseg", num_classes=vq.config.num_classes)
-                meter.update(p, gt)
-                m = meter.compute()
-                out[f"miou{suffix}"], out[f"pixel_acc{suffix}"] = 100 * m["miou"], 100 * m["pixel_acc"]
-            else:
-                err = normal_errors(p, gt)
-                out[f"angle_mean{suffix}"] = float(err.mean())
-                out[f"angle_median{suffix}"] = float(err.median())
-                out[f"within_11deg{suffix}"] = 100 * float((err < 11.25).double().mean())
-    elif mod == "det":
+            out.update(MAP_SCORES[s.task](p, gt, vq, suffix))
+    elif s.task == "boxes":
         tok, bins, size = gen.text_tokenizer, gen.detok.bins, gen.image_size
         ceiling = [text_to_boxes(sequence_text(tok.encode(boxes_to_text(b, size, bins)).ids, tok), size, bins) for b in gt]
         common = collections.Counter(b[4] for boxes in gt for b in boxes).most_common(1)[0][0]
         baseline = [[(0.0, 0.0, float(size), float(size), common)] for _ in gt]
         for suffix, p in (("", pred), (".ceiling", ceiling), (".baseline", baseline)):
             out.update({f"{k}{suffix}": v for k, v in box_ap(gt, p, size).items()})
-    else:
+    elif s.task == "text":
         tok = gen.text_tokenizer
         ceiling = [sequence_text(tok.encode(c).ids, tok) for c in gt]
         for suffix, p in (("", pred), (".ceiling", ceiling), (".baseline", [gt[0]] * len(gt))):
             out[f"bleu4{suffix}"] = bleu4(p, gt)
+    else:
+        raise KeyError(f"modality {mod!r}: no out-of-the-box task {s.task!r}; tasks: {[*MAP_SCORES, 'boxes', 'text']}")
     return out
 
 
 def run_config(cfg: dict) -> dict:
     """What an out-of-the-box run's folder is keyed by (its id is the hash of this): everything but where and how fast."""
-    return {"task": "oob", "method": cfg["method"] or Path(cfg["model"]).stem, "model": str(cfg["model"]),
+    return {"task": "oob", "method": cfg["method"] or Path(cfg["checkpoint"]).stem, "checkpoint": str(cfg["checkpoint"]),
             "tokenizers": {k: str(v) for k, v in sorted(cfg["tokenizers"].items())},
             "text_tokenizer": cfg["text_tokenizer"], "data": str(cfg["data"]), "split": cfg["split"],
             "num": cfg["num"], "steps": cfg["steps"], "seed": cfg["seed"]}
@@ -338,7 +361,12 @@ def cli(argv: list[str]) -> int:
         print(__doc__)
         return 0
     try:
-        run = run_oob(parse_args(argv))
+        cfg = parse_args([a for a in argv if a != "--print-config"])
+        if "--print-config" in argv:
+            print(f"# run id {run_id(run_config(cfg))}")
+            print(json.dumps(cfg, indent=2, default=str))
+            return 0
+        run = run_oob(cfg)
     except (GenerateError, FileNotFoundError, ValueError) as e:
         print(f"fourm-bench oob: {e}")
         return 2

@@ -35,6 +35,23 @@ def model_names() -> list[str]:
     return [f"fm_{s}_{e}e_{d}d_{v}" for s, (_, _, e, d) in SIZES.items() for v in VARIANTS]
 
 
+DEFAULT_VARIANT = "swiglu_nobias"
+
+
+def model_name(value: str) -> str:
+    """What ``model=`` means in every command: an architecture, given as a factory name
+    (``fm_base_12e_12d_swiglu_nobias``) or a size (``base`` = its ``swiglu_nobias`` factory name)."""
+    if value in SIZES:
+        _, _, e, d = SIZES[value]
+        return f"fm_{value}_{e}e_{d}d_{DEFAULT_VARIANT}"
+    m = _NAME.match(str(value))
+    if not m or m["size"] not in SIZES or m["variant"] not in VARIANTS:
+        raise ValueError(f"model={value!r} is not an architecture: give a size ({', '.join(SIZES)}) or a factory "
+                         f"name (fm_<size>_<E>e_<D>d_<variant>, variants {', '.join(VARIANTS)}); weights are given "
+                         "as checkpoint= (generate, oob) or init= (transfer)")
+    return str(value)
+
+
 def config_for(name: str, **overrides) -> dict:
     """The FourM config (official metadata keys) for a factory name; overrides win (e.g. domains_in, image_size)."""
     m = _NAME.match(name)

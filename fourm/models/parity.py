@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from fourm.configs import parse_cli
 from fourm.models.checkpoint import load_encoder, load_pretrained, parse_metadata
 
 TOLERANCE = 1e-5
@@ -102,7 +103,7 @@ def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="fourm-bench parity", description=__doc__)
     p.add_argument("--fixture", default=None, help="folder with the tiny checkpoint and its io file")
     p.add_argument("--which", choices=sorted(FIXTURES), default="4m7", help="the 4M-7 or the 4M-21 fixture")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     diffs = run_parity(args.fixture, args.which)
     width = max(map(len, diffs))
     for k, v in diffs.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from fourm import modalities as M
+from fourm.modalities import has_spec, spec
 from fourm.data.masking import UnifiedMasking, trim_sequence_padding
 from fourm.data.text import coord_bins, load_tokenizer
 from fourm.distributed import DistEnv
@@ -75,7 +76,7 @@ def load_token_samples(pattern: str, modalities: list[str], bins: int | None = N
                                      f"re-encode with this modality or drop it from model.domains_in/out")
                 if kind == "sequence":
                     value = raw[ext].decode().strip() if ext.endswith(".txt") else json.loads(raw[ext])
-                    if m == "det":
+                    if spec(m).value == "boxes":
                         value = [boxes_to_chunks(b, 1, bins) for b in value]
                     sample[m] = value
                     (cropped if per == "crops" else variants if per == "variants" else []).append(m)
@@ -104,7 +105,7 @@ class PretrainData:
         data = cfg["data"]
         tok = load_tokenizer(data["text_tokenizer"]) if any(M.get(m).kind == "sequence" for m in self.modalities) else None
         bins = coord_bins(tok) if tok is not None else None  # boxes are written in the tokenizer's coordinate bins
-        if "det" in self.modalities and bins is None:
+        if any(has_spec(m) and spec(m).value == "boxes" for m in self.modalities) and bins is None:
             raise ValueError(f"data.text_tokenizer={data['text_tokenizer']}: has no box coordinate tokens (v0=0, ...), "
                              "so det cannot be tokenized; train it with fourm.data.text.train_wordpiece")
         self.train = (train_samples if train_samples is not None

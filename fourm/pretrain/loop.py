@@ -218,7 +218,7 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
 
     start_step, tokens_seen = 0, 0
     ckpt_dir = run.path / "checkpoints"
-    latest = latest_checkpoint(ckpt_dir) if cfg.get("resume", "auto") == "auto" else None
+    latest = latest_checkpoint(ckpt_dir) if cfg.get("_resume", "auto") == "auto" else None
     state = None
     if latest is not None:  # the weights now; the optimizer once it exists over the (possibly sharded) parameters
         state = load_state(latest, model, None)
@@ -280,7 +280,7 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
                 run.log(event="diverged", step=step, loss=float(loss_t), grad_norm=float(grad_norm))
             raise TrainingDiverged(
                 f"step {step}: loss {float(loss_t)} / grad norm {float(grad_norm)} is not finite; nothing was saved for this step. "
-                f"Last good checkpoint: {good or 'none'} (resume=auto continues from it); lower optim.blr or raise warmup."
+                f"Last good checkpoint: {good or 'none'} (_resume=auto continues from it); lower optim.blr or raise warmup."
             )
         opt.step()
         tokens_seen += tokens_per_step(cfg)
@@ -311,23 +311,49 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
     return metrics
 
 
+# user-facing names of the keys that are not identity (fourm.runs.identity): `runs_root=...` sets `_runs_root`
+ALIASES = {"runs_root": "_runs_root", "resume": "_resume"}
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _alias(override: str) -> list[str]:
+    """``runs_root=``/``resume=`` set their ``_`` keys; ``model=<factory name>`` picks its size's group and that name
+    (``model=`` is an architecture in every command: a size or a factory name)."""
+    key, sep, value = override.partition("=")
+    prefix = "+" if key.startswith("+") else ""
+    key = key.removeprefix("+")
+    if key == "model" and sep and not prefix and not (CONFIG_DIR / "model" / f"{value}.yaml").exists():
+        from fourm.models.factory import model_name
+
+        try:
+            name = model_name(value)
+        except ValueError as e:
+            from fourm.configs import ComposeError
+
+            raise ComposeError(f"{e}; the model groups are {sorted(p.stem for p in (CONFIG_DIR / 'model').glob('*.yaml'))}") from None
+        size = name.split("_")[1]
+        if (CONFIG_DIR / "model" / f"{size}.yaml").exists():
+            return [f"model={size}", f"model.name={name}"]
+    return [f"{prefix}{ALIASES.get(key, key)}{sep}{value}"]
+
+
 def resolve(overrides: list[str]) -> dict:
     """Compose the hydra config (fourm/pretrain/configs) with overrides into a plain dict."""
     from omegaconf import OmegaConf
 
     from fourm.configs import compose
 
-    return OmegaConf.to_container(compose(Path(__file__).parent / "configs", "config", overrides), resolve=True)
+    expanded = [o for override in overrides for o in _alias(override)]
+    return OmegaConf.to_container(compose(CONFIG_DIR, "config", expanded), resolve=True)
 
 
 def run_from_config(cfg: dict, run_dir: str | None = None, **kwargs) -> dict:
     """Open (or reopen) the run folder of ``cfg``, train, write metrics and DONE. Skips a DONE run."""
-    identity = {k: v for k, v in cfg.items() if k not in ("runs_root", "resume")}
-    run = runs.Run(run_dir) if run_dir else runs.open_run(cfg["runs_root"], identity)
+    run = runs.Run(run_dir) if run_dir else runs.open_run(cfg["_runs_root"], cfg)
     if run_dir:
         run.path.mkdir(parents=True, exist_ok=True)
         if not (run.path / "config.yaml").exists():
-            runs.atomic_write_text(run.path / "config.yaml", __import__("yaml").safe_dump(identity, sort_keys=True))
+            runs.write_config(run.path, cfg)
         if not (run.path / "env.json").exists():
             run.write_env()
         elif not run.done:
@@ -344,11 +370,32 @@ def run_from_config(cfg: dict, run_dir: str | None = None, **kwargs) -> dict:
 
 
 def cli(argv: list[str]) -> int:
+    """``fourm-bench pretrain key=value ... [--print-config]`` (hydra overrides of fourm/pretrain/configs)."""
+    import sys
+
+    import yaml
+
+    from fourm.configs import ComposeError
+
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: fourm-bench pretrain [hydra overrides, e.g. model=micro budget=paper optim.blr=1e-4 batch_size=16]\n"
-              f"config groups in {Path(__file__).parent / 'configs'}: model data alphas budget optim schedule")
+        groups = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
+        print("usage: fourm-bench pretrain [key=value ...] [--print-config]\n"
+              "  e.g. model=micro budget=paper optim.blr=1e-4 batch_size=16 data.train='shards/train-{000000..000009}.tar'\n"
+              "  runs_root=<dir> (default runs/pretrain) and resume=auto|never are not part of the run's identity\n"
+              f"config groups in {CONFIG_DIR} (group=<option>): " + "; ".join(
+                  f"{g}: {', '.join(sorted(f.stem for f in (CONFIG_DIR / g).glob('*.yaml')))}" for g in groups))
         return 0
-    cfg = resolve(argv)
+    print_config = "--print-config" in argv
+    argv = [a for a in argv if a != "--print-config"]
+    try:
+        cfg = resolve(argv)
+    except ComposeError as e:
+        print(f"fourm-bench pretrain: {e}", file=sys.stderr)
+        return 2
+    if print_config:
+        print(f"# run id {runs.run_id(cfg)}")
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        return 0
     metrics = run_from_config(cfg)
     print({k: v for k, v in metrics.items() if k.startswith("val/") or k in ("step", "tokens_seen", "checkpoint")})
     return 0

@@ -4,7 +4,7 @@
   encode  pretokenize a 4M-layout dataset into webdataset shards  (configs/encode.yaml)
   decode  decode shard tokens and write original-vs-reconstruction PNG grids (configs/decode.yaml)
 
-Add --cfg to print the composed config and exit.
+Add --print-config to print the composed config and exit.
 """
 from __future__ import annotations
 

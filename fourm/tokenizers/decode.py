@@ -14,33 +14,16 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
+from fourm.modalities import spec
 from fourm.tokenizers.checkpoint import atomic_write_bytes, load_tokenizer
 from fourm.tokenizers.modality_io import center_box, crop_resize_flip, read_raw, split_root, to_tensor
 from fourm.tokenizers.shards import TokenShardDataset, read_header
 
 
-def to_rgb(modality: str, x: torch.Tensor, *, depth_range: tuple[float, float] = (0.5, 12.0), num_classes: int = 256) -> np.ndarray:
-    """A modality tensor (no batch dim) as a uint8 HxWx3 picture: depth via a colormap on log-depth, normals as
-    (n + 1) / 2, semseg with a fixed palette."""
-    if modality == "rgb":
-        a = x.permute(1, 2, 0).clamp(0, 1).numpy()
-    elif modality == "depth":
-        import matplotlib
-
-        d = x[0].numpy()
-        lo, hi = np.log(depth_range[0]), np.log(depth_range[1])
-        t = (np.log(np.clip(d, *depth_range)) - lo) / (hi - lo)
-        a = matplotlib.colormaps["turbo"](1 - t)[..., :3]
-        a[d <= 0] = 0
-    elif modality == "normal":
-        a = ((x.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy()
-    elif modality == "semseg":
-        palette = np.random.default_rng(3).integers(40, 256, (max(num_classes, 256), 3))
-        palette[0] = 0
-        return palette[x.numpy().clip(0, len(palette) - 1)].astype(np.uint8)
-    else:
-        raise KeyError(f"cannot draw modality {modality!r}")
-    return (a * 255).round().astype(np.uint8)
+def to_rgb(modality: str, x: torch.Tensor, **kw) -> np.ndarray:
+    """A modality tensor (no batch dim) as a uint8 HxWx3 picture, drawn by the modality's spec (depth via a colormap
+    on log-depth, normals as (n + 1) / 2, semseg with a fixed palette)."""
+    return spec(modality).picture(x, **kw)
 
 
 def grid_image(rows: list[list[np.ndarray]], labels: list[str], tile: int = 128) -> Image.Image:
@@ -109,8 +92,8 @@ def cli(argv: list[str]) -> int:
         print(__doc__)
         print((CONFIG_DIR / "decode.yaml").read_text())
         return 0
-    cfg = compose_config("decode", [a for a in argv if a != "--cfg"])
-    if "--cfg" in argv:
+    cfg = compose_config("decode", [a for a in argv if a != "--print-config"])
+    if "--print-config" in argv:
         print(OmegaConf.to_yaml(cfg))
         return 0
     if cfg.get("threads"):

@@ -343,8 +343,8 @@ def cli(argv: list[str]) -> int:
         print(__doc__)
         print((CONFIG_DIR / "encode.yaml").read_text())
         return 0
-    cfg = compose_config("encode", [a for a in argv if a != "--cfg"])
-    if "--cfg" in argv:
+    cfg = compose_config("encode", [a for a in argv if a != "--print-config"])
+    if "--print-config" in argv:
         print(OmegaConf.to_yaml(cfg))
         return 0
     index = encode_dataset(cfg, progress=os.environ.get("FOURM_NO_PROGRESS") is None)

@@ -2,8 +2,8 @@
 
 A *modality tensor* is what a :class:`~fourm.tokenizers.vqvae.VQVAE` takes and returns (no batch dim here):
 rgb float [3,H,W] in [0,1]; depth float [1,H,W] metres (0 = none); normal float [3,H,W] unit vectors (camera frame,
-x right); semseg long [H,W] class ids; edges (canny_edge, sam_edge) float [1,H,W] in {0, 1}; feature maps (any
-other folder of .npy arrays) float [C,h,w]. Files are decoded with the codecs of :mod:`fourm.data.layouts`.
+x right); semseg long [H,W] class ids; edges (canny_edge, sam_edge) float [1,H,W] in {0, 1}; feature maps (clip,
+dinov2, imagebind, feat_*) float [C,h,w]. Each modality's spec (:mod:`fourm.modalities.specs`) says how.
 """
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from fourm.data.layouts import FOURM_MODALITIES, folder_modality
-
-IMAGE_MODALITIES = ("rgb", "depth", "normal", "semseg")
-# resized with nearest neighbour: a value between two of them means nothing
-NEAREST_MODALITIES = ("depth", "normal", "semseg", "canny_edge", "sam_edge", "sam_instance")
+from fourm.modalities import spec, specs
 
 
 def split_root(data: str | os.PathLike, split: str | None) -> Path:
@@ -63,46 +59,20 @@ def read_raw(root: str | os.PathLike, modality: str, stem: str):
         raise ValueError(f"{path}: cannot decode {modality} file ({e}); regenerate or remove it") from e
 
 
-def to_tensor(modality: str, array: np.ndarray) -> torch.Tensor:
-    """Decoded numpy array -> modality tensor (see module docstring)."""
-    if modality == "rgb":
-        return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1) / 255.0
-    if modality == "depth":
-        return torch.from_numpy(np.array(array, dtype=np.float32))[None]
-    if modality == "normal":
-        return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1)
-    if modality in ("semseg", "sam_instance"):
-        return torch.from_numpy(np.array(array, dtype=np.int64))
-    if modality in ("canny_edge", "sam_edge"):
-        return torch.from_numpy(np.asarray(array) > 0).float()[None]
-    if isinstance(array, np.ndarray) and array.ndim == 3 and array.dtype.kind == "f":  # a feature map [C, h, w]
-        return torch.from_numpy(np.array(array, dtype=np.float32))
-    raise KeyError(f"{modality!r} is not an image modality; tokenizers exist for {IMAGE_MODALITIES}")
+def to_tensor(modality: str, array) -> torch.Tensor:
+    """Decoded file -> modality tensor (see module docstring and :class:`fourm.modalities.ModalitySpec`)."""
+    s = spec(modality)
+    if not s.is_map:
+        raise KeyError(f"{modality!r} is not an image-like modality (its spec has no resize rule); tokenizers exist "
+                       f"for {sorted(n for n, x in specs().items() if x.tokenizer)}")
+    return s.to_tensor(array)
 
 
 def crop_resize_flip(modality: str, x: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool) -> torch.Tensor:
-    """Crop ``box = (top, left, height, width)`` of a modality tensor, resize to ``size`` x ``size``, maybe h-flip.
-
-    RGB and feature maps are resized bilinearly (antialiased); depth, normals, edges and label maps with nearest
-    neighbour so that no value is invented across object edges. A horizontal flip negates the normals' x component
-    (camera frame, x right).
-    """
-    top, left, h, w = box
-    x = x[..., top : top + h, left : left + w]
-    if (h, w) != (size, size):
-        if modality not in NEAREST_MODALITIES:
-            x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-            x = x.clamp(0, 1) if modality == "rgb" else x
-        elif x.dim() == 2:  # label maps (semseg, sam_instance ids)
-            x = F.interpolate(x[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
-        else:
-            x = F.interpolate(x[None], size=(size, size), mode="nearest-exact")[0]
-    if flip:
-        x = x.flip(-1)
-        if modality == "normal":
-            x = x.clone()
-            x[0] = -x[0]
-    return x
+    """Crop ``box = (top, left, height, width)`` of a modality tensor, resize to ``size`` x ``size``, maybe h-flip,
+    by the modality's spec: RGB and feature maps bilinearly (antialiased), depth, normals, edges and label maps with
+    nearest neighbour so that no value is invented across object edges; a flip negates the normals' x component."""
+    return spec(modality).crop_resize_flip(x, box, size, flip)
 
 
 def scale_box(box: tuple[int, int, int, int], size: tuple[int, int], to: tuple[int, int]) -> tuple[int, int, int, int]:

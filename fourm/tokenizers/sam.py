@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from fourm.data.labelers21 import instance_box, query_points
-from fourm.data.layouts import read_png
+from fourm.modalities.codecs import read_png
 from fourm.data.serialize import PointInstances, sam_to_text
-from fourm.tokenizers.metrics import ReconstructionMeter
+from fourm.modalities.metrics import ReconstructionMeter
 from fourm.tokenizers.mlp_vqvae import fit_in_memory
 from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 

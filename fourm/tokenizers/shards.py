@@ -37,19 +37,18 @@ import torch
 from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
+from fourm.modalities import has_spec, sequence_members, spec
+
 FORMAT = "fourm-token-shard/1"
+PIXELS = "rgb"  # members named rgb@<size>.npy hold the crops' pixels (uint8 [n, H, W, 3]), stored beside the tokens
+CROPS = "crops"  # the member crops.json: each crop's box and flip
 HEADER = "__shard__.json"
 
 
 # The sequence modalities of a shard: their member, and whether it holds one value per crop ("crops"), variants of
 # which pretraining picks one per step ("variants"), or one value for the sample ("whole").
-SEQUENCE_FILES = {
-    "caption": ("caption.txt", "whole"),
-    "det": ("det.json", "crops"),
-    "color_palette": ("color_palette.json", "variants"),
-    "metadata": ("metadata.json", "whole"),
-    "sam_instance": ("sam_instance.json", "crops"),
-}
+# Each spec with a ``shard_member`` says it (fourm.modalities.specs).
+SEQUENCE_FILES = sequence_members()
 
 
 class ShardError(RuntimeError):
@@ -292,34 +291,39 @@ class TokenShardDataset(IterableDataset):
             if self.check_vocab and t.numel() and int(t.max()) >= vocab:
                 raise ShardError(f"{m}: token id {int(t.max())} >= vocab_size {vocab}")
             return t
-        if m.startswith("rgb"):
+        if m.startswith(PIXELS):
             arr = np.load(io.BytesIO(data), allow_pickle=False)[c]
             return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
-        if m == "caption":
+        value = spec(m).value if has_spec(m) else None
+        if value == "text":
             return data.decode().strip()
-        if m == "det":
+        if value == "boxes":
             boxes = json.loads(data)[c]
             if self.det_format == "text":
                 from fourm.data.text import boxes_to_text
 
                 return boxes_to_text(boxes, 1)
             return boxes
-        if m == "crops":
+        if m == CROPS:
             return json.loads(data)["crops"][c]
         raise ShardError(f"unknown shard modality {m!r}")
 
 
 def _ext(m: str, token_mods: dict) -> str:
-    if m in token_mods or m.startswith("rgb"):
+    if m in token_mods or m.startswith(PIXELS):
         return f"{m}.npy"
-    return {"caption": "caption.txt", "det": "det.json", "crops": "crops.json"}.get(m, m)
+    if m == CROPS:
+        return "crops.json"
+    return SEQUENCE_FILES[m][0] if m in SEQUENCE_FILES else m
 
 
 def _extras(raw: dict) -> list[str]:
+    """The members a reader serves besides the token modalities: stored pixels, captions and boxes."""
+    readable = {member: name for name, (member, _) in SEQUENCE_FILES.items() if spec(name).value in ("text", "boxes")}
     out = []
     for ext in raw:
-        if ext.startswith("rgb") and ext.endswith(".npy"):
+        if ext.startswith(PIXELS) and ext.endswith(".npy"):
             out.append(ext[: -len(".npy")])
-        elif ext in ("caption.txt", "det.json"):
-            out.append(ext.split(".")[0])
+        elif ext in readable:
+            out.append(readable[ext])
     return out

@@ -29,7 +29,8 @@ from fourm.tokenizers.checkpoint import (
     save_tokenizer,
     save_training_checkpoint,
 )
-from fourm.tokenizers.metrics import ReconstructionMeter, constant_prediction, fit_constant, image_mean_depth
+from fourm.modalities import spec
+from fourm.modalities.metrics import ReconstructionMeter, constant_prediction, fit_constant
 from fourm.tokenizers.modality_io import list_stems, load_modality, split_root
 from fourm.tokenizers.quantizer import codebook_perplexity
 from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
@@ -100,7 +101,7 @@ def evaluate(model: VQVAE, val_x: torch.Tensor, batch_size: int = 32) -> dict:
     c = model.config
     was_training = model.training
     model.eval()
-    meter = ReconstructionMeter(c.kind, c.num_classes, c.ignore_index)
+    meter = ReconstructionMeter(spec(c.modality).metric, c.num_classes, c.ignore_index)
     tokens = []
     for i in range(0, len(val_x), batch_size):
         x = val_x[i : i + batch_size]
@@ -118,14 +119,15 @@ def evaluate(model: VQVAE, val_x: torch.Tensor, batch_size: int = 32) -> dict:
 
 def baselines(mcfg: VQVAEConfig, train_x: torch.Tensor, val_x: torch.Tensor) -> dict:
     """Metrics of trivial predictors on the validation set (see :mod:`fourm.tokenizers.metrics`)."""
-    const = fit_constant(mcfg.kind, train_x, mcfg.num_classes, mcfg.ignore_index)
-    meter = ReconstructionMeter(mcfg.kind, mcfg.num_classes, mcfg.ignore_index)
+    kind = spec(mcfg.modality).metric
+    const = fit_constant(kind, train_x, mcfg.num_classes, mcfg.ignore_index)
+    meter = ReconstructionMeter(kind, mcfg.num_classes, mcfg.ignore_index)
     meter.update(constant_prediction(const, val_x), val_x)
     out = {"constant": meter.compute()}
-    if mcfg.modality == "depth":
-        oracle = ReconstructionMeter("depth")
-        oracle.update(image_mean_depth(val_x), val_x)
-        out["image_mean"] = oracle.compute()
+    for name, predict in meter.oracles.items():
+        oracle = ReconstructionMeter(kind, mcfg.num_classes, mcfg.ignore_index)
+        oracle.update(predict(val_x), val_x)
+        out[name] = oracle.compute()
     return out
 
 
@@ -259,10 +261,7 @@ def _flip(modality: str, x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     if not flips.any():
         return x
     x = x.clone()
-    f = x[flips].flip(-1)
-    if modality == "normal":
-        f[:, 0] = -f[:, 0]
-    x[flips] = f
+    x[flips] = spec(modality).hflip(x[flips])
     return x
 
 
@@ -272,8 +271,8 @@ def cli(argv: list[str]) -> int:
         print(__doc__)
         print(f"config: {CONFIG_DIR / 'train.yaml'}\n\n" + (CONFIG_DIR / "train.yaml").read_text())
         return 0
-    show = "--cfg" in argv
-    cfg = compose_config("train", [a for a in argv if a != "--cfg"])
+    show = "--print-config" in argv
+    cfg = compose_config("train", [a for a in argv if a != "--print-config"])
     if show:
         print(OmegaConf.to_yaml(cfg))
         return 0

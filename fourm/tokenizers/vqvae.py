@@ -38,27 +38,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fourm.modalities import has_spec, spec, specs
 from fourm.tokenizers.quantizer import VectorQuantizer
 
 IGNORE_INDEX = 255
-MODALITIES = ("rgb", "depth", "normal", "semseg")
-EDGE_MODALITIES = ("canny_edge", "sam_edge")
-MASK_MODALITIES = ("sam_mask",)  # one instance mask, cropped to its box (fourm.tokenizers.sam)
 
 
 def adapter_kind(modality: str, feature_dim: int = 0) -> str:
-    """The adapter of a modality folder: its own (rgb, depth, normal, semseg), ``edge``, or ``feature`` (any other
-    folder of ``.npy`` maps, with ``feature_dim`` channels)."""
-    if modality in MODALITIES:
-        return modality
-    if modality in EDGE_MODALITIES:
-        return "edge"
-    if modality in MASK_MODALITIES:
-        return "mask"
-    if feature_dim > 0:
-        return "feature"
-    raise ValueError(f"no tokenizer for modality {modality!r}: use one of {MODALITIES + EDGE_MODALITIES + MASK_MODALITIES}, or a "
-                     "feature-map folder with feature_dim=<channels>")
+    """The adapter of a modality, as its spec names it (``rgb``, ``depth``, ``normal``, ``semseg``, ``edge``, ``mask``,
+    ``feature``); a modality without one is an error naming those that have one."""
+    s = spec(modality) if has_spec(modality) else None
+    if s is None or s.tokenizer is None:
+        have = sorted(n for n, x in specs().items() if x.tokenizer)
+        raise ValueError(f"no tokenizer for modality {modality!r}: use one of {have}, or a feature-map folder "
+                         "(feat_<name>, or one registered with fourm.modalities.specs.feature_map) with feature_dim=<channels>")
+    if s.tokenizer not in ADAPTERS:
+        raise ValueError(f"modality {modality!r}: its spec names the tokenizer adapter {s.tokenizer!r}; adapters: {sorted(ADAPTERS)}")
+    return s.tokenizer
 
 
 @dataclasses.dataclass
@@ -94,10 +90,7 @@ class VQVAEConfig:
                 f"VQVAEConfig.image_size {self.image_size} is not divisible by the downsampling factor "
                 f"{self.downsample} (2 ** len(channels)); change image_size or channels"
             )
-        if self.modality == "semseg" and self.num_classes < 2:
-            raise ValueError("VQVAEConfig.num_classes must be set (>= 2) for a semseg tokenizer")
-        if self.modality == "depth" and not 0 < self.depth_min < self.depth_max:
-            raise ValueError(f"VQVAEConfig needs 0 < depth_min < depth_max, got {self.depth_min}, {self.depth_max}")
+        ADAPTERS[self.kind].check(self)
 
     @property
     def downsample(self) -> int:
@@ -133,6 +126,10 @@ class ModalityAdapter(abc.ABC):
     def __init__(self, config: VQVAEConfig):
         self.config = config
 
+    @staticmethod
+    def check(config) -> None:
+        """Refuse a config this adapter cannot build (one line naming the key)."""
+
     @abc.abstractmethod
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         """Modality tensor -> network input."""
@@ -161,6 +158,11 @@ class RGBAdapter(ModalityAdapter):
 
 class DepthAdapter(ModalityAdapter):
     in_channels = out_channels = 1
+
+    @staticmethod
+    def check(config) -> None:
+        if not 0 < config.depth_min < config.depth_max:
+            raise ValueError(f"VQVAEConfig needs 0 < depth_min < depth_max, got {config.depth_min}, {config.depth_max}")
 
     def _bounds(self):
         return math.log(self.config.depth_min), math.log(self.config.depth_max)
@@ -198,6 +200,11 @@ class NormalAdapter(ModalityAdapter):
 
 
 class SemsegAdapter(ModalityAdapter):
+    @staticmethod
+    def check(config) -> None:
+        if config.num_classes < 2:
+            raise ValueError("VQVAEConfig.num_classes must be set (>= 2) for a semseg tokenizer")
+
     def __init__(self, config):
         super().__init__(config)
         self.in_channels = self.out_channels = config.num_classes
@@ -246,6 +253,11 @@ class MaskAdapter(EdgeAdapter):
 
 
 class FeatureAdapter(ModalityAdapter):
+    @staticmethod
+    def check(config) -> None:
+        if config.feature_dim <= 0:
+            raise ValueError(f"VQVAEConfig.feature_dim must be set to the channels of the {config.modality!r} feature maps")
+
     def __init__(self, config):
         super().__init__(config)
         self.in_channels = self.out_channels = config.feature_dim

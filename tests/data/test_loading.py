@@ -118,15 +118,17 @@ def test_corrupt_and_missing_files_are_reported(world_root, tmp_path):
 
 
 def test_feature_folder_and_clear_errors(world_root, tmp_path):
-    with pytest.raises(FileNotFoundError, match="clip_feat"):
-        MultimodalFolder(world_root / "train", ["rgb", "clip_feat"])
+    with pytest.raises(KeyError, match=r"unknown modality 'clip_feat'.*register_spec"):
+        MultimodalFolder(world_root / "train", ["rgb", "clip_feat"])  # no spec: never guessed to be a feature map
+    with pytest.raises(FileNotFoundError, match="feat_missing"):
+        MultimodalFolder(world_root / "train", ["rgb", "feat_missing"])
     with pytest.raises(ValueError, match="on_error"):
         MultimodalFolder(world_root / "train", ["rgb"], on_error="ignore")
     root = tmp_path / "split"
     shutil.copytree(world_root / "train" / "rgb", root / "rgb")
-    (root / "feat").mkdir()
+    (root / "feat_x").mkdir()  # feat_*: the family of feature maps a labeler writes
     for p in (root / "rgb").iterdir():
-        np.save(root / "feat" / f"{p.stem}.npy", np.full((4, 8, 8), float(p.stem), np.float16))
-    s = AlignedAugment(32, flip_prob=0.0)(MultimodalFolder(root, ["rgb", "feat"])[5])
-    assert s["rgb"].shape == (3, 32, 32) and s["feat"].shape == (4, 4, 4)
-    assert torch.allclose(s["feat"], torch.full((4, 4, 4), 5.0))
+        np.save(root / "feat_x" / f"{p.stem}.npy", np.full((4, 8, 8), float(p.stem), np.float16))
+    s = AlignedAugment(32, flip_prob=0.0)(MultimodalFolder(root, ["rgb", "feat_x"])[5])
+    assert s["rgb"].shape == (3, 32, 32) and s["feat_x"].shape == (4, 4, 4)
+    assert torch.allclose(s["feat_x"], torch.full((4, 4, 4), 5.0))

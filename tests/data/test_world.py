@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fourm.data import world
-from fourm.data.layouts import FOURM_MODALITIES, WORLD_MODALITIES, decode_depth, decode_normal
+from fourm.data.layouts import FOURM_MODALITIES, WORLD_MODALITIES
+from fourm.modalities.codecs import decode_depth, decode_normal
 
 SIZE = 64
 

@@ -33,7 +33,7 @@ def tiny(tmp_path_factory, official_fixture_dir):
 
 
 def _generate(tiny, out, *extra):
-    return gen_cli.cli([f"model={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}",
+    return gen_cli.cli([f"checkpoint={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}",
                         "targets=tok_depth@224,tok_semseg@224,caption,det", f"input={tiny['split']}", f"out={out}",
                         "text_tokens=8", "steps=2", *extra])
 
@@ -68,7 +68,7 @@ def test_generate_is_seeded_and_conditioning_can_be_partial_or_edited(tiny, tmp_
     assert _generate(tiny, b, "num=1", "temp=1.0") == 0
     stem = next(a.glob("*.npz")).stem
     assert np.array_equal(np.load(a / f"{stem}.npz")["tok_depth@224.tokens"], np.load(b / f"{stem}.npz")["tok_depth@224.tokens"])
-    gen = gen_cli.Generator(gen_cli.parse_args([f"model={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}",
+    gen = gen_cli.Generator(gen_cli.parse_args([f"checkpoint={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}",
                                                 "cond=rgb@224,caption", "targets=tok_depth@224", "input=x", "out=y",
                                                 "inpaint=0,0,28,28", "caption=a red cube"]))
     mod = gen.inputs(torch.zeros(2, 3, 56, 56))
@@ -79,19 +79,19 @@ def test_generate_is_seeded_and_conditioning_can_be_partial_or_edited(tiny, tmp_
 
 
 def test_generate_errors_name_the_fix(tiny, tmp_path, capsys):
-    assert gen_cli.cli([f"model={tiny['ckpt']}", f"text_tokenizer={tiny['text']}", "targets=tok_depth@224",
+    assert gen_cli.cli([f"checkpoint={tiny['ckpt']}", f"text_tokenizer={tiny['text']}", "targets=tok_depth@224",
                         f"input={tiny['split']}", f"out={tmp_path}"]) == 2
     assert "tokenizers.depth=<run>" in capsys.readouterr().out
-    assert gen_cli.cli([f"model={tiny['ckpt']}", *tiny["toks"], "targets=tok_clip@224",
+    assert gen_cli.cli([f"checkpoint={tiny['ckpt']}", *tiny["toks"], "targets=tok_clip@224",
                         f"input={tiny['split']}", f"out={tmp_path}"]) == 2
     assert "'tok_clip@224' is not a modality of" in capsys.readouterr().out
-    assert gen_cli.cli([f"model={tiny['ckpt']}", *tiny["toks"], "targets=caption", f"input={tiny['split']}",
+    assert gen_cli.cli([f"checkpoint={tiny['ckpt']}", *tiny["toks"], "targets=caption", f"input={tiny['split']}",
                         f"out={tmp_path}"]) == 2
     assert "pass text_tokenizer=" in capsys.readouterr().out
 
 
 def test_oob_run_scores_generation_ceiling_and_baseline(tiny, tmp_path):
-    cfg = oob.parse_args([f"model={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}",
+    cfg = oob.parse_args([f"checkpoint={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}",
                           f"data={tiny['root'] / 'world'}", "split=val", f"runs_root={tmp_path}", "steps=2", "method=pico"])
     run = oob.run_oob(cfg, progress=False)
     m = run.metrics
@@ -125,7 +125,7 @@ def test_metrics_on_known_inputs():
 
 def test_oob_retrieval_row_for_a_model_with_clip_tokens(tiny, tmp_path, official_fixture_dir):
     """The tiny official 4M-7 checkpoint has tok_clip@224 and reads captions: the retrieval row appears."""
-    cfg = oob.parse_args([f"model={official_fixture_dir / 'tiny_4m7.safetensors'}", f"text_tokenizer={tiny['text']}",
+    cfg = oob.parse_args([f"checkpoint={official_fixture_dir / 'tiny_4m7.safetensors'}", f"text_tokenizer={tiny['text']}",
                           f"data={tiny['root'] / 'world'}", "split=val", f"runs_root={tmp_path}", "steps=2"])
     m = oob.run_oob(cfg, progress=False).metrics
     assert {"retrieval/recall@1", "retrieval/recall@5", "retrieval/recall@1.baseline"} <= set(m)
@@ -143,7 +143,7 @@ def test_recall_at_k():
 
 def test_generate_runs_on_the_official_tiny_checkpoint(tiny, tmp_path, official_fixture_dir):
     out = tmp_path / "official"
-    assert gen_cli.cli([f"model={official_fixture_dir / 'tiny_4m7.safetensors'}", f"text_tokenizer={tiny['text']}",
+    assert gen_cli.cli([f"checkpoint={official_fixture_dir / 'tiny_4m7.safetensors'}", f"text_tokenizer={tiny['text']}",
                         "targets=caption,det", f"input={tiny['split']}", "num=2", "text_tokens=8", f"out={out}"]) == 0
     assert len(list(out.glob("*.png"))) == 2
     texts = json.loads((out / f"{next(out.glob('*.png')).stem}.json").read_text())

@@ -37,10 +37,11 @@ def transfer_root(tmp_path_factory):
     nometrics = open_run(root, transfer_config("4M", "B", "in1k", 9))
     atomic_write_text(nometrics.path / "DONE", "2026-01-01T00:00:00\n")
     broken["no_metrics"] = nometrics.path
-    # config.yaml that does not parse
+    # config.yaml that does not parse (in a folder without config.json, which collect reads first)
     badcfg = open_run(root, transfer_config("4M", "B", "in1k", 10))
     badcfg.write_metrics({"top1": 1.0})
     badcfg.mark_done()
+    (badcfg.path / "config.json").unlink()
     atomic_write_text(badcfg.path / "config.yaml", "model: {size: B\ntransfer: [\n")
     broken["bad_config"] = badcfg.path
     return root, broken

@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 
 from ablations.tiny_world import build, set_args
 from fourm.runs import Run, find_runs, run_id
-from slurm import jobs, scheduler
+from ablations import stages as jobs
+from slurm import scheduler
 from slurm.status import status
 from slurm.status import wait
-from slurm.sweep import cli
+from ablations.sweep import cli
 
 pytestmark = pytest.mark.slurm
 STEPS = 32  # 4 samples x (32 + 32) tokens per step
@@ -64,7 +65,7 @@ def test_sweep_survives_requeue_sigkill_and_resubmission(slurm_cluster, job_dir,
             "--sweep-dir", str(sweep), "--gpus", "0", "--time", "15", "--mem-gb", "1"]
     assert cli(args) == 0
     runs = manifest(sweep)
-    pre = sorted(r for r, e in runs.items() if e["entry"] == "slurm.jobs:pretrain")
+    pre = sorted(r for r, e in runs.items() if e["entry"] == "ablations.stages:pretrain")
     children = {p: [r for r, e in runs.items() if e["after"] == [p]] for p in pre}
     assert len(pre) == 2 and all(len(c) == 1 for c in children.values()) and len(runs) == 4
     requeued, killed = pre

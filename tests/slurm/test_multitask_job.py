@@ -33,7 +33,7 @@ def test_two_task_job_trains_one_transfer_on_both_ranks(slurm_cluster, job_dir, 
                                        "train.cutmix=0.0", "train.epochs=1"])
     run_dir = job_dir / "runs" / run_id(cfg)
     res = Resources(timeout_min=20, mem_gb=1.0, nodes=1, tasks_per_node=2, cpus_per_task=1)
-    submitted = submit(job_dir / "sweep", [Job(str(run_dir), cfg, "slurm.jobs:transfer", resources=res)])
+    submitted = submit(job_dir / "sweep", [Job(str(run_dir), cfg, "ablations.stages:transfer", resources=res)])
     assert submitted == [run_dir.name]
     wait(job_dir / "sweep", timeout_s=600)
     manifest = json.loads((job_dir / "sweep" / "manifest.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 from ablations.grid import load_grid
 from ablations.plan import plan
 from slurm.shapes import Shape, ShapeError, job_shape
-from slurm.sweep import assumed_tokens_per_s, cli, gpu_hours, resources_for
+from ablations.sweep import assumed_tokens_per_s, cli, gpu_hours, resources_for
 
 PARAMS = ["params.train_shards=/data/train-{000000..000009}.tar", "params.val_shards=/data/val-000000.tar",
           "params.text_tokenizer=/data/tok.json", "params.data_root=/datasets"]

@@ -25,12 +25,12 @@ def labelled(tiny_world, tmp_path_factory):
             labeling.label_folder(root / split, labeling.create_labeler(name, root / split / "rgb"))
         # feature maps that follow the image content, as a ViT's do: a fixed random 1x1 layer over the 16 x 16 RGB
         w = torch.from_numpy(np.random.default_rng(0).normal(size=(32, 3))).float()
-        (root / split / "feat").mkdir()
+        (root / split / "feat_vit").mkdir()
         for p in sorted((root / split / "rgb").iterdir()):
             rgb = torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
             rgb = torch.nn.functional.interpolate(rgb[None], size=(16, 16), mode="area")[0]
             f = torch.tanh(torch.einsum("ck,khw->chw", w, rgb * 2 - 1))
-            np.save(root / split / "feat" / f"{p.stem}.npy", f.numpy().astype(np.float16))
+            np.save(root / split / "feat_vit" / f"{p.stem}.npy", f.numpy().astype(np.float16))
     return root
 
 
@@ -55,7 +55,7 @@ def test_edge_tokenizer_beats_no_edges(labelled, tmp_path, modality):
 def test_feature_map_tokenizer_keeps_the_grid_and_beats_the_mean_vector(labelled, tmp_path):
     cfg = compose_config("train", ["modality=dinov2", "modality.feature_dim=32", f"data={labelled}", f"out={tmp_path}",
                                    *TINY, "epochs=15", "lr=3e-3"])
-    cfg["modality"]["name"] = "feat"  # the folder the maps are in
+    cfg["modality"]["name"] = "feat_vit"  # the folder the maps are in (feat_*: feature maps)
     run = train(cfg, progress=False)
     m = run.metrics
     print(m["val"], m["baselines"])

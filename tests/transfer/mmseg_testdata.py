@@ -48,7 +48,7 @@ def fake_paper_layouts(root: Path, size=(96, 128), n: int = 2, num_classes: int 
 
 def train_depth_tokenizer(world_root: Path, out: Path, steps: int = 30) -> Path:
     """A small depth VQ-VAE (stride 16 = the 4M patch grid) fitted for a few steps on the world's depth maps."""
-    from fourm.data.layouts import decode_depth
+    from fourm.modalities.codecs import decode_depth
     from fourm.tokenizers.checkpoint import save_tokenizer
     from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from fourm.models.factory import SIZES
+from fourm.models.factory import SIZES, model_name
 
 CONFIG_DIR = Path(__file__).resolve().parent
 PROFILES = ("paper", "tiny")
@@ -36,20 +36,31 @@ class ConfigError(ValueError):
     """A transfer config or override that cannot be used; the message names the file/key and the fix."""
 
 
+def config_dir(task: str) -> Path:
+    """The folder of a task's ``<profile>.yaml`` files: its registration's ``configs``, else ``transfer/configs/<task>``."""
+    from transfer.tasks import tasks as registered
+
+    found = registered().get(task)
+    return Path(found.configs) if found is not None and found.configs else CONFIG_DIR / task
+
+
 def tasks() -> list[str]:
-    """Tasks that have a config folder."""
-    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+    """Registered tasks that have a config folder."""
+    from transfer.tasks import tasks as registered
+
+    return sorted(t for t in registered() if config_dir(t).is_dir() and any(config_dir(t).glob("*.yaml")))
 
 
 def config_file(task: str, profile: str) -> Path:
     """The YAML of a task and profile; unknown ones raise one error listing what exists."""
     known = tasks()
     if task not in known:
-        raise ConfigError(f"unknown transfer task {task!r}; configs exist for {known} (under {CONFIG_DIR})")
-    path = CONFIG_DIR / task / f"{profile}.yaml"
+        raise ConfigError(f"unknown transfer task {task!r}; configs exist for {known} (transfer.tasks registers "
+                          f"tasks; their configs are in {CONFIG_DIR}/<task>/ or the registration's configs folder)")
+    path = config_dir(task) / f"{profile}.yaml"
     if not path.exists():
-        have = sorted(p.stem for p in (CONFIG_DIR / task).glob("*.yaml"))
-        raise ConfigError(f"unknown profile {profile!r} for task {task!r}; {CONFIG_DIR / task} has {have}")
+        have = sorted(p.stem for p in config_dir(task).glob("*.yaml"))
+        raise ConfigError(f"unknown profile {profile!r} for task {task!r}; {config_dir(task)} has {have}")
     return path
 
 
@@ -64,7 +75,7 @@ def _compose(task: str, profile: str, hydra_overrides: list[str]):
 
     config_file(task, profile)  # unknown task or profile: one error listing what exists
     try:
-        return compose(CONFIG_DIR, f"{task}/{profile}", hydra_overrides, job_name="transfer")
+        return compose(config_dir(task), profile, hydra_overrides, job_name="transfer")
     except ComposeError as e:
         raise ConfigError(str(e)) from None
 
@@ -134,6 +145,11 @@ def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict =
     for key, value in pairs:
         if key in ("task", "profile", "transfer.task", "transfer.profile"):
             continue  # chosen by the arguments (they pick the file)
+        if key in ("model", "transfer.model") and value not in (None, "null"):
+            try:  # an architecture, as in every command: a size (base) or a factory name
+                value = model_name(str(value))
+            except ValueError as e:
+                raise ConfigError(f"{path}: {e}") from None
         if key in SHORTCUTS:
             verbatim[SHORTCUTS[key]] = None if value in (None, "null") else str(value)
         else:
@@ -142,9 +158,6 @@ def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict =
     from omegaconf import OmegaConf, open_dict
 
     base = OmegaConf.to_container(_compose(task, profile, []), resolve=False)
-    if list(base) == [task]:
-        raise ConfigError(f"{path}: make '# @package _global_' its first line; without it hydra nests the whole file "
-                          f"under '{task}.' and no key is where the transfer command looks for it")
     known = set(_flat_keys(base))
     for key, value in hydra_pairs:
         if key.startswith(("+", "~")):

@@ -20,7 +20,7 @@ GPU-hours estimate (printed by --dry-run): pretraining GPU-seconds = tokens / (t
 numbers are given with ``--tokens-per-s SIZE=N``, tokens/s per GPU is *assumed* from FLOPs: 6 x 12 d^2 x (E + D) / 2
 FLOPs per token (each input token crosses the encoder, each target token the decoder), at 30% of an A100's 312
 bf16 TFLOP/s. Transfer evaluations are *assumed* from per-task figures for ViT-B under the paper protocols
-(``TRANSFER_GPU_HOURS_B``), scaled by encoder FLOPs per token; tiny-profile runs count as 0.
+(each task's ``gpu_hours_b`` in :mod:`transfer.tasks`), scaled by encoder FLOPs per token; tiny-profile runs count as 0.
 """
 from __future__ import annotations
 
@@ -34,15 +34,16 @@ from pathlib import Path
 
 from ablations.grid import GridError, grid_names, load_grid
 from ablations.plan import PlannedRun, plan
+from ablations.stages import get_stage
 from fourm.models.factory import SIZES
 from slurm import manifest as mf
 from slurm.shapes import Shape, ShapeError, job_shape
 from slurm.submit import LAUNCHERS, Job, Resources
+from transfer.tasks import get_task
 
-ENTRIES = {"pretrain": "slurm.jobs:pretrain", "transfer": "slurm.jobs:transfer"}
+ENTRIES = {kind: get_stage(kind).entry for kind in ("pretrain", "transfer")}
 PEAK_FLOPS = 312e12  # A100 bf16 dense
 MFU = 0.30
-TRANSFER_GPU_HOURS_B = {"in1k": 40.0, "coco": 120.0, "ade20k": 16.0, "nyuv2_depth": 2.0, "nyuv2_semseg_rgbd": 2.0}
 DEFAULT_MAX_ARRAY = 1001  # SLURM's default MaxArraySize, when no cluster answers
 
 
@@ -66,7 +67,7 @@ def gpu_hours(run: PlannedRun, measured: dict[str, float]) -> float:
         return 0.0
     d, _, e, _ = SIZES[size]
     base_d, _, base_e, _ = SIZES["base"]
-    return TRANSFER_GPU_HOURS_B.get(run.task, 0.0) * (d * d * e) / (base_d * base_d * base_e)
+    return get_task(run.task).gpu_hours_b * (d * d * e) / (base_d * base_d * base_e)
 
 
 @dataclass
@@ -199,8 +200,9 @@ def shape_for(run: PlannedRun, gpus_per_node: int, max_nodes: int | None = None)
             f"transfer {run.task}/{run.profile} {run.point} (train.batch_size, _runtime.reference_gpus)"
     if gpus_per_node == 0:  # CPU jobs: one task with the whole batch
         return Shape(1, 1, batch // accum, accum, batch, ref)
-    # only ImageNet-1K adds accumulation for a job shape (_runtime.accum_iter); the others keep the recipe's own
-    adds_accum = run.kind == "transfer" and run.task == "in1k"
+    # only a task registered with may_accumulate (ImageNet-1K) adds accumulation for a job shape (_runtime.accum_iter);
+    # the others keep the recipe's own
+    adds_accum = run.kind == "transfer" and get_task(run.task).may_accumulate
     shape = job_shape(batch // accum, ref, gpus_per_node, max_nodes or 1_000_000, what=what,
                       can_accumulate=adds_accum)
     return Shape(shape.nodes, shape.tasks_per_node, shape.per_rank_batch, shape.accum * accum, batch, ref)
@@ -215,8 +217,9 @@ def resources_for(shape: Shape, partition: str | None, gpus_per_node: int, time_
 
 
 def with_shape(run: PlannedRun, shape: Shape) -> dict:
-    """The run's config as its job runs it: ImageNet-1K's accumulation for the shape in ``_runtime`` (not identity)."""
-    if run.kind == "transfer" and run.task == "in1k" and shape.accum != int(run.config["train"].get("accum_iter", 1)):
+    """The run's config as its job runs it: the accumulation of a task that may accumulate (ImageNet-1K) for the shape,
+    in ``_runtime`` (not identity)."""
+    if run.kind == "transfer" and get_task(run.task).may_accumulate and shape.accum != int(run.config["train"].get("accum_iter", 1)):
         return {**run.config, "_runtime": {**run.config.get("_runtime", {}), "accum_iter": shape.accum}}
     return run.config
 
@@ -260,6 +263,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("grid", help=f"a grid YAML or a shipped grid: {', '.join(grid_names())}")
     ap.add_argument("--launcher", choices=LAUNCHERS, default="slurm")
     ap.add_argument("--dry-run", action="store_true", help="print the job plan and submit nothing")
+    ap.add_argument("--print-config", action="store_true", help="print every run's resolved config and submit nothing")
     ap.add_argument("--partition")
     ap.add_argument("--gpus-per-node", "--gpus", dest="gpus_per_node", type=int, default=1,
                     help="GPUs of a node (one rank each); 0: CPU jobs, one task each")
@@ -291,6 +295,11 @@ def cli(argv: list[str]) -> int:
     except (GridError, ValueError) as e:
         print(f"fourm-bench sweep: {e}", file=sys.stderr)
         return 2
+    if args.print_config:
+        from fourm.configs import format_configs
+
+        print(format_configs((f"{r.kind} {r.point} run {r.run_id} -> {r.run_dir}", r.config) for r in p.runs))
+        return 0
     shown = {"gpus/node": args.gpus_per_node, "max nodes": args.max_nodes or "as the recipe needs",
              "time": f"{args.time} min", "partition": args.partition or "default",
              "array parallelism": args.array_parallelism}

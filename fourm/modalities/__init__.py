@@ -160,3 +160,17 @@ register("t5_caption", "embedding_sequence", embedding_dim=4096, max_length=77, 
 MOD21 = MOD7 + ["tok_dinov2@224", "tok_imagebind@224", "tok_dinov2_global", "tok_imagebind_global",
                 "tok_canny_edge@224", "tok_sam_edge@224", "color_palette", "metadata", "human_poses", "sam_instance",
                 "t5_caption"]
+
+
+# --- what each modality of the folder layout is (codec, tensors, tokenizer, metric, picture) -------------------
+from fourm.modalities.specs import (  # noqa: E402  (the specs name token modalities registered above)
+    ModalitySpec,
+    folder_of,
+    has_spec,
+    register_family,
+    register_spec,
+    sequence_members,
+    spec,
+    specs,
+    unregister_spec,
+)
