@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import importlib
 import json
 import os
@@ -85,16 +86,33 @@ class Job:
         return Path(self.run_dir).name
 
 
+def _load_file(path: str):
+    """A module from a ``.py`` file (an entry outside any installed package), imported once per process."""
+    import importlib.util
+    import sys as _sys
+
+    name = "_entry_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
+    if name not in _sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or not os.path.isfile(path):
+            raise ImportError(f"no such file {path}")
+        module = importlib.util.module_from_spec(spec)
+        _sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return _sys.modules[name]
+
+
 def resolve_entry(entry: str) -> Callable[[dict, str], Any]:
-    """``"package.module:function"`` -> the function; one clear error when it cannot be imported."""
-    module_name, sep, func_name = entry.partition(":")
+    """``"package.module:function"`` or ``"/path/to/file.py:function"`` -> the function; one clear error when it
+    cannot be imported."""
+    module_name, sep, func_name = entry.rpartition(":")
     if not sep or not module_name or not func_name:
-        raise ValueError(f"entry {entry!r}: expected 'package.module:function'")
+        raise ValueError(f"entry {entry!r}: expected 'package.module:function' or '/path/to/file.py:function'")
     try:
-        module = importlib.import_module(module_name)
+        module = _load_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
     except ImportError as e:
         raise ImportError(f"entry {entry!r}: cannot import {module_name} ({e}); workers import entries from the "
-                          "installed packages, so the module must live in an installed package") from e
+                          "installed packages or from a .py file they can read") from e
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise AttributeError(f"entry {entry!r}: {module_name} has no function {func_name}")

@@ -103,6 +103,11 @@ def register(name: str, kind: str, *, overwrite: bool = False, **fields) -> Moda
     return mod
 
 
+def unregister(name: str) -> None:
+    """Remove a modality (tests and interactive sessions that registered their own)."""
+    _REGISTRY.pop(name, None)
+
+
 def get(name: str) -> Modality:
     """Look up a modality; unknown names raise one error listing what exists."""
     try:

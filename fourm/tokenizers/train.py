@@ -15,10 +15,14 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from fourm.configs import compose
+from fourm.modalities import get as token_modality
+from fourm.modalities import has_spec, spec
+from fourm.modalities.metrics import ReconstructionMeter, constant_prediction, fit_constant
 from fourm.runs import Run, open_run, run_id
 from fourm.threads import torch_threads
 from fourm.tokenizers.checkpoint import (
@@ -29,8 +33,6 @@ from fourm.tokenizers.checkpoint import (
     save_tokenizer,
     save_training_checkpoint,
 )
-from fourm.modalities import spec
-from fourm.modalities.metrics import ReconstructionMeter, constant_prediction, fit_constant
 from fourm.tokenizers.modality_io import list_stems, load_modality, split_root
 from fourm.tokenizers.quantizer import codebook_perplexity
 from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
@@ -38,12 +40,31 @@ from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def _spec_overrides(name: str, overrides: list[str]) -> list[str]:
+    """A registered modality needs no YAML of its own: ``modality=<spec>`` (no group file) becomes the ``spec`` group
+    with the spec's names, and ``tokenizers.<spec>=<run>`` of encode adds the key the YAML does not list."""
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if name == "train" and key == "modality" and sep and not (CONFIG_DIR / "modality" / f"{value}.yaml").exists() \
+                and has_spec(value) and spec(value).tokenizer and spec(value).token:
+            s = spec(value)
+            out += ["modality=spec", f"modality.name={s.name}", f"modality.token_modality={s.token}",
+                    f"modality.official_vocab_size={token_modality(s.token).vocab_size}"]
+        elif name == "encode" and key.startswith("tokenizers.") and sep and key.count(".") == 1:
+            listed = yaml.safe_load((CONFIG_DIR / "encode.yaml").read_text())["tokenizers"]
+            out.append(o if key.split(".", 1)[1] in listed else f"+{o}")
+        else:
+            out.append(o)
+    return out
+
+
 def compose_config(name: str, overrides: list[str]) -> dict:
     """Compose ``configs/<name>.yaml`` with hydra overrides (``key=value``, ``group=option``) into a plain dict.
 
     Values with braceexpand patterns are quoted for hydra, so ``shards=x-{000000..000003}.tar`` works unquoted.
     """
-    cfg = compose(CONFIG_DIR, name, overrides)
+    cfg = compose(CONFIG_DIR, name, _spec_overrides(name, overrides))
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"{CONFIG_DIR / (name + '.yaml')}: required keys {missing} are not set; pass them as key=value")

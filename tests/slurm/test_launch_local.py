@@ -6,17 +6,18 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from fourm.runs import Run, run_id
+from regression_job import train
 from slurm.lock import RunLock
-from slurm.regression_job import train
 from slurm.status import cli as status_cli
 from slurm.status import status
 from slurm.submit import Job, Resources, resubmit, submit
 
-ENTRY = "slurm.regression_job:train"
+ENTRY = f"{Path(__file__).resolve().parent / 'regression_job.py'}:train"  # a job of the tests, by file
 
 
 def job_for(root, config, **kw):
@@ -95,8 +96,8 @@ LAUNCH = """
 import sys
 from slurm.submit import Job, Resources, submit
 from fourm.runs import run_id
-root, cfg = sys.argv[1], {"seed": 7, "steps": 400, "step_sleep_s": 0.05, "checkpoint_every": 5}
-submit(root + "/sweep", [Job(root + "/runs/" + run_id(cfg), cfg, "slurm.regression_job:train")],
+root, entry, cfg = sys.argv[1], sys.argv[2], {"seed": 7, "steps": 400, "step_sleep_s": 0.05, "checkpoint_every": 5}
+submit(root + "/sweep", [Job(root + "/runs/" + run_id(cfg), cfg, entry)],
        Resources(timeout_min=15), launcher="local")
 """
 
@@ -111,7 +112,7 @@ def test_jobs_of_a_killed_local_launcher_stop_and_a_rerun_resumes_them(tmp_path)
 
     cfg = {"seed": 7, "steps": 400, "step_sleep_s": 0.05, "checkpoint_every": 5}
     run_dir = tmp_path / "runs" / run_id(cfg)
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(tmp_path)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(tmp_path), ENTRY], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (run_dir / "checkpoint.pt").exists():

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from fourm.runs import Run, run_id
+from regression_job import train
 from slurm import scheduler
-from slurm.regression_job import train
 from slurm.lock import RunLock
 from slurm.status import status
 from slurm.status import wait
 from slurm.submit import Job, Resources, RunEntry, SlurmLauncher, resubmit, submit
 
 pytestmark = pytest.mark.slurm
-ENTRY = "slurm.regression_job:train"
+ENTRY = f"{Path(__file__).resolve().parent / 'regression_job.py'}:train"  # a job of the tests, by file
 RES = Resources(timeout_min=15, mem_gb=0.5)
 
 
