@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from fourm.files import atomic_write_bytes  # noqa: F401  (used here and by the tokenizer modules)
+from fourm.tokenizers import official
 from fourm.tokenizers.mlp_vqvae import MLPVQVAE, MLPVQVAEConfig
 from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 
@@ -51,23 +52,47 @@ def save_tokenizer(model: VQVAE | MLPVQVAE, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
-def load_tokenizer(path: str | os.PathLike, map_location: str = "cpu") -> VQVAE | MLPVQVAE:
-    """Rebuild a tokenizer from a safetensors checkpoint (or a run folder holding ``tokenizer.safetensors``): a
-    spatial :class:`VQVAE`, or an :class:`~fourm.tokenizers.mlp_vqvae.MLPVQVAE` for global embeddings."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.safetensors"
-    if not path.exists():
+def resolve_tokenizer_path(path: str | os.PathLike) -> Path:
+    """A file, a run folder (its ``tokenizer.safetensors``), or a Hugging Face id (``EPFL-VILAB/4M_tokenizers_...``)
+    found in the local Hugging Face cache; a miss is one error naming the file to download."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "tokenizer.safetensors"
+    if p.exists():
+        return p
+    s = str(path)
+    if s.count("/") == 1 and not s.startswith((".", "/", "~")) and not s.endswith(".safetensors"):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(s, "model.safetensors")
+        if isinstance(found, str):
+            return Path(found)
         raise FileNotFoundError(
-            f"tokenizer checkpoint {path} does not exist; train one with `fourm-bench tokenize train` "
-            "and pass its run folder or its tokenizer.safetensors"
-        )
+            f"tokenizer {s!r} is not in the local Hugging Face cache; download its model.safetensors on a machine "
+            f"with network (`huggingface-cli download {s}`) and copy the cache, or pass the file's local path")
+    raise FileNotFoundError(
+        f"tokenizer checkpoint {p} does not exist; train one with `fourm-bench tokenize train` and pass its run "
+        "folder or its tokenizer.safetensors, or give an official tokenizer file or Hugging Face id")
+
+
+def load_tokenizer(path: str | os.PathLike, map_location: str = "cpu"):
+    """Rebuild a tokenizer from a safetensors checkpoint (or a run folder holding ``tokenizer.safetensors``, or a
+    Hugging Face id in the local cache): an official 4M tokenizer (:mod:`fourm.tokenizers.official`: ``VQVAE`` or
+    ``DiVAE``), or this project's own spatial :class:`VQVAE` or :class:`~fourm.tokenizers.mlp_vqvae.MLPVQVAE`."""
+    path = resolve_tokenizer_path(path)
     try:
         with safe_open(str(path), framework="pt", device=map_location) as f:
             metadata = f.metadata() or {}
+            if ARCHITECTURE_KEY not in metadata and official.is_official(metadata):
+                return official.load_official(path, metadata)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except official.TokenizerError:
+        raise
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise ValueError(f"{path}: not a readable safetensors tokenizer checkpoint ({e})") from e
+    if not metadata:
+        raise ValueError(f"{path}: has no __metadata__ config, so it is not a tokenizer checkpoint (official 4M "
+                         "tokenizers store enc_type, quant_type, ...; this project's store their VQVAEConfig)")
     architecture = metadata.pop(ARCHITECTURE_KEY, "vqvae")
     try:
         if architecture == "mlp_vqvae":

@@ -27,7 +27,7 @@ class NoiseSchedule:
         if zero_terminal_snr:
             s = torch.cumprod(1.0 - betas, dim=0).sqrt()
             s0, sT = s[0].clone(), s[-1].clone()
-            s = (s - sT) * s0 / (s0 - sT)
+            s = (s - sT) * (s0 / (s0 - sT))
             a = s ** 2
             a = torch.cat([a[0:1], a[1:] / a[:-1]])
             betas = 1 - a
