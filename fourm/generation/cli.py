@@ -6,6 +6,8 @@
 Options (key=value): ``steps=8`` MaskGIT/ROAR steps per image target, ``scheme=maskgit|roar``, ``temp=0.0`` for
 image targets, ``text_temp=0.7`` / ``top_p=0.9`` / ``top_k=0`` for sequences, ``text_tokens=64``, ``cfg=1.0``
 (classifier-free guidance on the conditions), ``seed=0``, ``batch=8``, ``num=`` (first N inputs), ``threads=``.
+Official 4M tokenizers (``tokenizers.depth=<official file or Hugging Face id>``) decode on the model's token grid;
+their diffusion decoders take ``decode_steps=25`` and ``decode_scheduler=`` (empty: the model's own DDPM; ``ddim``).
 Conditioning may be partial, ``inpaint=x0,y0,x1,y1`` hides that pixel box of the RGB from the model, and edited,
 ``caption="a red cube ..."`` or ``boxes="v0=.. v1=.. v2=.. v3=.. cube ..."`` are given as inputs instead of generated.
 
@@ -32,7 +34,8 @@ from fourm.tokenizers.checkpoint import atomic_write_bytes
 
 DEFAULTS = dict(checkpoint=None, text_tokenizer=None, cond="rgb@224", targets=None, input=None, out=None, steps=8,
                 scheme="maskgit", temp=0.0, text_temp=0.7, top_p=0.9, top_k=0, text_tokens=64, cfg=1.0, seed=0,
-                batch=8, num=None, threads=None, inpaint=None, caption=None, boxes=None)
+                batch=8, num=None, threads=None, inpaint=None, caption=None, boxes=None, decode_steps=25,
+                decode_scheduler="")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 

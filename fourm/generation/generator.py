@@ -19,6 +19,7 @@ from fourm.generation.modality_dicts import init_empty_target_modality, init_ful
 from fourm.generation.sampler import GenerationSampler
 from fourm.generation.schedules import build_chained_generation_schedules
 from fourm.pretrain.data import IMAGENET_MEAN, IMAGENET_STD
+from fourm.tokenizers import official
 
 
 class GenerateError(ValueError):
@@ -59,6 +60,8 @@ class Generator:
         tokenizers = {}
         for name, path in cfg["tokenizers"].items():
             vq = load_tokenizer(path)
+            if isinstance(vq, official.VQVAE | official.DiVAE):  # serves the folder it is given for, on the model's grid
+                vq = self._official(vq, name, cfg)
             tokenizers[vq.config.token_modality] = vq
         undecodable = [t for t in cfg["targets"] if kind_of(info[t]) == "img" and t not in tokenizers]
         if undecodable:
@@ -66,6 +69,16 @@ class Generator:
                                 + " ".join(f"tokenizers.{t.removeprefix('tok_').split('@')[0]}=<run>" for t in undecodable))
         self.detok = Detokenizer(tokenizers, self.text_tokenizer, self.image_size)
         self.sampler = GenerationSampler(self.model)
+
+    def _official(self, vq, name: str, cfg: dict):
+        from fourm.modalities import has_spec, spec
+
+        if not has_spec(name) or spec(name).token not in self.model.modality_info:
+            raise GenerateError(f"tokenizers.{name}: {cfg['checkpoint']} has no token modality for {name!r}")
+        info = self.model.modality_info[spec(name).token]
+        grid = self.image_size // info["patch_size"]  # the tokens of the model's grid: their pixels at the tokenizer's patch
+        return official.ForModality(vq, name, grid * vq.config["patch_size"], steps=int(cfg.get("decode_steps") or 25),
+                                    scheduler=cfg.get("decode_scheduler") or None, seed=int(cfg.get("seed") or 0))
 
     def schedule(self) -> list[dict]:
         c, info = self.cfg, self.model.modality_info

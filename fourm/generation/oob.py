@@ -49,7 +49,7 @@ from fourm.modalities.metrics import ReconstructionMeter, constant_prediction, f
 from fourm.tokenizers.modality_io import center_box, crop_resize_flip, list_stems, read_raw, split_root, to_tensor
 
 DEFAULTS = dict(checkpoint=None, text_tokenizer=None, data=None, split="val", runs_root="runs/oob", method=None, num=None,
-                steps=8, batch=8, seed=0, threads=None)
+                steps=8, batch=8, seed=0, threads=None, decode_steps=25, decode_scheduler="")
 
 
 IMAGE = "rgb"  # the folder of the images every prediction is made from
@@ -281,12 +281,29 @@ def _global_retrieval(gen: Generator, root: Path, stems: list[str], cfg: dict, s
 def _gen_cfg(cfg: dict) -> dict:
     return dict(checkpoint=cfg["checkpoint"], text_tokenizer=cfg["text_tokenizer"], tokenizers=cfg["tokenizers"], cond=["rgb@224"],
                 steps=cfg["steps"], scheme="maskgit", temp=0.0, text_temp=0.0, top_p=0.0, top_k=0, text_tokens=64,
-                cfg=1.0, inpaint=None, caption=None, boxes=None)
+                cfg=1.0, inpaint=None, caption=None, boxes=None, seed=cfg["seed"], decode_steps=cfg["decode_steps"],
+                decode_scheduler=cfg["decode_scheduler"])
+
+
+def scale_shift_aligned(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each predicted map times s plus t, the least-squares fit to the target's valid pixels: how relative depth
+    (an official tokenizer's standardised depth) is compared with metric depth."""
+    out = pred.clone().float()
+    for i in range(pred.shape[0]):
+        valid = target[i] > 0
+        if valid.sum() < 2:
+            continue
+        p, t = pred[i][valid].double(), target[i][valid].double()
+        a = torch.stack([p, torch.ones_like(p)], dim=1)
+        s, b = torch.linalg.lstsq(a, t[:, None]).solution[:, 0]
+        out[i] = (pred[i].double() * s + b).clamp_min(1e-3).float()
+    return out
 
 
 def _depth_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str) -> dict[str, float]:
     meter = ReconstructionMeter("depth")
-    meter.update(median_scaled(p, gt), gt)
+    relative = getattr(vq.config, "official", False)  # official tokenizers decode standardised (relative) depth
+    meter.update(scale_shift_aligned(p, gt) if relative else median_scaled(p, gt), gt)
     m = meter.compute()
     return {f"delta1{suffix}": 100 * m["delta1"], f"abs_rel{suffix}": m["abs_rel"]}
 
@@ -341,7 +358,8 @@ def run_config(cfg: dict) -> dict:
     return {"task": "oob", "method": cfg["method"] or Path(cfg["checkpoint"]).stem, "checkpoint": str(cfg["checkpoint"]),
             "tokenizers": {k: str(v) for k, v in sorted(cfg["tokenizers"].items())},
             "text_tokenizer": cfg["text_tokenizer"], "data": str(cfg["data"]), "split": cfg["split"],
-            "num": cfg["num"], "steps": cfg["steps"], "seed": cfg["seed"]}
+            "num": cfg["num"], "steps": cfg["steps"], "seed": cfg["seed"], "decode_steps": cfg["decode_steps"],
+            "decode_scheduler": cfg["decode_scheduler"]}
 
 
 def run_oob(cfg: dict, progress: bool = True):

@@ -78,10 +78,14 @@ def _render_rgb(x, **_):
 
 
 def _render_depth(x, depth_range: tuple[float, float] = (0.5, 12.0), **_):
-    """Depth via the turbo colormap on log-depth (near = red), no depth black."""
+    """Depth via the turbo colormap on log-depth (near = red), no depth black; relative depth (standardised, with
+    negative values: an official tokenizer's decode) on its own min..max."""
     import matplotlib
 
     d = x[0].numpy()
+    if d.min() < 0:
+        t = (d - d.min()) / max(float(d.max() - d.min()), 1e-6)
+        return (matplotlib.colormaps["turbo"](1 - t)[..., :3] * 255).round().astype(np.uint8)
     lo, hi = np.log(depth_range[0]), np.log(depth_range[1])
     t = (np.log(np.clip(d, *depth_range)) - lo) / (hi - lo)
     a = matplotlib.colormaps["turbo"](1 - t)[..., :3]

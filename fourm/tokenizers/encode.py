@@ -27,6 +27,7 @@ from fourm.data.labelers21 import metadata_bins
 from fourm.data.serialize import lab_bins, metadata_to_chunks, palette_to_text
 from fourm.runs import atomic_write_json, canonical_json
 from fourm.threads import torch_threads
+from fourm.tokenizers import official
 from fourm.tokenizers.checkpoint import load_tokenizer
 from fourm.tokenizers.mlp_vqvae import MLPVQVAE
 from fourm.tokenizers.modality_io import (
@@ -64,16 +65,25 @@ TOKENIZER_MODALITY = {"sam_instance": "sam_mask"}
 TEXT_MODALITIES = tuple(m for m in SEQUENCE_FILES if m != "sam_instance")
 
 
-def load_tokenizers(spec: dict) -> dict[str, VQVAE | MLPVQVAE]:
-    """``{modality folder: run folder or .safetensors}`` (null entries skipped) -> loaded tokenizers.
+def load_tokenizers(spec: dict, official_image_size: int = 224) -> dict[str, VQVAE | MLPVQVAE]:
+    """``{modality folder: run folder, .safetensors or Hugging Face id}`` (null entries skipped) -> loaded tokenizers.
 
     Spatial VQ-VAEs for image-like folders (rgb, depth, normal, semseg, edges, feature maps), MLP VQ-VAEs for folders
-    of vectors (``dinov2_global``...), and the mask tokenizer for ``sam_instance`` (which becomes text)."""
+    of vectors (``dinov2_global``...), and the mask tokenizer for ``sam_instance`` (which becomes text). An official
+    4M tokenizer serves the folder it is given for, through the official input transform, at
+    ``official_image_size`` px."""
     out = {}
     for mod, path in spec.items():
         if path is None:
             continue
         model = load_tokenizer(path)
+        if isinstance(model, official.VQVAE | official.DiVAE):
+            if isinstance(model.quantize, official.Memcodes):
+                raise ValueError(f"tokenizers.{mod}={path}: an official global-embedding tokenizer; this encoder "
+                                 "takes official image and feature-map tokenizers (global vectors: an MLP VQ-VAE "
+                                 "trained here)")
+            out[mod] = official.ForModality(model, mod, official_image_size)
+            continue
         want = TOKENIZER_MODALITY.get(mod, mod)
         if model.config.modality != want:
             raise ValueError(f"tokenizers.{mod}={path} is a {model.config.modality!r} tokenizer, not {want!r}")
@@ -131,9 +141,10 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
         raise ValueError(f"crops={cfg['crops']}: need at least 1 (crop 0 is the full image)")
     cfg["data"] = str(Path(cfg["data"]).resolve())
     root = split_root(cfg["data"], cfg["split"])
-    spec = {k: (str(Path(v).resolve()) if v is not None else None) for k, v in cfg["tokenizers"].items()}
+    # local paths made absolute (the shards' header names them); Hugging Face ids kept as they are
+    spec = {k: (str(Path(v).resolve()) if v is not None and Path(v).exists() else v) for k, v in cfg["tokenizers"].items()}
     cfg["tokenizers"] = spec
-    models = load_tokenizers(spec)
+    models = load_tokenizers(spec, cfg.get("official_image_size") or 224)
     for mod, model in _token_models(models).items():
         _check_registry(model, spec[mod])
     unknown = [m for m in cfg["text"] if m not in TEXT_MODALITIES]
@@ -230,7 +241,7 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
 
 
 def _spatial(models: dict) -> dict:
-    return {m: t for m, t in models.items() if isinstance(t, VQVAE) and m not in TOKENIZER_MODALITY}
+    return {m: t for m, t in models.items() if isinstance(t, VQVAE | official.ForModality) and m not in TOKENIZER_MODALITY}
 
 
 def _is_feature_map(model) -> bool:

@@ -287,3 +287,74 @@ def tokenizer_input(kind: str, raw) -> torch.Tensor:
     if kind not in INPUT_TRANSFORMS:
         raise TokenizerError(f"unknown tokenizer input kind {kind!r}; kinds: {sorted(INPUT_TRANSFORMS)}")
     return INPUT_TRANSFORMS[kind](raw)
+
+
+# --- an official tokenizer serving one modality folder: this project's modality tensors in and out ------------------
+def _depth_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Metres ``[B, 1, H, W]`` -> the stored 16-bit millimetres -> the official standardisation."""
+    mm = (x[:, 0].double() * 1000.0).round().clamp(0, 65535).to(torch.int32)
+    return _depth(mm.numpy())
+
+
+TO_OFFICIAL = {  # ModalitySpec.official_input -> modality tensor batch -> the official tokenizer's input
+    "rgb": lambda x: x.float() * 2 - 1,
+    "depth": _depth_tensor,
+    "normal": lambda x: x.float(),
+    "semseg": lambda x: (x.to(torch.uint8) + 1).to(torch.int64),
+    "edge": lambda x: x.float() * 2 - 1,
+    "feature_map": lambda x: x.float(),
+}
+FROM_OFFICIAL = {  # ModalitySpec.official_input -> decoder output -> modality tensor batch
+    "rgb": lambda y: ((y + 1) / 2).clamp(0, 1),
+    "depth": lambda y: y,  # standardised depth: relative (compare after a scale-and-shift fit)
+    "normal": lambda y: torch.nn.functional.normalize(y, dim=1),
+    "semseg": lambda y: (y.argmax(1) - 1) % 256,  # ids shifted back: 0 (void) -> 255
+    "edge": lambda y: (y > 0).float(),
+    "feature_map": lambda y: y,
+}
+
+
+class ForModality(nn.Module):
+    """An official tokenizer as the tokenizer of one modality folder, with the interface of this project's own
+    (``config.modality / token_modality / image_size / grid / codebook_size``, ``encode`` and ``decode`` of modality
+    tensors): the official input transform before, the inverse after, tokens at ``image_size`` px."""
+
+    def __init__(self, model: _VQ, modality: str, image_size: int = 224, steps: int = 25, scheduler: str | None = None,
+                 seed: int = 0):
+        super().__init__()
+        from types import SimpleNamespace
+
+        from fourm.modalities import spec
+
+        s = spec(modality)
+        if s.official_input not in TO_OFFICIAL:
+            raise TokenizerError(f"modality {modality!r}: no official image tokenizer input for it (its spec's "
+                                 f"official_input is {s.official_input!r}; image kinds: {sorted(TO_OFFICIAL)})")
+        c = model.config
+        patch = c["patch_size"] if c["patch_proj"] else 1
+        # a feature map is tokenized on its own grid: image_size / patch cells (14 x 14 for CLIP-B/16 at 224 px)
+        size = image_size if c["patch_proj"] else image_size // c["patch_size"]
+        if size % patch:
+            raise TokenizerError(f"image_size {image_size} is not a multiple of the tokenizer's patch size {patch}")
+        self.model, self.kind, self.steps, self.scheduler, self.seed = model.eval(), s.official_input, steps, scheduler, seed
+        self.config = SimpleNamespace(
+            modality=modality, token_modality=s.token, image_size=size, grid=size // patch, codebook_size=model.vocab_size,
+            kind="feature" if s.official_input == "feature_map" else s.official_input, num_classes=max((c["n_labels"] or 1) - 1, 0),
+            ignore_index=255, official=True)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.tokenize(TO_OFFICIAL[self.kind](x))
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.model, DiVAE):
+            g = torch.Generator().manual_seed(self.seed)
+            size = self.config.grid * self.model.config["patch_size"]
+            out = self.model.decode_tokens(ids, timesteps=self.steps, generator=g, image_size=size, scheduler=self.scheduler)
+        else:
+            out = self.model.decode_tokens(ids)
+        return FROM_OFFICIAL[self.kind](out)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))

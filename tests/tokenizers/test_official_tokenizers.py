@@ -134,3 +134,56 @@ def test_bad_files_configs_and_inputs_are_one_clear_error(tmp_path, official_fix
         semseg.tokenize(torch.zeros(1, 3, 32, 32))
     with pytest.raises(TokenizerError, match="unknown tokenizer input kind 'lidar'"):
         tokenizer_input("lidar", np.zeros((2, 2)))
+
+
+def test_encode_writes_the_official_token_space_of_a_world(tiny_world, tmp_path):
+    """`tokenize encode tokenizers.<folder>=<official file>`: crops through the official input transforms; the
+    stored tokens are the official tokenizer's on the same crops."""
+    from fourm.modalities import spec
+    from fourm.tokenizers.encode import encode_dataset
+    from fourm.tokenizers.modality_io import center_box, crop_resize_flip, read_raw, to_tensor
+    from fourm.tokenizers.shards import TokenShardDataset
+    from fourm.tokenizers.train import compose_config
+
+    cfg = compose_config("encode", [f"data={tiny_world}", "split=val", f"out={tmp_path / 'shards'}",
+                                    f"tokenizers.semseg={FIXTURES / 'semseg_vqvae.safetensors'}",
+                                    f"tokenizers.depth={FIXTURES / 'depth_divae.safetensors'}",
+                                    "official_image_size=32", "crops=2", "store_rgb=false", "text=[]"])
+    index = encode_dataset(cfg, progress=False)
+    assert index["samples"] == 8 and index["modalities"]["tok_semseg@224"]["grid"] == 4
+    assert index["modalities"]["tok_depth@224"]["grid"] == 2  # patch 16 at 32 px
+    semseg = load_tokenizer(FIXTURES / "semseg_vqvae.safetensors")
+    sample = next(iter(TokenShardDataset(index["pattern"], crop=0, shuffle=False)))
+    raw = read_raw(tiny_world / "val", "semseg", sample["__key__"])
+    x = to_tensor("semseg", raw)
+    crop = crop_resize_flip("semseg", x, center_box(*x.shape[-2:]), 32, False)
+    want = semseg.tokenize(tokenizer_input(spec("semseg").official_input, crop.numpy().astype(np.uint8)))[0]
+    assert torch.equal(sample["tok_semseg@224"], want)
+    with pytest.raises(ValueError, match="official global-embedding tokenizer"):
+        encode_dataset(compose_config("encode", [f"data={tiny_world}", "split=val", f"out={tmp_path / 'g'}",
+                                                 f"tokenizers.dinov2_global={FIXTURES / 'dinov2_global_vqvae.safetensors'}"]),
+                       progress=False)
+
+
+def test_generate_and_oob_decode_with_official_tokenizers(tiny_world, tmp_path, official_fixture_dir):
+    """The tiny official 4M-7 checkpoint with the tiny official depth (DiVAE) and semseg tokenizers: generated tokens
+    on the model's 14 x 14 grid decode to pictures, and the out-of-the-box rows are computed through them."""
+    from fourm.generation import cli as gen_cli
+    from fourm.generation import oob
+
+    toks = [f"tokenizers.depth={FIXTURES / 'depth_divae.safetensors'}",
+            f"tokenizers.semseg={FIXTURES / 'semseg_vqvae.safetensors'}"]
+    out = tmp_path / "gen"
+    assert gen_cli.cli([f"checkpoint={official_fixture_dir / 'tiny_4m7.safetensors'}", *toks,
+                        "targets=tok_depth@224,tok_semseg@224", f"input={tiny_world / 'val'}", "num=2", "steps=2",
+                        "decode_steps=2", f"out={out}"]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 2
+    arrays = np.load(out / f"{pngs[0].stem}.npz")
+    assert arrays["tok_depth@224"].shape == (1, 224, 224) and float(np.abs(arrays["tok_depth@224"]).max()) <= 1.0
+    assert arrays["tok_semseg@224"].shape == (112, 112)  # 14 x 14 tokens at the semseg tokenizer's patch 8
+    cfg = oob.parse_args([f"checkpoint={official_fixture_dir / 'tiny_4m7.safetensors'}", *toks, f"data={tiny_world}",
+                          "split=val", "num=4", "steps=2", "decode_steps=2", f"runs_root={tmp_path / 'oob'}"])
+    m = oob.run_oob(cfg, progress=False).metrics
+    assert 0 <= m["depth/delta1"] <= 100 and 0 <= m["depth/delta1.ceiling"] <= 100
+    assert 0 <= m["semseg/miou.ceiling"] <= 100
