@@ -11,7 +11,7 @@ import sys
 BENCHMARKS = {
     "world": ("benchmarks.world:cli", "world generator images/s vs a per-pixel renderer"),
     "masking": ("benchmarks.masking:main", "batch-vectorised 4M masking vs a per-sample loop"),
-    "tokenizers": ("benchmarks.tokenizers:cli", "VQ-VAE training on the world vs trivial baselines"),
+    "tokenizers": ("benchmarks.tokenizers:cli", "VQ-VAE training on the world vs trivial baselines; --official: released tokenizers' encode/decode img/s"),
     "train_step": ("benchmarks.train_step:main", "FourM train step vs a naive reference (tokens/s)"),
     "transfer": ("benchmarks.transfer:cli", "classification fine-tune step vs simpler baselines"),
     "collect": ("benchmarks.collect:main", "collecting 10,000 run folders vs a naive reader"),

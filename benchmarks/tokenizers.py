@@ -2,6 +2,7 @@
 
     python -m benchmarks.tokenizers [--work /tmp/fourm-tok-bench] [--train 1024] [--val 256] [--size 64]
                                     [--epochs 10] [--modalities depth,semseg,normal,rgb] [--crops 4]
+    fourm-bench bench tokenizers --official     # the released tokenizers' encode / decode throughput instead
 
 Renders the world (if not there yet), trains one tiny tokenizer per modality on CPU (resumes/skips runs already
 done in --work), prints validation reconstruction metrics next to the best constant predictor (mean depth, majority
@@ -65,6 +66,11 @@ def run(work: Path, n_train: int, n_val: int, size: int, epochs: int, modalities
 
 
 def cli(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
+    if "--official" in argv:  # the released tokenizers' encode and decode throughput (benchmarks/official_tokenizers.py)
+        from benchmarks.official_tokenizers import main
+
+        return main([a for a in argv if a != "--official"])
     p = argparse.ArgumentParser(prog="benchmarks.tokenizers", description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/fourm-tok-bench")
     p.add_argument("--train", type=int, default=1024)
