@@ -47,7 +47,7 @@ def _spec_overrides(name: str, overrides: list[str]) -> list[str]:
     for o in overrides:
         key, sep, value = o.partition("=")
         if name == "train" and key == "modality" and sep and not (CONFIG_DIR / "modality" / f"{value}.yaml").exists() \
-                and has_spec(value) and spec(value).tokenizer and spec(value).token:
+                and has_spec(value) and spec(value).token:
             s = spec(value)
             out += ["modality=spec", f"modality.name={s.name}", f"modality.token_modality={s.token}",
                     f"modality.official_vocab_size={token_modality(s.token).vocab_size}"]
@@ -174,6 +174,10 @@ def _train(cfg: dict, progress: bool = True) -> Run:
     cfg["data"] = str(Path(cfg["data"]).resolve())
     if not Path(cfg["data"]).is_dir():
         raise FileNotFoundError(f"data={cfg['data']}: no such folder; pass a 4M-layout dataset (e.g. from `fourm-bench world`)")
+    if cfg.get("arch", "conv") != "conv":  # an official architecture, written in the official format
+        from fourm.tokenizers.train_official import train_official
+
+        return train_official({**cfg, "out": out}, progress)
     mcfg = model_config(cfg)
     done = Run(Path(out) / run_id(cfg))
     if done.done:

@@ -187,3 +187,38 @@ def test_generate_and_oob_decode_with_official_tokenizers(tiny_world, tmp_path, 
     m = oob.run_oob(cfg, progress=False).metrics
     assert 0 <= m["depth/delta1"] <= 100 and 0 <= m["depth/delta1.ceiling"] <= 100
     assert 0 <= m["semseg/miou.ceiling"] <= 100
+
+
+@pytest.mark.parametrize("arch,modality,extra", [
+    ("vit_vqvae", "semseg", ["official.patch_size=8"]),
+    ("divae", "depth", ["official.patch_size=8", "official.unet_type=unet_patched_t", "official.val_steps=2"]),
+    ("mlp_vqvae", "dinov2_global", ["official.mlp=BottleneckMLP/B_1-Wi_32", "official.latent_dim=64",
+                                    "official.num_codebooks=16", "official.vector_dim=24"]),
+])
+def test_official_architectures_trained_here_load_strictly(arch, modality, extra, tiny_world, tmp_path):
+    from fourm.tokenizers.train import compose_config, train
+
+    if arch == "mlp_vqvae":  # a folder of vectors, as the vit_global labeler writes it
+        for split, n in (("train", 24), ("val", 8)):
+            (tiny_world / split / modality).mkdir(exist_ok=True)
+            for i in range(n):
+                np.save(tiny_world / split / modality / f"{i:06d}.npy", np.random.default_rng(i).normal(size=24).astype(np.float32))
+    cfg = compose_config("train", [f"modality={modality}", f"arch={arch}", f"data={tiny_world}", f"out={tmp_path}",
+                                   "model.image_size=32", "official.enc_type=vit_t_enc", "official.vit_dec_type=vit_t_dec",
+                                   "official.codebook_size=64", "epochs=2", "batch_size=8", "warmup_steps=1",
+                                   "log_every=1", *extra])
+    run = train(cfg, progress=False)
+    assert run.done and run.metrics["arch"] == arch
+    tok = load_tokenizer(run.path)  # the official format, strictly
+    assert type(tok) is (DiVAE if arch == "divae" else VQVAE)
+    again = load_tokenizer(run.path / "tokenizer.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(tok.state_dict().values(), again.state_dict().values()))
+    if arch == "mlp_vqvae":
+        ids = tok.tokenize(tokenizer_input("global", np.zeros((2, 24), np.float32)))
+        assert ids.shape == (2, 16, 1, 1)
+    else:
+        x = tokenizer_input(modality, np.full((2, 32, 32), 3, np.uint8) if modality == "semseg"
+                            else np.full((2, 32, 32), 2000, np.int32))
+        assert tok.tokenize(x).shape == (2, 4, 4)
+    assert run.metrics["val"]["codes_used"] >= 1
+    assert train(cfg, progress=False).path == run.path  # DONE: not redone
