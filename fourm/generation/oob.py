@@ -45,7 +45,13 @@ from fourm.generation.generator import GenerateError, Generator, load_image
 from fourm.generation.detokenize import sequence_text
 from fourm.runs import open_run, run_id
 from fourm.modalities import spec, specs
-from fourm.modalities.metrics import ReconstructionMeter, constant_prediction, fit_constant
+from fourm.modalities.metrics import (
+    ReconstructionMeter,
+    constant_prediction,
+    fit_constant,
+    median_scaled,
+    scale_shift_aligned,
+)
 from fourm.tokenizers.modality_io import center_box, crop_resize_flip, list_stems, read_raw, split_root, to_tensor
 
 DEFAULTS = dict(checkpoint=None, text_tokenizer=None, data=None, split="val", runs_root="runs/oob", method=None, num=None,
@@ -61,16 +67,6 @@ def oob_targets() -> dict[str, str]:
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
-def median_scaled(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Each predicted depth map times median(target) / median(pred) over the target's valid pixels."""
-    out = pred.clone()
-    for i in range(pred.shape[0]):
-        valid = target[i] > 0
-        if valid.any():
-            out[i] = pred[i] * target[i][valid].median() / pred[i][valid].median().clamp_min(1e-6)
-    return out
-
-
 def normal_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Angular errors in degrees at the target's valid (non-zero) pixels."""
     valid = target.abs().sum(1) > 0
@@ -283,21 +279,6 @@ def _gen_cfg(cfg: dict) -> dict:
                 steps=cfg["steps"], scheme="maskgit", temp=0.0, text_temp=0.0, top_p=0.0, top_k=0, text_tokens=64,
                 cfg=1.0, inpaint=None, caption=None, boxes=None, seed=cfg["seed"], decode_steps=cfg["decode_steps"],
                 decode_scheduler=cfg["decode_scheduler"])
-
-
-def scale_shift_aligned(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Each predicted map times s plus t, the least-squares fit to the target's valid pixels: how relative depth
-    (an official tokenizer's standardised depth) is compared with metric depth."""
-    out = pred.clone().float()
-    for i in range(pred.shape[0]):
-        valid = target[i] > 0
-        if valid.sum() < 2:
-            continue
-        p, t = pred[i][valid].double(), target[i][valid].double()
-        a = torch.stack([p, torch.ones_like(p)], dim=1)
-        s, b = torch.linalg.lstsq(a, t[:, None]).solution[:, 0]
-        out[i] = (pred[i].double() * s + b).clamp_min(1e-3).float()
-    return out
 
 
 def _depth_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str) -> dict[str, float]:

@@ -254,3 +254,28 @@ def constant_prediction(constant: torch.Tensor, target: torch.Tensor) -> torch.T
     """A batch shaped like ``target`` filled with the constant."""
     shape = (target.shape[0], *constant.shape[:-2], *target.shape[-2:])
     return constant.expand(shape).to(target.dtype if target.dtype == torch.long else torch.float32)
+
+
+def median_scaled(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each predicted depth map times median(target) / median(pred) over the target's valid pixels."""
+    out = pred.clone()
+    for i in range(pred.shape[0]):
+        valid = target[i] > 0
+        if valid.any():
+            out[i] = pred[i] * target[i][valid].median() / pred[i][valid].median().clamp_min(1e-6)
+    return out
+
+
+def scale_shift_aligned(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each predicted map times s plus t, the least-squares fit to the target's valid pixels: how relative depth
+    (an official tokenizer's standardised depth) is compared with metric depth."""
+    out = pred.clone().float()
+    for i in range(pred.shape[0]):
+        valid = target[i] > 0
+        if valid.sum() < 2:
+            continue
+        p, t = pred[i][valid].double(), target[i][valid].double()
+        a = torch.stack([p, torch.ones_like(p)], dim=1)
+        s, b = torch.linalg.lstsq(a, t[:, None]).solution[:, 0]
+        out[i] = (pred[i].double() * s + b).clamp_min(1e-3).float()
+    return out

@@ -3,6 +3,7 @@
   train   train one VQ-VAE tokenizer on one modality folder      (configs/train.yaml)
   encode  pretokenize a 4M-layout dataset into webdataset shards  (configs/encode.yaml)
   decode  decode shard tokens and write original-vs-reconstruction PNG grids (configs/decode.yaml)
+  eval    a tokenizer's reconstruction ceiling on a dataset, official tokenizers too (configs/eval.yaml)
 
 Add --print-config to print the composed config and exit.
 """
@@ -15,6 +16,7 @@ SUBCOMMANDS = {
     "train": "fourm.tokenizers.train:cli",
     "encode": "fourm.tokenizers.encode:cli",
     "decode": "fourm.tokenizers.decode:cli",
+    "eval": "fourm.tokenizers.evaluate:cli",
 }
 
 

@@ -46,7 +46,7 @@ def _spec_overrides(name: str, overrides: list[str]) -> list[str]:
     out = []
     for o in overrides:
         key, sep, value = o.partition("=")
-        if name == "train" and key == "modality" and sep and not (CONFIG_DIR / "modality" / f"{value}.yaml").exists() \
+        if name in ("train", "eval") and key == "modality" and sep and not (CONFIG_DIR / "modality" / f"{value}.yaml").exists() \
                 and has_spec(value) and spec(value).token:
             s = spec(value)
             out += ["modality=spec", f"modality.name={s.name}", f"modality.token_modality={s.token}",

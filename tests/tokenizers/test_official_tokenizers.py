@@ -222,3 +222,26 @@ def test_official_architectures_trained_here_load_strictly(arch, modality, extra
         assert tok.tokenize(x).shape == (2, 4, 4)
     assert run.metrics["val"]["codes_used"] >= 1
     assert train(cfg, progress=False).path == run.path  # DONE: not redone
+
+
+def test_tokenize_eval_measures_the_ceiling_of_official_and_own_tokenizers(tiny_world, tmp_path, tiny_config):
+    from fourm.tokenizers.checkpoint import save_tokenizer
+    from fourm.tokenizers.evaluate import evaluate_tokenizer
+    from fourm.tokenizers.train import compose_config
+    from fourm.tokenizers.vqvae import VQVAE as OwnVQVAE
+
+    cfg = compose_config("eval", [f"tokenizer={FIXTURES / 'depth_divae.safetensors'}", "modality=depth",
+                                  f"data={tiny_world}", "image_size=32", "decode_steps=2", "decode_scheduler=ddim",
+                                  f"out={tmp_path / 'depth.json'}"])
+    m = evaluate_tokenizer(cfg, progress=False)
+    assert m["samples"] == 8 and m["grid"] == 2 and m["depth_alignment"] == "scale_shift"
+    assert 0 <= m["reconstruction"]["delta1"] <= 1 and 0 <= m["constant"]["delta1"] <= 1
+    assert json.loads((tmp_path / "depth.json").read_text())["reconstruction"] == m["reconstruction"]
+    torch.manual_seed(0)
+    save_tokenizer(OwnVQVAE(tiny_config("semseg")).eval(), tmp_path / "own.safetensors")
+    own = evaluate_tokenizer(compose_config("eval", [f"tokenizer={tmp_path / 'own.safetensors'}", "modality=semseg",
+                                                     f"data={tiny_world}"]), progress=False)
+    assert own["grid"] == 8 and set(own["reconstruction"]) == {"pixel_acc", "miou"}
+    with pytest.raises(ValueError, match="is a 'semseg' tokenizer, not 'depth'"):
+        evaluate_tokenizer(compose_config("eval", [f"tokenizer={tmp_path / 'own.safetensors'}", "modality=depth",
+                                                   f"data={tiny_world}"]), progress=False)
