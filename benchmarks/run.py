@@ -32,6 +32,9 @@ def cli(argv: list[str]) -> int:
     if name not in BENCHMARKS:
         print(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}", file=sys.stderr)
         return 2
+    if "--print-config" in rest:  # what the benchmark would run with: its entry and arguments
+        print(f"benchmark: {name}\nentry: {BENCHMARKS[name][0]}\nargs: {[a for a in rest if a != '--print-config']}")
+        return 0
     module, func = BENCHMARKS[name][0].split(":")
     result = getattr(importlib.import_module(module), func)(rest)
     return result if isinstance(result, int) else 0

@@ -145,6 +145,11 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     spec = {k: (str(Path(v).resolve()) if v is not None and Path(v).exists() else v) for k, v in cfg["tokenizers"].items()}
     cfg["tokenizers"] = spec
     models = load_tokenizers(spec, cfg.get("official_image_size") or 224)
+    device = cfg.get("device") or "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: CUDA is not available here; use device=cpu")
+    for m in _token_models(models).values():  # the sam_instance mask tokenizer stays on the CPU, with its id maps
+        m.to(device)
     for mod, model in _token_models(models).items():
         _check_registry(model, spec[mod])
     unknown = [m for m in cfg["text"] if m not in TEXT_MODALITIES]
@@ -305,11 +310,11 @@ def _encode_chunk(root, stems, models, text_mods, emb_mods, cfg, rgb_size, bar) 
         samples.append(sample)
         pending.append(sample)
         if len(pending) * cfg["crops"] >= cfg["batch_size"]:
-            _tokenize(pending, _token_models(models))
+            _tokenize(pending, _token_models(models), cfg.get("device") or "cpu")
             bar.update(len(pending))
             pending = []
     if pending:
-        _tokenize(pending, _token_models(models))
+        _tokenize(pending, _token_models(models), cfg.get("device") or "cpu")
         bar.update(len(pending))
     return samples
 
@@ -330,10 +335,10 @@ def _sam_text(ids: torch.Tensor, plan_entry, stem: str, crop: int, tokenizer: VQ
 
 
 @torch.no_grad()
-def _tokenize(samples: list[dict], models: dict) -> None:
+def _tokenize(samples: list[dict], models: dict, device: str = "cpu") -> None:
     for mod, model in models.items():
         x = torch.cat([s.pop(f"_in.{mod}") for s in samples])
-        tokens = model.encode(x).numpy()
+        tokens = model.encode(x.to(device)).cpu().numpy()
         vocab = model.config.codebook_size
         if tokens.min() < 0 or tokens.max() >= vocab:  # cannot happen with argmax over the codebook; cheap to check
             raise RuntimeError(f"{mod} tokenizer produced ids outside [0, {vocab})")

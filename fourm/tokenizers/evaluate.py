@@ -3,6 +3,7 @@ the best constant prediction (fit on the same images), so its ceiling is known b
 trusted.
 
     fourm-bench tokenize eval tokenizer=<run | file | official file | Hugging Face id> modality=depth data=<dataset>
+    fourm-bench tokenize eval tokenizer=... modality=depth folder=/datasets/nyuv2/annotations/test   # a standard layout
 
 Metrics by the modality's spec: RGB MAE / PSNR, depth delta1 / abs rel (an official tokenizer's standardised depth
 after a per-image least-squares scale and shift), normals angular error, semseg pixel accuracy / mIoU, feature maps
@@ -29,9 +30,34 @@ def evaluate_tokenizer(cfg: dict, progress: bool = True) -> dict:
         return _evaluate(cfg, progress)
 
 
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".JPEG")
+
+
+def load_folder(folder, modality: str, size: int, num: int | None = None, progress: bool = True) -> torch.Tensor:
+    """Every file of a flat folder in a standard layout (``nyuv2/annotations/test``: 16-bit depth PNGs in mm,
+    ``ade20k/annotations/validation``: class-id PNGs, ``in1k/val/<class>``: RGB JPEGs), read with the modality's
+    codec, centre-cropped and resized like a 4M-layout folder."""
+    from pathlib import Path
+
+    from fourm.tokenizers.modality_io import center_box
+
+    s = spec(modality)
+    exts = IMAGE_EXTS if s.ext == ".png" else (s.ext,)
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix in exts and not p.name.startswith("."))[: num or None]
+    if not files:
+        raise FileNotFoundError(f"folder={folder}: no {'/'.join(exts)} files of {modality}")
+    out = []
+    for p in tqdm(files, desc=f"load {modality}", unit="img", disable=not progress):
+        x = s.to_tensor(s.decode(p))
+        out.append(s.crop_resize_flip(x, center_box(*x.shape[-2:]), size, False))
+    return torch.stack(out)
+
+
 @torch.no_grad()
 def _evaluate(cfg: dict, progress: bool) -> dict:
     modality = cfg["modality"]["name"]
+    if not cfg.get("data") and not cfg.get("folder"):
+        raise ValueError("give data=<4M-layout dataset> or folder=<a folder of the modality's files>")
     s = spec(modality)
     if s.metric is None:
         raise ValueError(f"modality={modality}: its spec names no metric; image-like modalities have one")
@@ -43,9 +69,12 @@ def _evaluate(cfg: dict, progress: bool) -> dict:
         relative = tok.kind == "depth"
     elif getattr(tok.config, "modality", None) != modality:
         raise ValueError(f"tokenizer={cfg['tokenizer']} is a {getattr(tok.config, 'modality', '?')!r} tokenizer, not {modality!r}")
-    root = split_root(cfg["data"], cfg["split"])
-    stems = list_stems(root, [modality])[: cfg["num"] or None]
-    x = load_modality(root, modality, tok.config.image_size, stems, progress=progress)
+    if cfg.get("folder"):
+        x = load_folder(cfg["folder"], modality, tok.config.image_size, cfg["num"], progress)
+    else:
+        root = split_root(cfg["data"], cfg["split"])
+        stems = list_stems(root, [modality])[: cfg["num"] or None]
+        x = load_modality(root, modality, tok.config.image_size, stems, progress=progress)
     num_classes = getattr(tok.config, "num_classes", 0) or int(x.max()) + 1 if s.metric == "semseg" else 0
     ignore = getattr(tok.config, "ignore_index", 255)
     meter = ReconstructionMeter(s.metric, num_classes, ignore)

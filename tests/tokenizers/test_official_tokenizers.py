@@ -159,6 +159,11 @@ def test_encode_writes_the_official_token_space_of_a_world(tiny_world, tmp_path)
     crop = crop_resize_flip("semseg", x, center_box(*x.shape[-2:]), 32, False)
     want = semseg.tokenize(tokenizer_input(spec("semseg").official_input, crop.numpy().astype(np.uint8)))[0]
     assert torch.equal(sample["tok_semseg@224"], want)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device=cuda: CUDA is not available here"):
+            encode_dataset(compose_config("encode", [f"data={tiny_world}", "split=val", f"out={tmp_path / 'c'}",
+                                                     f"tokenizers.semseg={FIXTURES / 'semseg_vqvae.safetensors'}",
+                                                     "device=cuda"]), progress=False)
     with pytest.raises(ValueError, match="official global-embedding tokenizer"):
         encode_dataset(compose_config("encode", [f"data={tiny_world}", "split=val", f"out={tmp_path / 'g'}",
                                                  f"tokenizers.dinov2_global={FIXTURES / 'dinov2_global_vqvae.safetensors'}"]),
@@ -245,3 +250,19 @@ def test_tokenize_eval_measures_the_ceiling_of_official_and_own_tokenizers(tiny_
     with pytest.raises(ValueError, match="is a 'semseg' tokenizer, not 'depth'"):
         evaluate_tokenizer(compose_config("eval", [f"tokenizer={tmp_path / 'own.safetensors'}", "modality=depth",
                                                    f"data={tiny_world}"]), progress=False)
+
+
+def test_tokenize_eval_reads_a_standard_layout_folder(tiny_world, tmp_path):
+    """NYUv2's annotation folder (16-bit depth PNGs in mm, as `fourm-bench world --layouts nyuv2` writes it)."""
+    from fourm.data.layouts import write_layouts
+    from fourm.tokenizers.evaluate import evaluate_tokenizer
+    from fourm.tokenizers.train import compose_config
+
+    layouts = write_layouts(tiny_world, tmp_path / "layouts", which=("nyuv2",), splits=("val",))
+    folder = layouts / "nyuv2" / "annotations" / "test"
+    m = evaluate_tokenizer(compose_config("eval", [f"tokenizer={FIXTURES / 'depth_divae.safetensors'}", "modality=depth",
+                                                   f"folder={folder}", "image_size=32", "decode_steps=1"]), progress=False)
+    from_world = evaluate_tokenizer(compose_config("eval", [f"tokenizer={FIXTURES / 'depth_divae.safetensors'}",
+                                                            "modality=depth", f"data={tiny_world}", "image_size=32",
+                                                            "decode_steps=1"]), progress=False)
+    assert m["samples"] == 8 and m["reconstruction"] == pytest.approx(from_world["reconstruction"])
