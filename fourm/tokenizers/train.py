@@ -139,7 +139,7 @@ def evaluate(model: VQVAE, val_x: torch.Tensor, batch_size: int = 32) -> dict:
 
 
 def baselines(mcfg: VQVAEConfig, train_x: torch.Tensor, val_x: torch.Tensor) -> dict:
-    """Metrics of trivial predictors on the validation set (see :mod:`fourm.tokenizers.metrics`)."""
+    """Metrics of trivial predictors on the validation set (see :mod:`fourm.modalities.metrics`)."""
     kind = spec(mcfg.modality).metric
     const = fit_constant(kind, train_x, mcfg.num_classes, mcfg.ignore_index)
     meter = ReconstructionMeter(kind, mcfg.num_classes, mcfg.ignore_index)
