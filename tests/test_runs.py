@@ -58,3 +58,21 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "table.md").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "plain.md").stat().st_mode) == 0o644  # readable by others, as reports are
+
+
+def test_one_identity_rule_and_config_json_beside_config_yaml(tmp_path):
+    import json
+
+    import yaml
+
+    from fourm.runs import identity, open_run, run_id
+
+    cfg = {"model": {"size": "B", "_note": "nested keys are identity"}, "seed": 1, "_runs_root": "/x", "_resume": "auto"}
+    assert identity(cfg) == {"model": {"size": "B", "_note": "nested keys are identity"}, "seed": 1}
+    assert run_id(cfg) == run_id(identity(cfg)) != run_id({**identity(cfg), "seed": 2})
+    run = open_run(tmp_path, cfg)
+    assert json.loads((run.path / "config.json").read_text()) == yaml.safe_load((run.path / "config.yaml").read_text()) == cfg
+    assert run.config == cfg
+    (run.path / "config.json").unlink()  # a folder written without it gets it on reopening
+    open_run(tmp_path, cfg)
+    assert json.loads((run.path / "config.json").read_text()) == cfg
