@@ -17,13 +17,14 @@ that predicts each image's own mean depth.
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
 import torch.nn.functional as F
 
 
-class Metric:
+class Metric(abc.ABC):
     """Accumulates one kind's reconstruction metrics over batches; ``fit_constant`` is its trivial baseline."""
 
     name = ""
@@ -43,15 +44,18 @@ class Metric:
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v.double().sum())
 
+    @abc.abstractmethod
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Add a batch of predictions and their targets."""
 
+    @abc.abstractmethod
     def compute(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The metrics of everything added."""
 
     @staticmethod
+    @abc.abstractmethod
     def fit_constant(train: torch.Tensor, num_classes: int = 0, ignore_index: int = 255) -> torch.Tensor:
-        raise NotImplementedError
+        """The best constant prediction from training data."""
 
 
 METRICS: dict[str, type[Metric]] = {}
