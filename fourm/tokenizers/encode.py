@@ -120,7 +120,7 @@ def encode_id(cfg: dict, models: dict[str, VQVAE], stems: list[str]) -> str:
     """Hash of what decides shard contents: the config, the samples encoded and the tokenizers' weights.
 
     The samples count because a split that grew (more world images) would otherwise read as "already encoded"."""
-    h = hashlib.sha256(canonical_json({k: v for k, v in cfg.items() if k not in ("overwrite", "threads", "out")}).encode())
+    h = hashlib.sha256(canonical_json({k: v for k, v in cfg.items() if k not in ("overwrite", "threads", "out", "device")}).encode())
     h.update(canonical_json(list(stems)).encode())
     for mod in sorted(models):
         for k, v in models[mod].state_dict().items():
