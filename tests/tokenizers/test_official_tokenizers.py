@@ -266,3 +266,22 @@ def test_tokenize_eval_reads_a_standard_layout_folder(tiny_world, tmp_path):
                                                             "modality=depth", f"data={tiny_world}", "image_size=32",
                                                             "decode_steps=1"]), progress=False)
     assert m["samples"] == 8 and m["reconstruction"] == pytest.approx(from_world["reconstruction"])
+
+
+@pytest.mark.parametrize("prediction,zero_snr", [("sample", True), ("v_prediction", True), ("epsilon", False)])
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_every_prediction_type_recovers_x0_from_an_oracle(prediction, zero_snr, kind):
+    """A network that knows x0 (and so eps and v at every x_t) leads each sampler to x0: the three parameterisations
+    and both schedulers invert the same noise schedule. (epsilon is undefined at alpha_bar = 0, as in the official code.)"""
+    from fourm.tokenizers import diffusion
+
+    schedule = diffusion.NoiseSchedule(zero_terminal_snr=zero_snr)
+    x0 = torch.rand(2, 1, 8, 8) * 1.6 - 0.8
+
+    def oracle(x, t):
+        a = schedule.alphas_cumprod[int(t)]
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return {"sample": x0, "epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+
+    out = diffusion.sample(oracle, tuple(x0.shape), schedule, kind, 10, torch.Generator().manual_seed(0), prediction)
+    assert _max(out, x0) < 1e-4
