@@ -78,11 +78,8 @@ def load_tokenizers(spec: dict, official_image_size: int = 224) -> dict[str, VQV
             continue
         model = load_tokenizer(path)
         if isinstance(model, official.VQVAE | official.DiVAE):
-            if isinstance(model.quantize, official.Memcodes):
-                raise ValueError(f"tokenizers.{mod}={path}: an official global-embedding tokenizer; this encoder "
-                                 "takes official image and feature-map tokenizers (global vectors: an MLP VQ-VAE "
-                                 "trained here)")
-            out[mod] = official.ForModality(model, mod, official_image_size)
+            vectors = isinstance(model.quantize, official.Memcodes)  # a global-embedding tokenizer: a vector folder
+            out[mod] = official.ForVectors(model, mod) if vectors else official.ForModality(model, mod, official_image_size)
             continue
         want = TOKENIZER_MODALITY.get(mod, mod)
         if model.config.modality != want:
@@ -283,7 +280,7 @@ def _encode_chunk(root, stems, models, text_mods, emb_mods, cfg, rgb_size, bar) 
             boxes = [scale_box(p[:4], (h, w), tuple(x.shape[-2:])) if _is_feature_map(spatial[mod]) else p[:4] for p in plan]
             sample[f"_in.{mod}"] = torch.stack([crop_resize_flip(mod, x, b, size, p[4]) for b, p in zip(boxes, plan)])
         for mod, model in models.items():
-            if isinstance(model, MLPVQVAE):
+            if isinstance(model, MLPVQVAE | official.ForVectors):
                 v = torch.as_tensor(np.asarray(read_raw(root, mod, stem), dtype=np.float32)).flatten()
                 sample[f"_in.{mod}"] = v[None].expand(len(plan), -1)
         if rgb is not None:

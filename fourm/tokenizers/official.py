@@ -358,3 +358,30 @@ class ForModality(nn.Module):
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+class ForVectors(nn.Module):
+    """An official global-embedding (memcodes) tokenizer as the tokenizer of a folder of vectors: ``encode([B, D])`` ->
+    ``[B, heads]`` ids (16 for DINOv2 / ImageBind globals, stored as a 4 x 4 grid), ``decode`` -> ``[B, D]``."""
+
+    def __init__(self, model: _VQ, modality: str):
+        super().__init__()
+        from types import SimpleNamespace
+
+        from fourm.modalities import spec
+
+        if not isinstance(model.quantize, Memcodes):
+            raise TokenizerError(f"{modality}: a vector folder takes an official memcodes tokenizer")
+        heads = model.config["num_codebooks"]
+        side = int(round(heads ** 0.5))
+        self.model = model.eval()
+        self.config = SimpleNamespace(modality=modality, token_modality=spec(modality).token, grid=side,
+                                      codebook_size=model.vocab_size, kind="global", official=True)
+
+    @torch.no_grad()
+    def encode(self, v: torch.Tensor) -> torch.Tensor:
+        return self.model.tokenize(v.float()[:, :, None, None]).flatten(1)
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_tokens(ids.reshape(len(ids), -1)).flatten(1)

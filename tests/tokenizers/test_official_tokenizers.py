@@ -164,10 +164,19 @@ def test_encode_writes_the_official_token_space_of_a_world(tiny_world, tmp_path)
             encode_dataset(compose_config("encode", [f"data={tiny_world}", "split=val", f"out={tmp_path / 'c'}",
                                                      f"tokenizers.semseg={FIXTURES / 'semseg_vqvae.safetensors'}",
                                                      "device=cuda"]), progress=False)
-    with pytest.raises(ValueError, match="official global-embedding tokenizer"):
-        encode_dataset(compose_config("encode", [f"data={tiny_world}", "split=val", f"out={tmp_path / 'g'}",
-                                                 f"tokenizers.dinov2_global={FIXTURES / 'dinov2_global_vqvae.safetensors'}"]),
-                       progress=False)
+    # a folder of global embeddings through the official memcodes tokenizer: 16 ids, stored as 4 x 4, every crop
+    (tiny_world / "val" / "imagebind_global").mkdir(exist_ok=True)
+    for p in (tiny_world / "val" / "rgb").glob("*.png"):
+        np.save(tiny_world / "val" / "imagebind_global" / f"{p.stem}.npy",
+                np.random.default_rng(int(p.stem)).normal(size=768).astype(np.float32))
+    index = encode_dataset(compose_config("encode", [f"data={tiny_world}", "split=val", f"out={tmp_path / 'g'}",
+                                                     f"tokenizers.imagebind_global={FIXTURES / 'dinov2_global_vqvae.safetensors'}",
+                                                     "crops=2", "text=[]"]), progress=False)
+    assert index["modalities"]["tok_imagebind_global"]["grid"] == 4
+    sample = next(iter(TokenShardDataset(index["pattern"], crop=1, shuffle=False)))
+    vec = torch.from_numpy(np.load(tiny_world / "val" / "imagebind_global" / f"{sample['__key__']}.npy"))
+    glob = load_tokenizer(FIXTURES / "dinov2_global_vqvae.safetensors")
+    assert torch.equal(sample["tok_imagebind_global"].flatten(), glob.tokenize(tokenizer_input("global", vec[None]))[0].flatten())
 
 
 def test_generate_and_oob_decode_with_official_tokenizers(tiny_world, tmp_path, official_fixture_dir):
