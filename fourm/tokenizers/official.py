@@ -199,8 +199,36 @@ def build_tokenizer(config: dict) -> _VQ:
         raise TokenizerError(str(e.args[0])) from None
 
 
+# the training script's argument names, which a file's metadata may carry instead of the constructor's (the official
+# loader renames them the same way)
+TRAINING_NAMES = {"quantizer_type": "quant_type", "encoder_type": "enc_type", "decoder_type": "dec_type",
+                  "input_size_max": "image_size", "mask_size": "image_size"}
+
+
 def is_official(meta: dict) -> bool:
-    return "enc_type" in meta and "quant_type" in meta
+    keys = {TRAINING_NAMES.get(k, k) for k in meta}
+    return "enc_type" in keys and "quant_type" in keys
+
+
+def config_from_file(meta: dict, tensors: dict) -> dict:
+    """The constructor config of a file: its metadata with training names renamed, and what the weights say where the
+    metadata is silent (a 1x1 ``encoder.proj`` means a feature-map tokenizer: ``patch_proj`` False; the class
+    embedding means ``n_labels``)."""
+    raw = _parse_metadata(meta)
+    config = {TRAINING_NAMES.get(k, k): v for k, v in raw.items() if k not in TRAINING_NAMES}
+    for old, new in TRAINING_NAMES.items():  # a constructor key beats its training name; mask_size beats input_size
+        if old in raw and new not in raw and (new not in config or old == "mask_size"):
+            config[new] = raw[old]
+    proj = tensors.get("encoder.proj.weight")
+    if "patch_proj" not in config and proj is not None and proj.dim() == 4:
+        config["patch_proj"] = tuple(proj.shape[-2:]) != (1, 1)
+    if "n_labels" not in config and "cls_emb.weight" in tensors:
+        config["n_labels"] = int(tensors["cls_emb.weight"].shape[0])
+    if "post_mlp" not in config and "encoder.norm_mlp.weight" in tensors:
+        config["post_mlp"] = True
+    if "out_conv" not in config and any(k.startswith("decoder.out_conv.") for k in tensors):
+        config["out_conv"] = True
+    return config
 
 
 def load_official(path: str | os.PathLike, meta: dict | None = None) -> _VQ:
@@ -211,7 +239,7 @@ def load_official(path: str | os.PathLike, meta: dict | None = None) -> _VQ:
     with safe_open(str(path), "pt") as f:
         meta = meta if meta is not None else (f.metadata() or {})
         tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # cloned: aligned memory, the released rounding
-    config = _parse_metadata(meta)
+    config = config_from_file(meta, tensors)
     model = build_tokenizer(config)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:

@@ -294,3 +294,20 @@ def test_every_prediction_type_recovers_x0_from_an_oracle(prediction, zero_snr, 
 
     out = diffusion.sample(oracle, tuple(x0.shape), schedule, kind, 10, torch.Generator().manual_seed(0), prediction)
     assert _max(out, x0) < 1e-4
+
+
+def test_a_file_with_training_names_and_silent_keys_loads_the_same(tmp_path):
+    """Released files may carry the training script's names (encoder_type, quantizer_type, input_size_max) and leave
+    out keys the weights imply (patch_proj of a feature-map tokenizer, n_labels): the same model loads."""
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(FIXTURES / "clip_vqvae.safetensors"), "pt") as f:
+        meta = dict(f.metadata())
+    renamed = {{"enc_type": "encoder_type", "dec_type": "decoder_type", "quant_type": "quantizer_type",
+                "image_size": "input_size_max"}.get(k, k): v for k, v in meta.items() if k not in ("patch_proj", "n_labels")}
+    renamed["lr"] = "0.0001"  # a training key, ignored
+    save_file(load_file(str(FIXTURES / "clip_vqvae.safetensors")), str(tmp_path / "clip.safetensors"), metadata=renamed)
+    model = load_tokenizer(tmp_path / "clip.safetensors")
+    assert model.config["patch_proj"] is False and model.config["image_size"] == 128
+    t, _ = _io("clip_vqvae")
+    assert torch.equal(model.tokenize(t["g4.input.model"]), t["g4.tokens"])
