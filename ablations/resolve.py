@@ -79,9 +79,10 @@ class PretrainResolver:
             except Exception as e:
                 raise ResolveError(key, f"override {key}={overrides[key]}: {e}") from None
         try:
-            return OmegaConf.to_container(cfg, resolve=True)
+            plain = OmegaConf.to_container(cfg, resolve=True)
         except Exception as e:
             raise ResolveError("config", f"interpolation failed: {e}") from None
+        return loop.apply_size_recipe(plain, list(overrides))
 
 
 def _has(cfg, dotted: str) -> bool:

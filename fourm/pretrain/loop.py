@@ -337,6 +337,19 @@ def _alias(override: str) -> list[str]:
     return [f"{prefix}{ALIASES.get(key, key)}{sep}{value}"]
 
 
+def apply_size_recipe(cfg: dict, explicit=()) -> dict:
+    """Set the optimizer values of the model's size (``optim.size_recipes``: the official ones for the released
+    sizes) unless ``explicit`` names the key; the recipe table itself leaves the config."""
+    recipes = (cfg.get("optim") or {}).pop("size_recipes", None) or {}
+    parts = str(cfg.get("model", {}).get("name", "")).split("_")
+    size = parts[1] if len(parts) > 1 else None
+    explicit = {k.lstrip("+") for k in explicit}
+    for key, value in (recipes.get(size) or {}).items():
+        if f"optim.{key}" not in explicit:
+            cfg["optim"][key] = value
+    return cfg
+
+
 def resolve(overrides: list[str]) -> dict:
     """Compose the hydra config (fourm/pretrain/configs) with overrides into a plain dict."""
     from omegaconf import OmegaConf
@@ -344,7 +357,8 @@ def resolve(overrides: list[str]) -> dict:
     from fourm.configs import compose
 
     expanded = [o for override in overrides for o in _alias(override)]
-    return OmegaConf.to_container(compose(CONFIG_DIR, "config", expanded), resolve=True)
+    cfg = OmegaConf.to_container(compose(CONFIG_DIR, "config", expanded), resolve=True)
+    return apply_size_recipe(cfg, [o.split("=", 1)[0] for o in expanded])
 
 
 def run_from_config(cfg: dict, run_dir: str | None = None, **kwargs) -> dict:

@@ -185,10 +185,15 @@ def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict =
     unknown_sizes = sorted(set(recipes) - set(SIZES))
     if unknown_sizes:
         raise ConfigError(f"{path}: size_recipes has unknown sizes {unknown_sizes}; sizes are {sorted(SIZES)}")
-    explicit = {k for k, _ in hydra_pairs}
+    explicit = {k.lstrip("+") for k, _ in hydra_pairs}
     for key, value in (recipes.get(size) or {}).items():
-        if f"train.{key}" not in explicit and f"+train.{key}" not in explicit:
-            cfg.setdefault("train", {})[key] = value
+        path = key if "." in key else f"train.{key}"  # a bare key is a train key; a dotted one names its place
+        if path in explicit:
+            continue
+        node = cfg
+        for part in path.split(".")[:-1]:
+            node = node.setdefault(part, {})
+        node[path.split(".")[-1]] = value
 
     for key, what in (("transfer.init", "init=<checkpoint.safetensors> or init=random"),
                       ("data_root", "data_root=<folder holding the dataset layouts>")):

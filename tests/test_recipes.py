@@ -1,0 +1,41 @@
+"""Every value in docs/recipes.md is what its recipe resolves to: a recipe that drifts from its documented source fails."""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
+ROW = re.compile(r"^\| (?P<recipe>(pretrain|transfer) [^|]+?) \| (?P<key>[\w.]+) \| (?P<value>[^|]+?) \| (?P<source>[^|]+) \|$")
+
+
+def rows() -> list[dict]:
+    found = [m.groupdict() for line in DOC.read_text().splitlines() if (m := ROW.match(line))]
+    assert len(found) > 20, f"{DOC}: the recipe tables were not found"
+    return found
+
+
+@lru_cache(maxsize=None)
+def resolved(recipe: str) -> dict:
+    words = recipe.split()
+    if words[0] == "pretrain":
+        from fourm.pretrain.loop import resolve
+
+        return resolve(words[1:])
+    from transfer.run import make_config
+
+    return make_config(words[1], "paper", [*words[2:], "init=random", "data_root=/datasets"])
+
+
+def lookup(cfg: dict, key: str):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+@pytest.mark.parametrize("row", rows(), ids=lambda r: f"{r['recipe']}:{r['key']}")
+def test_recipe_values_equal_the_documented_ones(row):
+    assert lookup(resolved(row["recipe"]), row["key"]) == yaml.safe_load(row["value"]), row["source"]
