@@ -39,3 +39,17 @@ def lookup(cfg: dict, key: str):
 @pytest.mark.parametrize("row", rows(), ids=lambda r: f"{r['recipe']}:{r['key']}")
 def test_recipe_values_equal_the_documented_ones(row):
     assert lookup(resolved(row["recipe"]), row["key"]) == yaml.safe_load(row["value"]), row["source"]
+
+
+def test_a_checkpoints_own_size_picks_its_transfer_recipe(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from transfer.run import make_config
+
+    # the metadata of a 4M-L checkpoint is what decides (its weights are not read)
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "l.safetensors"), metadata={"dim": "1024", "encoder_depth": "24"})
+    large = make_config("coco", "paper", [f"init={tmp_path / 'l.safetensors'}", "data_root=/datasets"])
+    assert large["transfer"]["model"] == "fm_large_24e_24d_swiglu_nobias" and large["train"]["layer_decay"] == 0.8
+    forced = make_config("coco", "paper", [f"init={tmp_path / 'l.safetensors'}", "data_root=/datasets", "model=base"])
+    assert forced["train"]["layer_decay"] == 0.7  # model= given: it decides

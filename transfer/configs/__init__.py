@@ -64,6 +64,23 @@ def config_file(task: str, profile: str) -> Path:
     return path
 
 
+def checkpoint_size(path: Path) -> str | None:
+    """The factory size of a 4M checkpoint, from its metadata (width and encoder depth); None if it has no 4M config."""
+    from safetensors import safe_open
+
+    from fourm.models.checkpoint import parse_metadata
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = parse_metadata(f.metadata() or {})
+    except Exception:  # not a safetensors file: the task reports that when it loads it
+        return None
+    for size, (dim, _, enc_depth, _) in SIZES.items():
+        if meta.get("dim") == dim and meta.get("encoder_depth") == enc_depth:
+            return size
+    return None
+
+
 def model_size(model: str) -> str | None:
     """``fm_large_24e_24d_swiglu_nobias`` -> ``large`` (None if the name does not follow the factory scheme)."""
     m = _MODEL_SIZE.match(str(model))
@@ -181,6 +198,12 @@ def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict =
                           f"found {cfg['transfer'].get('task')!r}/{cfg['transfer'].get('profile')!r}")
 
     recipes = cfg.pop("size_recipes", None) or {}
+    given_model = any(k in ("model", "transfer.model") for k, _ in pairs)
+    init = cfg["transfer"].get("init")
+    if not given_model and init not in (None, "random", "???") and Path(str(init)).expanduser().is_file():
+        size_of_init = checkpoint_size(Path(str(init)).expanduser())  # a checkpoint's own size picks its recipe
+        if size_of_init:
+            cfg["transfer"]["model"] = model_name(size_of_init)
     size = model_size(cfg["transfer"].get("model", ""))
     unknown_sizes = sorted(set(recipes) - set(SIZES))
     if unknown_sizes:
