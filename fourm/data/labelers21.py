@@ -303,14 +303,17 @@ def _metadata(in_dir: Path, **_) -> Labeler:
 class VitFeatures(Labeler):
     """Patch-token maps [C, h, w] (``global_=False``) or the pooled embedding [C] (``global_=True``) of a timm ViT,
     stored as float16 .npy in ``<folder>/`` (or ``<folder>_global/``). ``model`` is a timm name (``vit_small_patch14_dinov2`` for DINOv2 maps on a 16 x 16 grid
-    at 224 px, ``vit_base_patch16_clip_224`` for CLIP); ``checkpoint`` a local weights file (else random, seeded)."""
+    at 224 px, ``vit_base_patch16_clip_224`` for CLIP); ``checkpoint`` a local weights file (else random, seeded).
+    ``project=True`` maps every patch token through the model's head, the CLIP image projection (768 -> 512 for
+    CLIP-B/16: the feature maps the official CLIP tokenizer takes)."""
 
     def __init__(self, model: str = "vit_small_patch14_dinov2", folder: str = "dinov2", global_: bool = False,
-                 checkpoint: str | None = None, image_size: int = 224, seed: int = 0, device: str = "cpu"):
+                 checkpoint: str | None = None, image_size: int = 224, seed: int = 0, device: str = "cpu",
+                 project: bool = False, project_dim: int = 512):
         import timm
 
         torch.manual_seed(seed)
-        kw = {"img_size": image_size, "num_classes": 0}
+        kw = {"img_size": image_size, "num_classes": project_dim if project else 0}
         if checkpoint:
             kw["pretrained_cfg_overlay"] = {"file": str(checkpoint)}
             if not Path(checkpoint).is_file():
@@ -319,7 +322,7 @@ class VitFeatures(Labeler):
         cfg = self.net.pretrained_cfg
         self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
-        self.image_size, self.device, self.global_ = image_size, device, global_
+        self.image_size, self.device, self.global_, self.project = image_size, device, global_, project
         self.name = self.modality = f"{folder}_global" if global_ else folder
         if not has_spec(self.modality):  # a folder of its own name: register what it holds
             register_spec(ModalitySpec(self.modality, "npy", value="embedding", official_input="global") if global_
@@ -335,6 +338,8 @@ class VitFeatures(Labeler):
         if self.global_:
             return [v.cpu().numpy().astype(np.float16) for v in self.net.forward_head(tokens, pre_logits=True)]
         patches = tokens[:, self.net.num_prefix_tokens:]
+        if self.project:  # the head after the model's final norm: per token, as it maps the pooled token
+            patches = self.net.head(getattr(self.net, "fc_norm", torch.nn.Identity())(patches))
         grid = self.net.patch_embed.grid_size
         maps = patches.transpose(1, 2).reshape(len(images), -1, *grid)
         return [m.cpu().numpy().astype(np.float16) for m in maps]

@@ -176,3 +176,21 @@ def test_t5_caption_embeds_each_caption_at_t5_xxl_width_and_names_a_missing_mode
     assert labeling.cli(["--in", str(split), "--labeler", "t5_caption", "--checkpoint", str(split / "no-t5")]) == 2
     err = capsys.readouterr().err  # without transformers: what to install; with it: the missing folder
     assert "needs `pip install transformers sentencepiece`" in err or f"checkpoint {split / 'no-t5'}: no such folder" in err
+
+
+def test_clip_maps_projected_to_the_clip_space():
+    """`project: true` maps each patch token through the model's head: CLIP-B/16 maps of 512 channels (the width the
+    official CLIP tokenizer takes), the same as projecting the unprojected map's tokens by hand."""
+    import torch
+
+    from fourm.data.labelers21 import VitFeatures
+
+    images = torch.rand(2, 3, 64, 64)
+    proj = VitFeatures(model="vit_base_patch16_clip_224", folder="clip", project=True, seed=3)
+    maps = proj(images, ["a", "b"])
+    assert maps[0].shape == (512, 14, 14)
+    with torch.no_grad():
+        x = torch.nn.functional.interpolate(images, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+        tokens = proj.net.forward_features((x - proj.mean) / proj.std)[:, proj.net.num_prefix_tokens:]
+        by_hand = proj.net.head(tokens)[0].T.reshape(512, 14, 14)
+    assert np.allclose(maps[0], by_hand.numpy(), atol=1e-2)

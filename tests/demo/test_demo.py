@@ -108,8 +108,8 @@ def test_a_bad_override_is_refused_before_any_job(tiny_demo):
     with pytest.raises(RecipeError, match=r"demo_tiny.yaml: key pretrain is missing|pretrain"):
         expand({k: v for k, v in load_recipe("demo_tiny")[1].items() if k != "pretrain"}, work, out,
                Path("demo_tiny.yaml"))
-    with pytest.raises(RecipeError, match=r"paper.yaml: data\.layouts, data\.root, data\.splits\.train, data\.splits\.val "
-                                          r"not set; pass --set data\.layouts=<value>"):
+    with pytest.raises(RecipeError, match=r"paper.yaml: data\.clip_checkpoint, data\.layouts, data\.root, data\.splits\.train, "
+                                          r"data\.splits\.val not set; pass --set data\.clip_checkpoint=<value>"):
         load_recipe("paper")
 
 
@@ -180,14 +180,21 @@ def test_full_recipe_expands_with_every_task_resolved(tmp_path):
 def test_paper_recipe_expands_on_given_data_paths(tmp_path, capsys):
     from ablations.pipeline import cli
 
-    sets = ["data.root=/datasets/cc12m_4m", "data.layouts=/datasets", "data.splits.train=1000", "data.splits.val=100"]
+    sets = ["data.root=/datasets/cc12m_4m", "data.layouts=/datasets", "data.splits.train=1000", "data.splits.val=100",
+            "data.clip_checkpoint=/weights/clip_b16.safetensors"]
     path, cfg = load_recipe("paper", sets)
     stages = expand(cfg, tmp_path / "work", tmp_path / "out", path)
-    assert [s.kind for s in stages].count("tokenizer") == 4 and "world" not in [s.kind for s in stages]
+    assert [s.kind for s in stages].count("tokenizer") == 5 and "world" not in [s.kind for s in stages]
+    labels = next(s for s in stages if s.kind == "labels")  # CLIP maps, projected, from the given weights
+    assert labels.job.config["options"] == {"model": "vit_base_patch16_clip_224", "folder": "clip", "project": True,
+                                            "checkpoint": "/weights/clip_b16.safetensors"}
+    clip_tok = next(s for s in stages if s.name == "tokenizer clip")
+    assert labels.job.run_dir.endswith(clip_tok.job.after[-1]) and clip_tok.job.config["modality"]["feature_dim"] == 512
     pretrain = next(s for s in stages if s.kind == "pretrain")
+    assert "tok_clip@224" in pretrain.job.config["model"]["domains_in"] and "tok_clip@224" in pretrain.job.config["model"]["domains_out"]
     assert pretrain.job.resources.gpus_per_node == 8 and pretrain.job.config["budget"]["num_input_tokens"] == 128
     # 1000 train images at 256 a shard: 4 shards, named before they exist
     assert pretrain.job.config["data"]["train"].endswith("/train-{000000..000003}.tar")
     assert {s.job.config["data_root"] for s in stages if s.kind == "transfer"} == {"/datasets"}
     assert cli(["paper", "--dry-run", *[a for s in sets for a in ("--set", s)], "--work", str(tmp_path / "w")]) == 0
-    assert "17 jobs" in capsys.readouterr().out and not (tmp_path / "w").exists()
+    assert "19 jobs" in capsys.readouterr().out and not (tmp_path / "w").exists()
