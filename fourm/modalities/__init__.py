@@ -11,6 +11,9 @@ The table below is the official 4M-21 release (4M-7 is the subset :data:`MOD7`);
 :func:`register`. Patch sizes are those of the official 224 px models: a model of another resolution keeps each
 modality's grid relative to its own (``FourM.modality_info`` holds what a model sees). Modality ids follow the
 official code: sha256 of the name, modulo 2**15.
+
+What the data of a modality is (its folder and files, tensors, crop rules, tokenizer, metric, picture) is its spec,
+registered once in :mod:`fourm.modalities.specs` (``spec(name)`` finds it by either name; ``register_spec`` adds one).
 """
 from __future__ import annotations
 
