@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from fourm.files import atomic_write_json
 from fourm.modalities import spec
-from fourm.generation.detokenize import Detokenizer, render
+from fourm.generation.detokenize import Detokenizer
 from fourm.generation.generator import GenerateError, Generator, load_image  # noqa: F401  (GenerateError: this command's)
 from fourm.tokenizers.checkpoint import atomic_write_bytes
 
@@ -148,7 +148,7 @@ def _write_one(out: Path, stem: str, pic: np.ndarray, targets, result, decoded, 
         else:
             arrays[t] = value.numpy()
         num_classes = detok.tokenizers[t].config.num_classes if t in detok.tokenizers else 256
-        tiles.append(render(mod, value, rgb=pic, num_classes=max(num_classes, 1)))
+        tiles.append(spec(mod).picture(value, rgb=pic, num_classes=max(num_classes, 1)))
         labels.append(t.split("@")[0].removeprefix("tok_"))
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)

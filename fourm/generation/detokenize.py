@@ -1,13 +1,12 @@
-"""Generated tokens back to data with the project's own tokenizers, and pictures of them for people.
+"""Generated tokens back to data: image-like tokens through their tokenizer, sequences through the text tokenizer.
 
-Image-like tokens go through their VQ-VAE decoder (depth in metres, normals, semseg class maps, RGB); captions to
+Image-like tokens go through their tokenizer's decoder (depth, normals, semseg class maps, RGB); captions to
 text; ``det`` to boxes ``(xmin, ymin, xmax, ymax, class)`` in pixels.
 """
 from __future__ import annotations
 
 import re
 
-import numpy as np
 import torch
 
 from fourm.data.text import coord_bins, text_to_boxes
@@ -59,9 +58,3 @@ class Detokenizer:
     def modality(self, domain: str) -> str:
         """The folder modality a domain decodes to ('depth', 'semseg', 'caption', ...)."""
         return self.tokenizers[domain].config.modality if domain in self.tokenizers else spec(domain).name
-
-
-def render(modality: str, value, rgb: np.ndarray | None = None, num_classes: int = 256) -> np.ndarray:
-    """A decoded value as a picture, drawn by its modality's spec: depth colour-mapped, normals as RGB, semseg with a
-    palette, boxes on the input image, a caption as text."""
-    return spec(modality).picture(value, rgb=rgb, num_classes=num_classes)

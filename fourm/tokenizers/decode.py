@@ -20,12 +20,6 @@ from fourm.tokenizers.modality_io import center_box, crop_resize_flip, read_raw,
 from fourm.tokenizers.shards import TokenShardDataset, read_header
 
 
-def to_rgb(modality: str, x: torch.Tensor, **kw) -> np.ndarray:
-    """A modality tensor (no batch dim) as a uint8 HxWx3 picture, drawn by the modality's spec (depth via a colormap
-    on log-depth, normals as (n + 1) / 2, semseg with a fixed palette)."""
-    return spec(modality).picture(x, **kw)
-
-
 def grid_image(rows: list[list[np.ndarray]], labels: list[str], tile: int = 128) -> Image.Image:
     """Tiles (uint8 HxWx3, nearest-upscaled to ``tile``) in rows, with a label strip on top."""
     pad, head = 2, 14
@@ -71,9 +65,9 @@ def decode_grid(cfg: dict) -> Path:
             if root is not None:
                 x = to_tensor(c.modality, read_raw(root, c.modality, sample["__key__"]))
                 x = crop_resize_flip(c.modality, x, center_box(*x.shape[-2:]), c.image_size, False)
-                original = to_rgb(c.modality, x, **kw)
+                original = spec(c.modality).picture(x, **kw)
             recon = model.decode(sample[name][None])[0]
-            row += [original, to_rgb(c.modality, recon, **kw)]
+            row += [original, spec(c.modality).picture(recon, **kw)]
         rows.append(row)
     if not rows:
         raise ValueError(f"shards {cfg['shards']!r} hold no samples")
