@@ -140,3 +140,12 @@ def test_tiny_profile_is_the_paper_recipe_plus_the_keys_it_names(task):
     differ -= {"transfer.model"}  # given on the command line to both
     assert differ <= named, f"{task}: tiny differs from paper in keys it does not name: {sorted(differ - named)}"
     assert differ, f"{task}: the tiny profile changes nothing"
+
+
+def test_registered_hardware_and_batch_agree_with_each_tasks_paper_recipe():
+    from transfer.tasks import tasks
+
+    for name, task in tasks().items():
+        cfg = transfer_run.make_config(name, "paper", ["init=random", "data_root=/datasets"])
+        assert cfg["_runtime"]["reference_gpus"] == task.reference_gpus, name
+        assert cfg["train"]["batch_size"] == task.global_batch, name
