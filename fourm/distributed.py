@@ -131,4 +131,7 @@ def count_reducer(env: DistEnv):
 
 def shutdown(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
+        # every rank's collectives finish before any rank tears its group down: a rank that destroys the group while
+        # another still talks to it can abort in the communication library's threads
+        dist.barrier()
         dist.destroy_process_group()
