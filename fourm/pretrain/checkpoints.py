@@ -1,11 +1,12 @@
 """Pretraining checkpoints: weights in the official released format plus the training state beside them.
 
-``<run>/checkpoints/step-000100/{model.safetensors, state.pt}`` is written in a temp folder and renamed into place,
+``<run>/checkpoints/step-000100/{model.safetensors, state.pt, data.json}`` is written in a temp folder and renamed into place,
 so a checkpoint folder either exists whole or not at all; ``state.pt`` holds only tensors and plain values
-(loadable with ``torch.load(weights_only=True)``).
+(loadable with ``torch.load(weights_only=True)``); ``data.json`` is the streaming reader's position.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 
 
 def save_state(ckpt_dir: str | os.PathLike, model, opt, *, step: int, tokens_seen: int, keep: int = 2,
-               model_state: dict | None = None, opt_state: dict | None = None) -> Path:
+               model_state: dict | None = None, opt_state: dict | None = None, data_state: dict | None = None) -> Path:
     """Write ``step-NNNNNN/`` whole or not at all. ``model_state``/``opt_state`` replace the model's and optimizer's
     own state dicts (FSDP: the full state gathered on rank 0, the optimizer's keyed by parameter name)."""
     ckpt_dir = Path(ckpt_dir)
@@ -45,6 +46,8 @@ def save_state(ckpt_dir: str | os.PathLike, model, opt, *, step: int, tokens_see
         fmt = "by_name" if opt_state is not None else "by_index"
         torch.save({"step": step, "tokens_seen": tokens_seen, "optimizer_format": fmt,
                     "optimizer": opt.state_dict() if opt_state is None else opt_state}, tmp / "state.pt")
+        if data_state is not None:
+            (tmp / "data.json").write_text(json.dumps(data_state))
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -69,3 +72,9 @@ def load_state(path: str | os.PathLike, model, opt) -> dict:
         opt.load_state_dict(state["optimizer"])
     return {"step": int(state["step"]), "tokens_seen": int(state["tokens_seen"]), "optimizer": state["optimizer"],
             "optimizer_format": fmt}
+
+
+def read_data_state(path: str | os.PathLike) -> dict | None:
+    """The reader's position saved with a checkpoint (None for checkpoints of in-memory data)."""
+    f = Path(path) / "data.json"
+    return json.loads(f.read_text()) if f.exists() else None

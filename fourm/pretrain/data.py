@@ -42,63 +42,11 @@ def slice_rows(mod_dict: dict, start: int, stop: int) -> dict:
     return {m: {k: (v[start:stop] if torch.is_tensor(v) else v) for k, v in d.items()} for m, d in mod_dict.items()}
 
 
-def load_token_samples(pattern: str, modalities: list[str], bins: int | None = None) -> list[dict]:
-    """Every sample of token shards (braceexpand pattern) in memory, with all its stored crops, in shard order.
-
-    A sample holds, per modality, a list over crops (token grids ``[h, w]``, RGB ``uint8 [3, S, S]``, det as box
-    chunk strings in ``bins`` coordinate bins, the official 1000 by default; sam_instance strings), a list of variants
-    (colour palettes of 1..7 colours) or a single value (caption, metadata chunks, T5 embeddings ``[L, D]``);
-    ``__crops__`` says how many crops. Pretraining picks one crop and one variant per step.
-    """
-    import io
-    import json
-
-    import numpy as np
-
-    from fourm.data.text import COORD_BINS, boxes_to_chunks
-    from fourm.tokenizers.shards import SEQUENCE_FILES, ShardError, expand_shards, iter_shard
-
-    bins = bins or COORD_BINS
-    out = []
-    for path in expand_shards(pattern):
-        for header, raw in iter_shard(path):
-            token_mods, n = header["modalities"], header["crops"]
-            sample = {"__key__": raw["__key__"], "__crops__": n}
-            cropped, variants = [], []
-            for m in modalities:
-                kind = M.get(m).kind
-                if kind == "sequence" and m not in SEQUENCE_FILES:
-                    raise ShardError(f"{path}: no shard format for the sequence modality {m!r} (known: "
-                                     f"{sorted(SEQUENCE_FILES)}); drop it from model.domains_in/out")
-                ext, per = SEQUENCE_FILES[m] if kind == "sequence" else (f"{m}.npy", "crops")
-                if ext not in raw:
-                    raise ShardError(f"{path}: sample {raw['__key__']!r} has no {m!r} ({ext}); "
-                                     f"re-encode with this modality or drop it from model.domains_in/out")
-                if kind == "sequence":
-                    value = raw[ext].decode().strip() if ext.endswith(".txt") else json.loads(raw[ext])
-                    if spec(m).value == "boxes":
-                        value = [boxes_to_chunks(b, 1, bins) for b in value]
-                    sample[m] = value
-                    (cropped if per == "crops" else variants if per == "variants" else []).append(m)
-                    continue
-                arr = np.load(io.BytesIO(raw[ext]), allow_pickle=False)
-                if kind == "embedding_sequence":  # [L, D] for the whole sample
-                    sample[m] = torch.from_numpy(arr.astype(np.float32))
-                    continue
-                if m in token_mods and int(arr.max(initial=0)) >= token_mods[m]["vocab_size"]:
-                    raise ShardError(f"{path}: {m} token id {int(arr.max())} >= vocab {token_mods[m]['vocab_size']}")
-                t = torch.from_numpy(arr.astype(np.int64) if m in token_mods else np.ascontiguousarray(arr))
-                sample[m] = [t[c] if m in token_mods else t[c].permute(2, 0, 1) for c in range(n)]
-                cropped.append(m)
-            sample["__cropped__"], sample["__variants__"] = tuple(cropped), tuple(variants)
-            out.append(sample)
-    return out
-
-
 class PretrainData:
-    """Deterministic train/val batches for the pretraining loop."""
+    """Deterministic train/val batches from samples held in memory (small datasets and tests of the loop itself);
+    data on disk streams through :class:`fourm.pretrain.stream.StreamingData`, whose memory does not grow with it."""
 
-    def __init__(self, cfg: dict, env: DistEnv, train_samples: list[dict] | None = None, val_samples: list[dict] | None = None):
+    def __init__(self, cfg: dict, env: DistEnv, train_samples: list[dict], val_samples: list[dict] | None = None):
         self.cfg, self.env = cfg, env
         mcfg = cfg["model"]
         self.modalities = list(dict.fromkeys(list(mcfg["domains_in"]) + list(mcfg["domains_out"])))
@@ -108,11 +56,9 @@ class PretrainData:
         if any(has_spec(m) and spec(m).value == "boxes" for m in self.modalities) and bins is None:
             raise ValueError(f"data.text_tokenizer={data['text_tokenizer']}: has no box coordinate tokens (v0=0, ...), "
                              "so det cannot be tokenized; train it with fourm.data.text.train_wordpiece")
-        self.train = (train_samples if train_samples is not None
-                      else load_token_samples(data["train"], self.modalities, bins))
-        self.val = val_samples if val_samples is not None else load_token_samples(data["val"], self.modalities, bins)
+        self.train, self.val = list(train_samples), list(val_samples or [])
         if not self.train:
-            raise ValueError(f"data.train={data.get('train')!r}: no samples; run `fourm-bench tokenize encode` first")
+            raise ValueError("PretrainData: no train samples")
         self.masking = UnifiedMasking(self.modalities, alphas_spec(cfg["alphas"]), cfg["budget"]["num_input_tokens"],
                                       cfg["budget"]["num_target_tokens"], text_tokenizer=tok)
         per_step = cfg["batch_size"]
@@ -150,20 +96,30 @@ class PretrainData:
 
 
 def data_vocab_sizes(cfg: dict) -> dict[str, int]:
-    """The vocabularies of the model's token modalities as the data has them: the first train shard's header for
-    token grids, the text tokenizer for sequences (``model.vocab_sizes=data``: the model's tables then fit the
-    tokenizers actually used, e.g. a 256-code demo VQ-VAE instead of the official 16k rgb table)."""
-    from fourm.tokenizers.shards import expand_shards, read_header
+    """The vocabularies of the model's token modalities as the data has them: the encode index beside the data
+    (official layouts written by ``fourm-bench tokenize encode``) or the first shard's header (the project's single
+    tars) for token grids, the text tokenizer for sequences (``model.vocab_sizes=data``: the model's tables then fit
+    the tokenizers actually used, e.g. a 256-code demo VQ-VAE instead of the official 16k rgb table)."""
+    from fourm.tokenizers import layout
+    from fourm.tokenizers.shards import read_header
 
     mcfg, data = cfg["model"], cfg["data"]
     mods = [M.get(m) for m in dict.fromkeys(list(mcfg["domains_in"]) + list(mcfg["domains_out"]))]
-    first = expand_shards(data["train"])[0]
-    header = read_header(first).get("modalities", {})
+    src = layout.parse(data["train"])
+    index = layout.index_of(data["train"])
+    if index is not None:
+        first, header = f"{data['train']} (its index)", index.get("modalities", {})
+    elif src.layout == "tar":
+        first = src.units[0]
+        header = read_header(first).get("modalities", {})
+    else:
+        raise ValueError(f"model.vocab_sizes=data: {data['train']} has no encode index beside it ({{root}}.json) to "
+                         "read the tokenizers' vocabularies from; set model.vocab_sizes={modality: size} instead")
     out, text_vocab = {}, None
     for mod in mods:
         if mod.kind == "image_tokens":
             if mod.name not in header:
-                raise ValueError(f"model.vocab_sizes=data: shard {first} has no {mod.name!r} (it has {sorted(header)}); "
+                raise ValueError(f"model.vocab_sizes=data: {first} has no {mod.name!r} (it has {sorted(header)}); "
                                  f"re-encode with that tokenizer or drop it from the model's domains")
             out[mod.name] = int(header[mod.name]["vocab_size"])
         elif mod.kind == "sequence":

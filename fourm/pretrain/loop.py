@@ -17,7 +17,8 @@ from tqdm import tqdm
 from fourm import runs
 from fourm.models import FourM, config_for
 from fourm import distributed as D
-from fourm.pretrain.checkpoints import latest_checkpoint, load_state, save_state
+from fourm.pretrain.checkpoints import latest_checkpoint, load_state, read_data_state, save_state
+from fourm.pretrain.seeds import step_seed
 from fourm.pretrain.schedule import lr_at, scaled_lr
 
 
@@ -25,14 +26,19 @@ class TrainingDiverged(RuntimeError):
     """Loss or gradients became NaN/inf; the last good checkpoint is kept."""
 
 
-def step_seed(seed: int, step: int, micro: int = 0, stream: int = 0) -> int:
-    """A 63-bit seed for (run seed, step, micro-step, stream): independent streams, stable across resumes."""
-    x = (seed * 1_000_003 + step) * 1_009 + micro
-    x = (x * 97 + stream) & 0x7FFF_FFFF_FFFF_FFFF
-    # splitmix64 finaliser: nearby inputs give unrelated seeds
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & 0xFFFF_FFFF_FFFF_FFFF
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFF_FFFF_FFFF_FFFF
-    return (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
+def gather_data_state(data, env) -> dict | None:
+    """The reader's position on every rank, merged (each stream is read by the ranks whose rows it fills)."""
+    if not hasattr(data, "state_dict"):
+        return None
+    mine = data.state_dict()
+    if not env.distributed:
+        return mine
+    states = [None] * env.world_size
+    torch.distributed.all_gather_object(states, mine)
+    merged = dict(states[0])
+    merged["positions"] = {k: v for st in states for k, v in st["positions"].items()}
+    merged["skipped"] = sum(int(st.get("skipped", 0)) for st in states)
+    return merged
 
 
 def build_model(cfg: dict) -> FourM:
@@ -203,9 +209,10 @@ def validate(model, data, cfg, device, env) -> dict[str, float]:
 def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: bool = True, data=None) -> dict:
     """Train until the token budget is spent (or ``stop_after`` steps); returns the final metrics.
 
-    ``data`` replaces the shard-backed :class:`PretrainData` (same interface), e.g. in-memory samples.
+    ``data`` replaces the streaming reader of ``data.train`` (:class:`~fourm.pretrain.stream.StreamingData`), e.g.
+    with in-memory samples (:class:`~fourm.pretrain.data.PretrainData`).
     """
-    from fourm.pretrain.data import PretrainData
+    from fourm.pretrain.stream import StreamingData
 
     env = D.setup()
     device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
@@ -236,7 +243,13 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
     if state is not None:
         load_optimizer_state(model, opt, state, fsdp, latest)
 
-    data = data if data is not None else PretrainData(cfg, env)
+    if data is None:
+        vocab = {m: info.vocab_size for m, info in model.modality_info.items() if info.kind == "image_tokens"}
+        data = StreamingData(cfg, env, vocab)
+    if latest is not None and hasattr(data, "load_state_dict"):
+        reader = read_data_state(latest)
+        if reader is not None:
+            data.load_state_dict(reader)
     n_in, n_tg = cfg["budget"]["num_input_tokens"], cfg["budget"]["num_target_tokens"]
     accum = cfg["accum_steps"]
     last = n_steps if stop_after is None else min(n_steps, stop_after)
@@ -297,9 +310,10 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
             metrics.update(val)
         if done_step % cfg["checkpoint"]["every_steps"] == 0 or done_step in (last, n_steps):
             full = full_state(model, opt) if fsdp else {}  # collective: every rank takes part
+            reader = gather_data_state(data, env)  # collective too: each rank holds its own streams' positions
             if env.is_main:
                 save_state(ckpt_dir, model, opt, step=done_step, tokens_seen=tokens_seen, keep=cfg["checkpoint"]["keep"],
-                           **full)
+                           data_state=reader, **full)
             if env.distributed:
                 torch.distributed.barrier()
     elapsed = time.perf_counter() - t0

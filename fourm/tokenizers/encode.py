@@ -27,7 +27,8 @@ from fourm.data.labelers21 import metadata_bins
 from fourm.data.serialize import lab_bins, metadata_to_chunks, palette_to_text
 from fourm.runs import atomic_write_json, canonical_json
 from fourm.threads import torch_threads
-from fourm.tokenizers import official
+from fourm.modalities import spec
+from fourm.tokenizers import layout, official
 from fourm.tokenizers.checkpoint import load_tokenizer
 from fourm.tokenizers.mlp_vqvae import MLPVQVAE
 from fourm.tokenizers.modality_io import (
@@ -198,6 +199,12 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
 
     per = cfg["samples_per_shard"]
     chunks = [stems[i : i + per] for i in range(0, len(stems), per)]
+    layout_name = cfg.get("layout") or "fourm"
+    if layout_name not in layout.LAYOUTS:
+        raise ValueError(f"layout={layout_name!r}: one of {list(layout.LAYOUTS)}")
+    if layout_name != "fourm":
+        return _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, modalities, eid, out,
+                                index_path, progress)
     names = [f"{cfg['split']}-{i:06d}.tar" for i in range(len(chunks))]
     shards, t0, written = [], time.perf_counter(), 0
     bar = tqdm(total=len(stems), desc=f"encode {cfg['split']}", unit="img", disable=not progress)
@@ -242,6 +249,84 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     return index
 
 
+def _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, modalities, eid, out, index_path,
+                     progress) -> dict:
+    """Write the official layout (``layout=wds`` or ``folders``) under ``<out>/<split>/``: the same crops and tokens as
+    the project's shards, in the files the official code reads (:mod:`fourm.tokenizers.layout`)."""
+    kind = cfg["layout"]
+    split_out = out / cfg["split"]
+    split_out.mkdir(parents=True, exist_ok=True)
+    marker = split_out / ".encode_id"
+    if marker.exists() and marker.read_text().strip() != eid:
+        if not cfg["overwrite"]:
+            raise ValueError(f"{split_out} holds shards of another encode config (encode_id {marker.read_text().strip()} "
+                             f"!= {eid}); use another out=, or pass overwrite=true to replace them")
+        import shutil
+
+        shutil.rmtree(split_out)
+        split_out.mkdir(parents=True)
+    marker.write_text(eid)
+    folders = [*modalities, layout.CROP_SETTINGS, *(["rgb"] if cfg["store_rgb"] else []), *text_mods, *emb_mods]
+    t0, written, shards = time.perf_counter(), 0, []
+    bar = tqdm(total=sum(map(len, chunks)), desc=f"encode {cfg['split']}", unit="img", disable=not progress)
+    for i, chunk in enumerate(chunks):
+        name = layout.shard_name(i)
+        if layout.shard_complete(split_out, kind, name, folders):
+            shards.append({"file": name, "samples": len(chunk)})
+            bar.update(len(chunk))
+            continue
+        samples = _encode_chunk(root, chunk, models, text_mods, emb_mods, cfg, rgb_size, bar, official_files=True)
+        files = [(s["__key__"], _official_files(s, modalities, emb_mods)) for s in samples]
+        size = layout.write_sample_files(split_out, kind, name, files)
+        shards.append({"file": name, "samples": len(chunk), "bytes": size})
+        written += 1
+    bar.close()
+    index = {
+        "encode_id": eid,
+        "layout": kind,
+        "pattern": layout.data_path(split_out, kind, folders, len(chunks)),
+        "samples": sum(map(len, chunks)),
+        "crops": cfg["crops"],
+        "modalities": modalities,
+        "rgb": {"name": RGB_NAME, "size": rgb_size} if cfg["store_rgb"] else None,
+        "text": text_mods,
+        "embeddings": emb_mods,
+        "shards": shards,
+        "bytes": sum(s.get("bytes", 0) for s in shards),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "shards_written": written,
+        "config": cfg,
+    }
+    atomic_write_json(index_path, index)
+    return index
+
+
+def _official_files(sample: dict, modalities: dict, emb_mods: list[str]) -> dict[str, tuple[str, bytes]]:
+    """One encoded sample as the official per-modality files."""
+    from fourm.tokenizers.shards import npy_bytes
+
+    files = {}
+    crops = sample["crops.json"]
+    files[layout.CROP_SETTINGS] = ("npy", npy_bytes(np.asarray(crops["crops"], dtype=np.int32)))
+    for name, info in modalities.items():
+        files[name] = ("npy", npy_bytes(layout.official_tokens(sample[f"{name}.npy"], info["vocab_size"])))
+    if "_rgb_file" in sample:
+        files["rgb"] = sample["_rgb_file"]
+    for m, (member, _) in SEQUENCE_FILES.items():
+        if member not in sample:
+            continue
+        if m == "det":
+            h, w = crops["size"]
+            files[m] = ("json", json.dumps(layout.det_json(sample["_det_full"], h, w)).encode())
+        elif member.endswith(".txt"):
+            files[m] = ("txt", sample[member].encode())
+        else:
+            files[m] = ("json", json.dumps(sample[member], separators=(",", ":")).encode())
+    for m in emb_mods:
+        files[m] = ("npy", npy_bytes(sample[f"{m}.npy"]))
+    return files
+
+
 def _spatial(models: dict) -> dict:
     return {m: t for m, t in models.items() if isinstance(t, VQVAE | official.ForModality) and m not in TOKENIZER_MODALITY}
 
@@ -250,7 +335,7 @@ def _is_feature_map(model) -> bool:
     return model.config.kind == "feature"
 
 
-def _encode_chunk(root, stems, models, text_mods, emb_mods, cfg, rgb_size, bar) -> list[dict]:
+def _encode_chunk(root, stems, models, text_mods, emb_mods, cfg, rgb_size, bar, official_files: bool = False) -> list[dict]:
     """Samples of one shard: every crop of every image through every tokenizer, in batches.
 
     Crops are planned in the pixels of the images (edges, depth, ... must share their size); a feature map (e.g. 16 x
@@ -283,7 +368,10 @@ def _encode_chunk(root, stems, models, text_mods, emb_mods, cfg, rgb_size, bar) 
             if isinstance(model, MLPVQVAE | official.ForVectors):
                 v = torch.as_tensor(np.asarray(read_raw(root, mod, stem), dtype=np.float32)).flatten()
                 sample[f"_in.{mod}"] = v[None].expand(len(plan), -1)
-        if rgb is not None:
+        if rgb is not None and official_files:  # the original file: the reader cuts the crops from it
+            path = spec("rgb").path(root, stem)
+            sample["_rgb_file"] = (path.name.partition(".")[2], path.read_bytes())
+        elif rgb is not None:
             crops = torch.stack([crop_resize_flip("rgb", rgb, p[:4], rgb_size, p[4]) for p in plan])
             sample[f"{RGB_NAME}.npy"] = (crops.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
         if ids is not None:
@@ -294,6 +382,8 @@ def _encode_chunk(root, stems, models, text_mods, emb_mods, cfg, rgb_size, bar) 
         if "det" in text_mods:
             boxes = read_raw(root, "det", stem)
             sample[SEQUENCE_FILES["det"][0]] = [crop_boxes(boxes, p[:4], p[4]) for p in plan]
+            if official_files:
+                sample["_det_full"] = boxes
         if "color_palette" in text_mods:
             sample[SEQUENCE_FILES["color_palette"][0]] = palette_texts(read_raw(root, "color_palette", stem))
         for m in emb_mods:

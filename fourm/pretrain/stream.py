@@ -1,0 +1,276 @@
+"""The streaming pretraining reader: memory independent of the dataset, deterministic, exactly resumable.
+
+The data order is a function of the run seed and ``data.streams`` (S) only, not of the number of GPUs or workers:
+
+* **Streams.** Each epoch of a stream, the shards are permuted (seed, epoch) and stream ``s`` takes every S-th one
+  (``order[s::S]``); it reads them in windows of ``data.shuffle_shards`` shards, each window's samples in a seeded
+  permutation (seed, stream, epoch, window). A stream's position is ``(epoch, window, offset)``: that is the reader's
+  whole state, and a resumed stream re-reads one window and skips ``offset`` samples.
+* **Rows.** The global micro-batch has ``micro`` rows; stream ``s`` fills rows ``s*q .. (s+1)*q - 1`` (``q = micro /
+  S``), so a rank's rows come from a few streams and each rank reads only those. A rank's streams are split over its
+  DataLoader workers.
+* **Per-row seeds.** The crop, the variant and the 4M masking of a row are drawn from a generator seeded by (run seed,
+  step, micro-step, row): the same row is masked the same way whichever process builds it.
+
+Memory is one window of shards per stream a process reads, whatever the size of the dataset.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fourm import modalities as M
+from fourm.data.masking import UnifiedMasking, trim_sequence_padding
+from fourm.data.text import coord_bins, load_tokenizer
+from fourm.distributed import DistEnv
+from fourm.pretrain.seeds import step_seed
+from fourm.tokenizers import layout
+
+MAX_AUTO_STREAMS = 64
+ROW_STREAM = 11  # the step_seed stream of a row's generator (the loop's own streams are 1..8)
+
+
+def auto_streams(micro: int) -> int:
+    """``data.streams: auto``: the largest divisor of the micro-batch up to 64 (one window of shards each)."""
+    return math.gcd(micro, MAX_AUTO_STREAMS)
+
+
+def row_seed(seed: int, step: int, micro: int, row: int) -> int:
+    return step_seed(step_seed(seed, step, micro, stream=ROW_STREAM), row)
+
+
+def cat_rows(rows: list[dict]) -> dict:
+    """Masked single rows -> one batch (every masked tensor has the modality's full width, so they stack)."""
+    out = {}
+    for mod in rows[0]:
+        out[mod] = {k: torch.cat([r[mod][k] for r in rows]) for k in rows[0][mod]}
+    return out
+
+
+class Stream:
+    """The samples of stream ``s`` of ``streams``, from ``state = (epoch, window, offset)`` on, forever."""
+
+    def __init__(self, src: layout.Source, s: int, streams: int, seed: int, window: int, modalities: list[str],
+                 state=(0, 0, 0), skip_bad: bool = False):
+        self.src, self.s, self.streams, self.seed, self.window = src, s, streams, seed, max(1, int(window))
+        self.modalities, self.state, self.skip_bad = modalities, tuple(state), skip_bad
+        self.skipped_shards = 0
+
+    def windows(self, epoch: int) -> list[list[str]]:
+        n = len(self.src.units)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(self.seed, epoch, stream=21))).tolist()
+        mine = [self.src.units[i] for i in order[(self.s % n)::self.streams]]
+        return [mine[i:i + self.window] for i in range(0, len(mine), self.window)]
+
+    def __iter__(self):
+        epoch, w, offset = self.state
+        empty_epochs = 0
+        while True:
+            wins = self.windows(epoch)
+            produced = False
+            while w < len(wins):
+                raws = []
+                for unit in wins[w]:
+                    try:
+                        for raw in layout.read_unit(self.src, unit, self.modalities):
+                            raws.append(raw)
+                    except layout.DataError:
+                        if not self.skip_bad:
+                            raise
+                        self.skipped_shards += 1
+                g = torch.Generator().manual_seed(step_seed(self.seed, epoch, w, stream=22 + 7 * self.s))
+                perm = torch.randperm(len(raws), generator=g).tolist()
+                for i in range(offset, len(raws)):
+                    produced = True
+                    self.state = (epoch, w, i + 1)
+                    yield raws[perm[i]]
+                w, offset = w + 1, 0
+                self.state = (epoch, w, 0)
+            epoch, w = epoch + 1, 0
+            self.state = (epoch, 0, 0)
+            empty_epochs = 0 if produced else empty_epochs + 1
+            if empty_epochs >= 2:
+                raise layout.DataError(f"{self.src.path}: stream {self.s} read no samples in a whole epoch; the data "
+                                       "is empty (or every shard of it was skipped as unreadable)")
+
+
+class _Rows(IterableDataset):
+    """Per micro-step, the masked rows of this worker's streams (one item per micro-step, in order)."""
+
+    def __init__(self, reader: "StreamingData", plan: list[list[int]], start_micro: int, states: dict):
+        super().__init__()
+        self.reader, self.plan, self.start_micro, self.states = reader, plan, start_micro, states
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid = info.id if info is not None else 0
+        if info is None and len(self.plan) > 1:
+            raise RuntimeError("several worker plans need DataLoader workers")
+        yield from self.reader._produce(self.plan[wid], self.start_micro, self.states)
+
+
+class StreamingData:
+    """Train and validation batches for the pretraining loop, streamed from ``data.train`` / ``data.val``
+    (any layout of :mod:`fourm.tokenizers.layout`). Same interface as the in-memory reader, plus
+    ``state_dict`` / ``load_state_dict`` (each stream's position, saved with the checkpoints)."""
+
+    def __init__(self, cfg: dict, env: DistEnv, vocab_sizes: dict[str, int] | None = None):
+        self.cfg, self.env = cfg, env
+        mcfg, data = cfg["model"], cfg["data"]
+        self.modalities = list(dict.fromkeys(list(mcfg["domains_in"]) + list(mcfg["domains_out"])))
+        tok = load_tokenizer(data["text_tokenizer"]) if any(M.get(m).kind == "sequence" for m in self.modalities) else None
+        bins = coord_bins(tok) if tok is not None else None
+        from fourm.modalities import has_spec, spec
+
+        if any(has_spec(m) and spec(m).value == "boxes" for m in self.modalities) and bins is None:
+            raise ValueError(f"data.text_tokenizer={data['text_tokenizer']}: has no box coordinate tokens (v0=0, ...), "
+                             "so det cannot be tokenized; train it with fourm.data.text.train_wordpiece")
+        self.masking = UnifiedMasking(self.modalities, _alphas(cfg["alphas"]), cfg["budget"]["num_input_tokens"],
+                                      cfg["budget"]["num_target_tokens"], text_tokenizer=tok)
+        vocab = vocab_sizes if vocab_sizes is not None else {
+            m: M.get(m).vocab_size for m in self.modalities if M.get(m).kind == "image_tokens"}
+        self.decode = layout.SampleDecoder(self.modalities, vocab, bins, mcfg.get("image_size"))
+        per_step, accum = cfg["batch_size"], cfg["accum_steps"]
+        if per_step % (env.world_size * accum):
+            raise ValueError(f"batch_size={per_step} must be divisible by world_size*accum_steps={env.world_size * accum}")
+        self.accum, self.micro = accum, per_step // accum
+        self.local = self.micro // env.world_size
+        streams = data.get("streams", "auto")
+        self.streams = auto_streams(self.micro) if streams in (None, "auto") else int(streams)
+        if self.streams < 1 or self.micro % self.streams:
+            raise ValueError(f"data.streams={streams}: must divide the {self.micro} rows of a micro-batch "
+                             f"(batch_size / accum_steps); e.g. data.streams={auto_streams(self.micro)}")
+        self.q = self.micro // self.streams
+        bad = data.get("bad_samples", "error")
+        if bad not in ("error", "skip"):
+            raise ValueError(f"data.bad_samples={bad!r}: error (stop naming the shard and key) or skip (count them)")
+        self.skip_bad = bad == "skip"
+        self.window = int(data.get("shuffle_shards", 1) or 1)
+        self.train_src = layout.parse(data["train"])
+        self.val_src = layout.parse(data["val"]) if data.get("val") else None
+        self.seed = int(cfg["seed"])
+        r = env.rank
+        self.rows = range(r * self.local, (r + 1) * self.local)
+        self.my_streams = list(range(self.rows[0] // self.q, (self.rows[-1]) // self.q + 1))
+        workers = int(cfg.get("num_workers") or 0)
+        n_plans = max(1, min(workers, len(self.my_streams)))
+        self.workers = min(workers, len(self.my_streams))
+        self.plan = [self.my_streams[w::n_plans] for w in range(n_plans)]
+        self.state = {s: (0, 0, 0) for s in self.my_streams}
+        self.skipped = 0
+        self._iter, self._next = None, None
+        self._val_cache = None
+
+    # --- state -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"streams": self.streams, "next_micro": self._next, "skipped": self.skipped,
+                "positions": {str(s): list(self.state[s]) for s in self.my_streams}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["streams"]) != self.streams:
+            raise ValueError(f"the checkpoint's reader has data.streams={state['streams']}, this run {self.streams}; "
+                             "resume with the run's own data config")
+        pos = {int(k): tuple(v) for k, v in state["positions"].items()}
+        missing = [s for s in self.my_streams if s not in pos]
+        if missing:
+            raise ValueError(f"the checkpoint's reader state has no position for streams {missing}")
+        self.state = {s: pos[s] for s in self.my_streams}
+        self.skipped = int(state.get("skipped", 0))
+        self._iter, self._next = None, state.get("next_micro")
+
+    # --- train -----------------------------------------------------------------------------------------------
+    def _start(self, m: int) -> None:
+        ds = _Rows(self, self.plan, m, dict(self.state))
+        if self.workers:
+            pin = torch.cuda.is_available()
+            loader = DataLoader(ds, batch_size=None, num_workers=self.workers, pin_memory=pin,
+                                prefetch_factor=int(self.cfg["data"].get("prefetch", 2) or 2), persistent_workers=False)
+        else:
+            loader = ds
+        self._iter, self._next = iter(loader), m
+
+    def train_batch(self, step: int, micro: int, seed: int | None = None) -> dict:
+        m = step * self.accum + micro
+        if self._iter is None or self._next != m:
+            self._start(m)
+        rows = []
+        for _ in self.plan:
+            item = next(self._iter)
+            if item["m"] != m:
+                raise RuntimeError(f"reader out of step: got micro-step {item['m']}, expected {m}")
+            self.state.update(item["positions"])
+            self.skipped += item["skipped"]
+            rows.extend(item["rows"])
+        self._next = m + 1
+        rows.sort(key=lambda jr: jr[0])
+        return self._trim(cat_rows([r for _, r in rows]))
+
+    def _produce(self, streams: list[int], start_micro: int, states: dict):
+        iters = {s: Stream(self.train_src, s, self.streams, self.seed, self.window, self.modalities, states[s],
+                           self.skip_bad) for s in streams}
+        its = {s: iter(st) for s, st in iters.items()}
+        m = start_micro
+        while True:
+            step, micro = divmod(m, self.accum)
+            rows, skipped = [], 0
+            for s in streams:
+                for k in range(self.q):
+                    j = s * self.q + k
+                    while True:
+                        raw = next(its[s])
+                        try:
+                            if j in self.rows:
+                                rows.append((j, self._row(raw, row_seed(self.seed, step, micro, j))))
+                            elif self.skip_bad:  # another rank's row: whether it is skipped moves the stream for both
+                                self.decode(raw, torch.Generator().manual_seed(0))
+                            break
+                        except layout.DataError:
+                            if not self.skip_bad:
+                                raise
+                            skipped += 1
+            skipped += sum(st.skipped_shards for st in iters.values())
+            for st in iters.values():
+                st.skipped_shards = 0
+            yield {"m": m, "rows": rows, "skipped": skipped, "positions": {s: iters[s].state for s in streams}}
+            m += 1
+
+    def _row(self, raw: layout.RawSample, seed: int) -> dict:
+        from fourm.pretrain.data import collate
+
+        g = torch.Generator().manual_seed(seed)
+        sample = self.decode(raw, g)
+        return self.masking(collate([sample], self.modalities), generator=g)
+
+    def _trim(self, mod_dict: dict) -> dict:
+        mcfg, budget = self.cfg["model"], self.cfg["budget"]
+        return trim_sequence_padding(mod_dict, mcfg["domains_in"], mcfg["domains_out"], budget["num_input_tokens"],
+                                     budget["num_target_tokens"])
+
+    # --- validation ------------------------------------------------------------------------------------------
+    def _val_samples(self) -> list:
+        if self._val_cache is None:
+            src = self.val_src or self.train_src
+            want = self.micro * int(self.cfg["val"]["batches"])
+            out = []
+            for unit in src.units:
+                for raw in layout.read_unit(src, unit, self.modalities):
+                    out.append(raw)
+                    if len(out) >= want:
+                        break
+                if len(out) >= want:
+                    break
+            if not out:
+                raise layout.DataError(f"{src.path}: no validation samples")
+            self._val_cache = out
+        return self._val_cache
+
+    def val_batch(self, i: int, seed: int | None = None) -> dict:
+        pool = self._val_samples()
+        rows = [self._row(pool[(i * self.micro + j) % len(pool)], row_seed(self.seed, -1 - i, 0, j)) for j in self.rows]
+        return self._trim(cat_rows(rows))
+
+
+def _alphas(alphas_cfg):
+    return alphas_cfg["spec"] if isinstance(alphas_cfg, dict) and "spec" in alphas_cfg else alphas_cfg

@@ -1,0 +1,503 @@
+"""The dataset layouts of the official 4M code, read and written, and decoding of one sample for pretraining.
+
+A data path names one of three layouts:
+
+* **per-modality webdataset shards** (what the official pretraining reads), one tar per modality and shard, samples
+  aligned by key, the modality folders in brackets::
+
+      /data/cc12m/[tok_rgb@224,tok_depth@224,caption,det,crop_settings]/shard-{00000..09999}.tar
+
+  Remote shards work as in webdataset: ``pipe:<command>``, ``http(s)://`` (curl), ``gs://``; ``s3://`` is read
+  through ``aws s3 cp <url> -``.
+* **one tar with every modality** (``/data/tok/train-{000000..000099}.tar``): members ``<key>.<modality>.<ext>``; the
+  project's own shards (a ``__shard__.json`` header first, crops in ``crops.json``) are this form too.
+* **the hierarchical folder layout** (a directory): ``<root>/<modality>/<folder>/<key>.<ext>``; each ``<folder>`` is
+  read like a shard. Files directly under ``<root>/<modality>/`` form one shard named ``.``.
+
+Per modality (folder name = modality name, except ``rgb`` which serves ``rgb@<size>``):
+
+=====================  ==========================================================================================
+tokens (``tok_*``)     ``.npy`` int16 (ids >= 32768 stored as negative int16 are read back as uint16), uint16 or
+                       int32, ``[n_crops, h*w]``, ``[n_crops, h, w]`` or one crop without the crop axis
+``crop_settings``      ``.npy`` ``[n_crops, 5]``: top, left, height, width, flip of each crop in the original image
+``rgb``                ``.jpg`` / ``.png`` (the original image: cut with the crop settings, resized) or ``.npy``
+                       ``uint8 [n_crops, S, S, 3]`` (crops already cut)
+``caption``            ``.txt``, or ``.json`` (a string, a list of captions of which one is picked per step, or
+                       ``{"caption": ...}``)
+``det``                ``.json`` ``{"image_height", "image_width", "instances": [{"boxes": [x0, y0, x1, y1],
+                       "class_name", "score"}]}`` in pixels of the original image (cut with the crop settings),
+                       or the project's per-crop lists of normalised boxes
+4M-21 sequences        ``.json`` as the project's shards hold them (``sam_instance`` per crop, ``color_palette``
+                       variants, ``metadata`` chunks); ``t5_caption`` ``.npy`` float16 ``[length, 4096]``
+=====================  ==========================================================================================
+
+A pretraining step picks one crop per sample (the same for every modality, as the official ``tok_train_aug``) and
+one variant of a modality with several.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from braceexpand import braceexpand
+
+from fourm import modalities as M
+from fourm.modalities import has_spec, spec
+
+CROP_SETTINGS = "crop_settings"
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+OWN_HEADER = "__shard__.json"
+
+
+class DataError(RuntimeError):
+    """Data that cannot be read as the layout says: names the shard (or file), the key and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed data path: its ``layout`` (``wds`` | ``tar`` | ``folders``) and shards (``units``)."""
+
+    path: str
+    layout: str
+    folders: tuple[str, ...]  # modality folders (wds, folders); () for single tars
+    units: tuple[str, ...]    # wds: the shard name after the brackets; tar: the tar path; folders: the sub-folder
+    prefix: str = ""          # wds: the part before the brackets; folders: the root
+
+    def unit_path(self, unit: str, folder: str | None = None) -> str:
+        if self.layout == "wds":
+            return f"{self.prefix}{folder}{unit}"
+        if self.layout == "folders":
+            return str(Path(self.prefix) / folder / unit)
+        return unit
+
+
+BRACKETS = re.compile(r"^(?P<prefix>.*)\[(?P<folders>[^\[\]]+)\](?P<rest>.*)$")
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith("pipe:") or "://" in path
+
+
+def parse(path: str | os.PathLike, check: bool = True) -> Source:
+    """The layout of a data path; with ``check``, local shards must exist (one error listing the missing ones)."""
+    path = str(path)
+    m = BRACKETS.match(path)
+    if m:
+        folders = tuple(f.strip() for f in m["folders"].split(",") if f.strip())
+        units = tuple(braceexpand(m["rest"]))
+        src = Source(path, "wds", folders, units, m["prefix"])
+        if check:
+            _check_exist(path, [src.unit_path(u, f) for u in units for f in folders])
+        return src
+    if os.path.isdir(path):
+        root = Path(path)
+        folders = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        if not folders:
+            raise DataError(f"{path}: a folder without modality folders; the hierarchical layout is "
+                            "<root>/<modality>/<folder>/<key>.<ext>")
+        first = root / folders[0]
+        subs = sorted(p.name for p in first.iterdir() if p.is_dir() and not p.name.startswith("."))
+        units = tuple(subs) if subs else (".",)
+        return Source(path, "folders", folders, units, str(root))
+    units = tuple(braceexpand(path))
+    if check:
+        _check_exist(path, list(units))
+    return Source(path, "tar", (), units)
+
+
+def _check_exist(pattern: str, paths: list[str]) -> None:
+    missing = [p for p in paths if not is_remote(p) and not os.path.isfile(p)]
+    if not paths:
+        raise DataError(f"data path {pattern!r} expands to no shards")
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise DataError(f"shards not found: {missing[:3]}{more}; check the data path {pattern!r}")
+
+
+def open_shard(path: str):
+    """A binary stream of a local or remote shard (webdataset's ``gopen``: pipes, curl, gsutil)."""
+    if path.startswith("s3://"):
+        path = f"pipe:aws s3 cp {path} -"
+    if is_remote(path):
+        from webdataset.gopen import gopen
+
+        return gopen(path, "rb")
+    return open(path, "rb")
+
+
+def _tar_groups(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {ext: bytes})`` per sample of a tar, in order (webdataset's key rule: the basename up to its first dot)."""
+    try:
+        with open_shard(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            key, group = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = os.path.basename(member.name)
+                data = tar.extractfile(member).read()
+                k, _, ext = base.partition(".")
+                if base == OWN_HEADER:
+                    continue
+                if k != key and key is not None:
+                    yield key, group
+                    group = {}
+                key = k
+                group[ext] = data
+            if key is not None:
+                yield key, group
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"shard {path} is truncated or corrupt ({type(e).__name__}: {e}); rewrite it (e.g. rerun "
+                        "`fourm-bench tokenize encode`), or pass data.bad_samples=skip to skip what cannot be read") from None
+
+
+def _folder_for(modality: str, folders: tuple[str, ...]) -> str:
+    if modality in folders:
+        return modality
+    if modality.startswith("rgb@") and "rgb" in folders:
+        return "rgb"
+    raise DataError(f"no folder for the modality {modality!r} (the data has {list(folders)}); add it to the data "
+                    f"path's brackets, or drop it from model.domains_in/out")
+
+
+@dataclass
+class RawSample:
+    """One sample's files as stored: ``files[modality] = (ext, bytes)``; ``where`` names its shard for errors."""
+
+    key: str
+    where: str
+    files: dict[str, tuple[str, bytes]]
+
+
+def read_unit(src: Source, unit: str, modalities: list[str]) -> Iterator[RawSample]:
+    """The samples of one shard with the files of ``modalities`` (plus crop settings when stored)."""
+    if src.layout == "tar":
+        yield from _read_single_tar(unit, modalities)
+        return
+    wanted = {m: _folder_for(m, src.folders) for m in modalities}
+    if CROP_SETTINGS in src.folders:
+        wanted.setdefault(CROP_SETTINGS, CROP_SETTINGS)
+    if src.layout == "folders":
+        yield from _read_folder_unit(src, unit, wanted)
+        return
+    paths = {m: src.unit_path(unit, f) for m, f in wanted.items()}
+    iters = {m: _tar_groups(p) for m, p in paths.items()}
+    first = next(iter(paths))
+    while True:
+        items = {m: next(it, None) for m, it in iters.items()}
+        ended = [m for m, v in items.items() if v is None]
+        if len(ended) == len(items):
+            return
+        if ended:
+            have = next(v for v in items.values() if v is not None)[0]
+            raise DataError(f"shard {paths[ended[0]]} ended before the sample {have!r} that the other modalities' "
+                            f"shards hold: the {ended[0]} shard lacks it; rewrite it, or pass data.bad_samples=skip")
+        keys = {m: v[0] for m, v in items.items()}
+        if len(set(keys.values())) != 1:
+            odd = next(m for m in keys if keys[m] != keys[first])
+            raise DataError(f"shard {src.unit_path(unit, '*')}: keys out of alignment: {paths[first]} has "
+                            f"{keys[first]!r} where {paths[odd]} has {keys[odd]!r}; the per-modality shards must hold "
+                            "the same keys in the same order")
+        files = {}
+        for m, (key, group) in items.items():
+            ext = _pick_ext(group, m)
+            files[m] = (ext, group[ext])
+        yield RawSample(keys[first], src.unit_path(unit, "[...]"), files)
+
+
+def _pick_ext(group: dict[str, bytes], modality: str) -> str:
+    if len(group) == 1:
+        return next(iter(group))
+    for ext in ("npy", "json", "txt", *(e[1:] for e in IMAGE_EXTS)):
+        if ext in group:
+            return ext
+    return sorted(group)[0]
+
+
+def _read_single_tar(path: str, modalities: list[str]) -> Iterator[RawSample]:
+    for key, group in _tar_groups(path):
+        files = {}
+        for ext, data in group.items():
+            name, _, suffix = ext.rpartition(".")
+            if name == "crops":  # the project's shards: crop boxes and the image size as JSON
+                files[CROP_SETTINGS] = ("crops.json", data)
+            elif name:
+                files[name] = (suffix, data)
+        yield RawSample(key, path, {m: files[m] for m in [*modalities, CROP_SETTINGS] if m in files})
+
+
+def _read_folder_unit(src: Source, unit: str, wanted: dict[str, str]) -> Iterator[RawSample]:
+    listing = {}
+    for m, folder in wanted.items():
+        d = Path(src.prefix) / folder / unit
+        if not d.is_dir():
+            raise DataError(f"{d}: missing (the modality {m!r} has no folder {unit!r}); every modality folder "
+                            "needs the same sub-folders")
+        listing[m] = {p.name.partition(".")[0]: p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
+    first = next(iter(wanted))
+    for key in sorted(listing[first]):
+        files = {}
+        for m in wanted:
+            p = listing[m].get(key)
+            if p is None:
+                files[m] = None
+                continue
+            files[m] = (p.name.partition(".")[2], p.read_bytes())
+        yield RawSample(key, str(Path(src.prefix) / "*" / unit), files)
+
+
+# --- decoding one sample -----------------------------------------------------------------------------------------
+def _npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def token_array(data: bytes, modality: str) -> np.ndarray:
+    """Stored token ids -> ``int64 [n_crops, h, w]`` (``[n_crops, n]`` for tokens without a square grid)."""
+    arr = _npy(data)
+    if arr.dtype == np.int16:  # official int16 files: ids up to 65535 wrap to negative numbers
+        arr = arr.view(np.uint16)
+    arr = arr.astype(np.int64)
+    mod = M.get(modality)
+    side = mod.grid
+    n = side * side
+    if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] != n and arr.shape == (side, side)):
+        arr = arr[None]  # one crop stored without the crop axis
+    if arr.ndim == 2:
+        if arr.shape[1] != n:
+            raise ValueError(f"{modality} tokens of shape {arr.shape}: expected [n_crops, {n}]")
+        arr = arr.reshape(arr.shape[0], side, side)
+    elif arr.ndim != 3:
+        raise ValueError(f"{modality} tokens of shape {arr.shape}: expected [n_crops, {n}] or [n_crops, {side}, {side}]")
+    return arr
+
+
+def crop_settings(files: dict) -> tuple[np.ndarray | None, tuple[int, int] | None, list | None]:
+    """``(crops [n, 5], image size (H, W) or None, per-crop normalised boxes or None)`` of a sample."""
+    stored = files.get(CROP_SETTINGS)
+    if stored is None:
+        return None, None, None
+    ext, data = stored
+    if ext == "crops.json":
+        d = json.loads(data)
+        return np.asarray(d["crops"], dtype=np.int64), tuple(d["size"]), None
+    return _npy(data).astype(np.int64).reshape(-1, 5), None, None
+
+
+class SampleDecoder:
+    """Raw files of one sample -> the values pretraining masks, one crop picked (by ``generator``) for all modalities.
+
+    Token grids come as ``LongTensor [h, w]``, raw RGB as ``uint8 [3, S, S]``, captions as strings, det as box chunks in
+    ``bins`` coordinate bins, 4M-21 sequences as stored (one crop's or one variant's), T5 embeddings as float tensors.
+    A token id at or beyond ``vocab_sizes[modality]`` is an error naming the shard and key."""
+
+    def __init__(self, modalities: list[str], vocab_sizes: dict[str, int], bins: int | None = None,
+                 image_size: int | None = None):
+        from fourm.data.text import COORD_BINS
+
+        self.modalities, self.vocab, self.bins = list(modalities), dict(vocab_sizes), bins or COORD_BINS
+        self.image_size = image_size  # raw RGB cut from an image file is resized to this (default: its name's size)
+        self.kinds = {m: M.get(m).kind for m in self.modalities}
+
+    def __call__(self, raw: RawSample, generator: torch.Generator) -> dict:
+        missing = [m for m in self.modalities if raw.files.get(m) is None]
+        if missing:
+            raise DataError(f"{raw.where}: sample {raw.key!r} has no {missing[0]!r}; add it, drop the modality from "
+                            "model.domains_in/out, or pass data.bad_samples=skip")
+        try:
+            return self._decode(raw, generator)
+        except DataError:
+            raise
+        except (ValueError, KeyError, IndexError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{raw.where}: sample {raw.key!r}: cannot decode ({type(e).__name__}: {e}); rewrite the "
+                            "shard, or pass data.bad_samples=skip") from None
+
+    def _decode(self, raw: RawSample, g: torch.Generator) -> dict:
+        from fourm.data.text import boxes_to_chunks
+
+        crops, size, _ = crop_settings(raw.files)
+        tokens = {}
+        for m in self.modalities:
+            if self.kinds[m] == "image_tokens":
+                arr = token_array(raw.files[m][1], m)
+                top = int(arr.max(initial=0))
+                if m in self.vocab and top >= self.vocab[m]:
+                    raise DataError(f"{raw.where}: sample {raw.key!r}: {m} token id {top} >= its vocabulary "
+                                    f"{self.vocab[m]}; the shard was written with another tokenizer (set "
+                                    "model.vocab_sizes to it), or pass data.bad_samples=skip")
+                tokens[m] = arr
+        counts = {len(a) for a in tokens.values()}
+        if crops is not None:
+            counts.add(len(crops))
+        if len(counts) > 1:
+            raise DataError(f"{raw.where}: sample {raw.key!r}: modalities store different numbers of crops "
+                            f"({ {m: len(a) for m, a in tokens.items()} }, crop settings {None if crops is None else len(crops)})")
+        n = counts.pop() if counts else 1
+        c = int(torch.randint(0, n, (1,), generator=g)) if n > 1 else 0
+        out = {"__key__": raw.key}
+        for m in self.modalities:
+            kind, (ext, data) = self.kinds[m], raw.files[m]
+            if kind == "image_tokens":
+                out[m] = torch.from_numpy(tokens[m][c])
+            elif kind == "image":
+                out[m] = self._pixels(m, ext, data, crops, c, raw)
+            elif kind == "embedding_sequence":
+                out[m] = torch.from_numpy(_npy(data).astype(np.float32))
+            else:
+                value = data.decode().strip() if ext.endswith("txt") else json.loads(data)
+                s = spec(m) if has_spec(m) else None
+                if s is not None and s.value == "boxes":
+                    boxes = self._boxes(value, crops, size, c, raw)
+                    out[m] = boxes_to_chunks(boxes, 1, self.bins)
+                elif s is not None and s.value == "text":
+                    out[m] = _caption(value, g)
+                else:
+                    per = (s.shard_member[1] if s is not None and s.shard_member else "whole")
+                    if per == "crops":
+                        out[m] = value[c]
+                    elif per == "variants":
+                        out[m] = value[int(torch.randint(0, len(value), (1,), generator=g))]
+                    else:
+                        out[m] = value
+        return out
+
+    def _pixels(self, m, ext, data, crops, c, raw) -> torch.Tensor:
+        if ext.endswith("npy"):
+            arr = _npy(data)
+            arr = arr[c] if arr.ndim == 4 else arr
+            return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+        from PIL import Image
+
+        from fourm.tokenizers.modality_io import center_box, crop_resize_flip
+
+        size = self.image_size or int(m.partition("@")[2] or 224)
+        img = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+        x = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+        if crops is None:
+            box, flip = center_box(*x.shape[-2:]), False
+        else:
+            box, flip = tuple(int(v) for v in crops[c][:4]), bool(crops[c][4])
+        y = crop_resize_flip("rgb", x, box, size, flip)
+        return (y * 255).round().clamp(0, 255).to(torch.uint8)
+
+    @staticmethod
+    def _boxes(value, crops, size, c, raw) -> list:
+        if isinstance(value, list):  # the project's shards: normalised boxes per crop
+            return value[c]
+        from fourm.tokenizers.modality_io import center_box, crop_boxes
+
+        h, w = int(value.get("image_height", 0)), int(value.get("image_width", 0))
+        if crops is None and not (h and w):
+            raise ValueError("an official det file without image_height/image_width and no crop settings")
+        boxes = [[*inst["boxes"][:4], inst.get("class_name", inst.get("class_id"))] for inst in value.get("instances", [])]
+        box, flip = (center_box(h, w), False) if crops is None else (tuple(int(v) for v in crops[c][:4]), bool(crops[c][4]))
+        return crop_boxes(boxes, box, flip)
+
+
+def _caption(value, g: torch.Generator) -> str:
+    if isinstance(value, dict):
+        value = value.get("caption", value.get("text"))
+    if isinstance(value, list):
+        value = value[int(torch.randint(0, len(value), (1,), generator=g))] if value else ""
+    if not isinstance(value, str):
+        raise ValueError(f"a caption must be text, a list of texts or {{'caption': text}}, got {type(value).__name__}")
+    return value.strip()
+
+
+# --- writing -----------------------------------------------------------------------------------------------------
+LAYOUTS = ("wds", "folders", "fourm")
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def official_tokens(arr: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Token ids ``[n_crops, h, w]`` as the official files hold them: ``[n_crops, h*w]``, int16 (ids up to 65535,
+    the upper half stored as negative numbers, as a uint16 viewed as int16) or int32 beyond."""
+    flat = np.asarray(arr).reshape(len(arr), -1)
+    if vocab_size <= 2**16:
+        return flat.astype(np.uint16).view(np.int16)
+    return flat.astype(np.int32)
+
+
+def det_json(boxes: list, height: int, width: int) -> dict:
+    """Boxes ``[x0, y0, x1, y1, class]`` in pixels -> the official detection JSON of one image."""
+    return {"num_instances": len(boxes), "image_height": int(height), "image_width": int(width),
+            "instances": [{"boxes": [float(v) for v in b[:4]], "score": 1.0, "class_name": str(b[4])} for b in boxes]}
+
+
+def write_sample_files(out_root: str | os.PathLike, layout: str, name: str,
+                       samples: list[tuple[str, dict[str, tuple[str, bytes]]]]) -> int:
+    """Write one shard of ``samples`` (``(key, {folder: (ext, bytes)})``) in ``layout`` under ``out_root``:
+    ``<folder>/<name>.tar`` per modality (wds) or ``<folder>/<name>/<key>.<ext>`` (folders); each file or folder
+    whole or not at all (temp + ``os.replace``). Returns the bytes written."""
+    from fourm.tokenizers.shards import _add
+
+    out_root = Path(out_root)
+    folders = sorted({f for _, files in samples for f in files})
+    total = 0
+    for folder in folders:
+        (out_root / folder).mkdir(parents=True, exist_ok=True)
+        if layout == "wds":
+            final = out_root / folder / f"{name}.tar"
+            tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for key, files in samples:
+                    if folder in files:
+                        ext, data = files[folder]
+                        _add(tar, f"{key}.{ext}", data)
+            os.replace(tmp, final)
+            total += final.stat().st_size
+        elif layout == "folders":
+            final = out_root / folder / name
+            tmp = out_root / folder / f".{name}.{os.getpid()}.tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
+            for key, files in samples:
+                if folder in files:
+                    ext, data = files[folder]
+                    (tmp / f"{key}.{ext}").write_bytes(data)
+                    total += len(data)
+            if final.exists():
+                import shutil
+
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        else:
+            raise ValueError(f"layout={layout!r}: write one of {LAYOUTS[:2]}")
+    return total
+
+
+def shard_complete(out_root: str | os.PathLike, layout: str, name: str, folders: list[str]) -> bool:
+    out_root = Path(out_root)
+    if layout == "wds":
+        return all((out_root / f / f"{name}.tar").is_file() for f in folders)
+    return all((out_root / f / name).is_dir() for f in folders)
+
+
+def data_path(out_root: str | os.PathLike, layout: str, folders: list[str], shards: int) -> str:
+    """The data path that reads back what :func:`write_sample_files` wrote."""
+    root = Path(out_root).resolve()
+    if layout == "folders":
+        return str(root)
+    last = shard_name(shards - 1)[len("shard-"):]
+    return f"{root}/[{','.join(folders)}]/shard-{{{'0' * len(last)}..{last}}}.tar"
+
+
+def index_of(path: str) -> dict | None:
+    """The encode index beside a data path written by ``fourm-bench tokenize encode`` (``<root>.json``), if any."""
+    src_root = None
+    m = BRACKETS.match(str(path))
+    if m:
+        src_root = m["prefix"].rstrip("/")
+    elif os.path.isdir(path):
+        src_root = str(path).rstrip("/")
+    if src_root and not is_remote(src_root) and os.path.isfile(src_root + ".json"):
+        return json.loads(Path(src_root + ".json").read_text())
+    return None
