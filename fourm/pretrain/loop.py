@@ -214,6 +214,7 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
     """
     from fourm.pretrain.stream import StreamingData
 
+    own_group = not torch.distributed.is_initialized()  # a caller's process group outlives this call
     env = D.setup()
     device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg["seed"])
@@ -321,7 +322,10 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
     metrics.update({"step": final_step, "tokens_seen": tokens_seen, "train/loss": step_loss if last > start_step else None,
                     **{f"train/{k}": v for k, v in step_mod.items()}, "seconds": elapsed,
                     "tokens_per_second": tokens_per_step(cfg) * (final_step - start_step) / max(elapsed, 1e-9)})
-    D.shutdown(env)
+    if own_group:
+        D.shutdown(env)
+    else:
+        D.barrier(env)
     return metrics
 
 

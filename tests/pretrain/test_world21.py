@@ -15,7 +15,7 @@ from fourm import modalities as M
 from fourm.data.serialize import METADATA_TYPES, metadata_from_chunks, palette_from_text, sam_from_text
 from fourm.distributed import DistEnv
 from fourm.models import load_pretrained
-from fourm.pretrain.data import PretrainData
+from fourm.pretrain.stream import StreamingData
 from fourm.pretrain.loop import validate
 from fourm.runs import Run
 from fourm.tokenizers.checkpoint import load_tokenizer
@@ -95,7 +95,7 @@ def test_its_checkpoint_loads_strictly_and_reproduces_the_logged_validation(worl
     assert sorted(model.encoder_embeddings) == sorted(WORLD21) and sorted(model.decoder_embeddings) == sorted(TARGETS)
     pos = model.encoder_embeddings["tok_dinov2_global"].pos_emb
     assert isinstance(pos, torch.nn.Parameter) and pos.shape[1] == 16  # learned, one per global token
-    data = PretrainData(cfg, DistEnv())
+    data = StreamingData(cfg, DistEnv())
     again = validate(model, data, cfg, torch.device("cpu"), DistEnv())
     for m in ["loss", *TARGETS]:
         assert again[f"val/{m}"] == pytest.approx(metrics[f"val/{m}"], abs=1e-5), m

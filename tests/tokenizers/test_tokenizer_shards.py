@@ -193,14 +193,17 @@ def test_encode_names_an_unknown_text_modality_and_a_wrong_tokenizer(tiny_world,
         _encode(tiny_world, {"depth": tokenizers["semseg"]}, tmp_path / "b")
 
 
-def test_pretraining_names_a_sequence_modality_shards_cannot_hold(tiny_world, tokenizers, tmp_path):
-    from fourm.pretrain.data import load_token_samples
+def test_pretraining_names_a_modality_the_data_does_not_hold(tiny_world, tokenizers, tmp_path):
+    from fourm.tokenizers import layout
 
     index = _encode(tiny_world, tokenizers, tmp_path / "c")
-    with pytest.raises(ShardError, match="no shard format for the sequence modality 'human_poses'"):
-        load_token_samples(index["pattern"], ["tok_depth@224", "human_poses"])
-    with pytest.raises(ShardError, match=r"has no 'color_palette' \(color_palette.json\)"):
-        load_token_samples(index["pattern"], ["tok_depth@224", "color_palette"])
+    src = layout.parse(index["pattern"])
+    for mod in ("human_poses", "color_palette"):
+        raw = next(layout.read_unit(src, src.units[0], ["tok_depth@224", mod]))
+        dec = layout.SampleDecoder(["tok_depth@224", mod], {})
+        with pytest.raises(layout.DataError, match=rf"val-000000.tar: sample '{raw.key}' has no '{mod}'; add it, drop "
+                                                   "the modality from model.domains_in/out"):
+            dec(raw, torch.Generator())
 
 
 def test_encode_names_a_tokenizer_writing_into_a_mistyped_or_unknown_modality(tiny_world, tiny_config, tmp_path):

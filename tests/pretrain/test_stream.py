@@ -1,0 +1,147 @@
+"""The streaming reader on files: the official layouts train like the project's shards, a resumed run is bit-exact
+on 1 and 2 ranks, bad data is one error naming the shard and key (or skipped and counted), remote shards stream."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fourm import runs
+from fourm.distributed import DistEnv
+from fourm.pretrain.checkpoints import latest_checkpoint
+from fourm.pretrain.loop import train
+from fourm.pretrain.stream import StreamingData
+from fourm.tokenizers import layout
+
+from pretrain_samples import tiny_config
+
+HERE = Path(__file__).parent
+DOMAINS = {"model.domains_in": "[rgb@224,tok_depth@224,tok_semseg@224,caption,det]",
+           "model.domains_out": "[tok_depth@224,tok_semseg@224,caption,det]"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(official_fixture_dir):
+    return str(official_fixture_dir / "text_tokenizer_4m_wordpiece_30k.json")
+
+
+def _cfg(tokenizer, paths, **over):
+    return tiny_config(tokenizer, **{"data.train": paths["train"], "data.val": paths["val"], **DOMAINS, **over})
+
+
+def _losses(run):
+    return [r["loss"] for r in run.read_log() if "loss" in r and "step" in r]
+
+
+def test_the_official_layouts_train_exactly_like_the_projects_shards(world_data, tokenizer, tmp_path):
+    """The same encoded data as per-modality shards, folders and single tars (and with 2 workers): the same batches."""
+    losses = {}
+    for name, lay, over in (("fourm", "fourm", {}), ("wds", "wds", {}), ("folders", "folders", {}),
+                            ("wds_workers", "wds", {"num_workers": 2})):
+        cfg = _cfg(tokenizer, world_data[lay], **over)
+        run = runs.open_run(tmp_path / name, cfg)
+        metrics = train(cfg, run, stop_after=4, progress=False)
+        losses[name] = _losses(run) + [metrics["val/loss"]]
+    assert len(losses["fourm"]) == 5 and all(torch.isfinite(torch.tensor(losses["fourm"])))
+    assert losses["wds"] == losses["fourm"] == losses["folders"] == losses["wds_workers"], losses
+
+
+def test_a_resumed_run_is_bit_exact_with_the_streaming_reader(world_data, tokenizer, tmp_path):
+    cfg = _cfg(tokenizer, world_data["wds"])
+    straight = runs.open_run(tmp_path / "a", cfg)
+    train(cfg, straight, stop_after=6, progress=False)
+    resumed = runs.open_run(tmp_path / "b", cfg)
+    train(cfg, resumed, stop_after=3, progress=False)
+    state = json.loads((latest_checkpoint(resumed.path / "checkpoints") / "data.json").read_text())
+    assert state["next_micro"] == 3 and state["streams"] == 4 and len(state["positions"]) == 4
+    assert all(p[0] == 0 and p[2] > 0 for p in state["positions"].values())  # mid-epoch: 3 rows read per stream
+    train(cfg, resumed, stop_after=6, progress=False)
+    wa = load_file(str(latest_checkpoint(straight.path / "checkpoints") / "model.safetensors"))
+    wb = load_file(str(latest_checkpoint(resumed.path / "checkpoints") / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _losses(straight) == _losses(resumed) and len(_losses(straight)) == 6
+
+
+def test_two_ranks_resume_bit_exactly_and_see_the_single_process_batches(world_data, tokenizer, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ranks.json"
+    paths = world_data["wds"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(HERE / "stream_worker.py"), tokenizer, str(tmp_path / "ddp"), str(out), paths["train"], paths["val"]]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["world_size"] == 2 and r["straight"] == r["resumed"] and len(r["straight"]) == 4
+    cfg = _cfg(tokenizer, paths, **{"checkpoint.every_steps": 2})
+    single = runs.open_run(tmp_path / "single", cfg)
+    train(cfg, single, stop_after=4, progress=False)
+    for a, b in zip(r["straight"], _losses(single)):  # each rank reads its own streams: the same global batches
+        assert abs(a - b) / b < 1e-4, (r["straight"], _losses(single))
+
+
+def _copy(world_data, tmp_path) -> tuple[Path, dict]:
+    root = Path(world_data["root"]) / "wds" / "train"
+    dst = tmp_path / "train"
+    shutil.copytree(root, dst)
+    pattern = world_data["wds"]["train"].replace(str(root), str(dst))
+    return dst, {"train": pattern, "val": world_data["wds"]["val"]}
+
+
+def _rewrite(tar_path: Path, drop_index: int) -> None:
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tar_path, "w") as tar:
+        for i, (m, data) in enumerate(members):
+            if i != drop_index:
+                import io
+
+                tar.addfile(m, io.BytesIO(data))
+
+
+def _first_batches(cfg, n=6):
+    data = StreamingData(cfg, DistEnv())
+    for step in range(n):
+        data.train_batch(step, 0)
+    return data
+
+
+def test_bad_data_is_one_error_naming_the_shard_and_key_or_is_skipped_and_counted(world_data, tokenizer, tmp_path):
+    dst, paths = _copy(world_data, tmp_path / "keys")
+    _rewrite(dst / "det" / "shard-00001.tar", 2)  # det lacks one key in the middle: the shards no longer align
+    with pytest.raises(layout.DataError, match=r"shard-00001.tar: keys out of alignment: .* has '\d+' where .*det/"
+                                               r"shard-00001.tar has '\d+'"):
+        _first_batches(_cfg(tokenizer, paths))
+    dst, paths = _copy(world_data, tmp_path / "cut")
+    shard = dst / "tok_depth@224" / "shard-00002.tar"
+    shard.write_bytes(shard.read_bytes()[:1500])
+    with pytest.raises(layout.DataError, match=r"tok_depth@224/shard-00002.tar is truncated or corrupt .* "
+                                               "data.bad_samples=skip"):
+        _first_batches(_cfg(tokenizer, paths))
+    data = _first_batches(_cfg(tokenizer, paths, **{"data.bad_samples": "skip"}))
+    assert data.skipped >= 1 and data.state_dict()["skipped"] == data.skipped
+    with pytest.raises(layout.DataError, match=r"train/\[\.\.\.\]/shard-0000\d.tar: sample '\d+': tok_semseg@224 token id "
+                                               r"\d+ >= its vocabulary 2"):
+        StreamingData(_cfg(tokenizer, world_data["wds"]), DistEnv(), {"tok_semseg@224": 2}).train_batch(0, 0)
+    with pytest.raises(ValueError, match="data.streams=3: must divide the 4 rows of a micro-batch"):
+        StreamingData(_cfg(tokenizer, world_data["wds"], **{"data.streams": 3}), DistEnv())
+    with pytest.raises(layout.DataError, match=r"shards not found: \['/nowhere/tok_depth@224/shard-00000.tar'"):
+        layout.parse("/nowhere/[tok_depth@224,caption]/shard-{00000..00001}.tar")
+
+
+def test_remote_shards_stream_through_webdatasets_pipes(world_data):
+    local = layout.parse(world_data["wds"]["train"])
+    remote = layout.parse("pipe:cat " + world_data["wds"]["train"])
+    assert remote.units == local.units and remote.prefix.startswith("pipe:cat ")
+    mods = ["tok_depth@224", "caption", "det"]
+    a = [r.files for r in layout.read_unit(local, local.units[1], mods)]
+    b = [r.files for r in layout.read_unit(remote, remote.units[1], mods)]
+    assert a == b and len(a) == 6
