@@ -92,11 +92,14 @@ def reader_rate(path: str, batch: int, workers: int, micro_steps: int) -> float:
     t = time.perf_counter()
     for m in range(1, micro_steps + 1):
         data.train_batch(m, 0)
-    return micro_steps * batch / (time.perf_counter() - t)
+    rate = micro_steps * batch / (time.perf_counter() - t)
+    data.close()
+    return rate
 
 
 def masking_cost(path: str, batch: int, reps: int = 5) -> tuple[float, float]:
-    """Seconds to mask one micro-batch row by row (each row its own generator) and in one batched call."""
+    """Seconds to mask one micro-batch row by row (each row its own generator: one stream per row) and in one
+    batched call (one stream)."""
     from fourm.distributed import DistEnv
     from fourm.pretrain.data import collate
     from fourm.pretrain.stream import StreamingData
@@ -126,6 +129,9 @@ def child(path: str, batch: int, steps: int, out: str) -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     cfg = config(path, batch, 0, ["_resume=never"])
+    import shutil
+
+    shutil.rmtree(Path(out).with_suffix(""), ignore_errors=True)
     run = runs.open_run(Path(out).with_suffix(""), cfg)
     train(cfg, run, stop_after=steps, progress=False)
     from datetime import datetime

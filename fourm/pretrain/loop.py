@@ -322,6 +322,8 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
     metrics.update({"step": final_step, "tokens_seen": tokens_seen, "train/loss": step_loss if last > start_step else None,
                     **{f"train/{k}": v for k, v in step_mod.items()}, "seconds": elapsed,
                     "tokens_per_second": tokens_per_step(cfg) * (final_step - start_step) / max(elapsed, 1e-9)})
+    if hasattr(data, "close"):
+        data.close()
     if own_group:
         D.shutdown(env)
     else:

@@ -9,8 +9,9 @@ The data order is a function of the run seed and ``data.streams`` (S) only, not 
 * **Rows.** The global micro-batch has ``micro`` rows; stream ``s`` fills rows ``s*q .. (s+1)*q - 1`` (``q = micro /
   S``), so a rank's rows come from a few streams and each rank reads only those. A rank's streams are split over its
   DataLoader workers.
-* **Per-row seeds.** The crop, the variant and the 4M masking of a row are drawn from a generator seeded by (run seed,
-  step, micro-step, row): the same row is masked the same way whichever process builds it.
+* **Seeds.** A row's crop and variants are drawn from a generator seeded by (run seed, step, micro-step, row), and the
+  4M masking of a stream's ``q`` rows from one seeded by (run seed, step, micro-step, stream): the same rows are
+  masked the same way whichever process builds them.
 
 Memory is one window of shards per stream a process reads, whatever the size of the dataset.
 """
@@ -23,18 +24,20 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fourm import modalities as M
 from fourm.data.masking import UnifiedMasking, trim_sequence_padding
+from fourm.pretrain.data import collate, slice_rows
 from fourm.data.text import coord_bins, load_tokenizer
 from fourm.distributed import DistEnv
 from fourm.pretrain.seeds import step_seed
 from fourm.tokenizers import layout
 
-MAX_AUTO_STREAMS = 64
+STREAMS_PER_GPU = 8  # data.streams: auto gives each of the recipe's GPUs this many streams (a DataLoader worker each)
 ROW_STREAM = 11  # the step_seed stream of a row's generator (the loop's own streams are 1..8)
 
 
-def auto_streams(micro: int) -> int:
-    """``data.streams: auto``: the largest divisor of the micro-batch up to 64 (one window of shards each)."""
-    return math.gcd(micro, MAX_AUTO_STREAMS)
+def auto_streams(micro: int, reference_gpus: int = 1) -> int:
+    """``data.streams: auto``: 8 streams per GPU of the recipe's hardware (``distributed.reference_gpus``, part of the
+    run's identity, unlike the GPUs a job actually gets), as far as they divide the micro-batch."""
+    return math.gcd(micro, STREAMS_PER_GPU * max(1, int(reference_gpus)))
 
 
 def row_seed(seed: int, step: int, micro: int, row: int) -> int:
@@ -138,10 +141,11 @@ class StreamingData:
         self.accum, self.micro = accum, per_step // accum
         self.local = self.micro // env.world_size
         streams = data.get("streams", "auto")
-        self.streams = auto_streams(self.micro) if streams in (None, "auto") else int(streams)
+        gpus = (cfg.get("distributed") or {}).get("reference_gpus", 1)
+        self.streams = auto_streams(self.micro, gpus) if streams in (None, "auto") else int(streams)
         if self.streams < 1 or self.micro % self.streams:
             raise ValueError(f"data.streams={streams}: must divide the {self.micro} rows of a micro-batch "
-                             f"(batch_size / accum_steps); e.g. data.streams={auto_streams(self.micro)}")
+                             f"(batch_size / accum_steps); e.g. data.streams={auto_streams(self.micro, gpus)}")
         self.q = self.micro // self.streams
         bad = data.get("bad_samples", "error")
         if bad not in ("error", "skip"):
@@ -178,10 +182,12 @@ class StreamingData:
             raise ValueError(f"the checkpoint's reader state has no position for streams {missing}")
         self.state = {s: pos[s] for s in self.my_streams}
         self.skipped = int(state.get("skipped", 0))
-        self._iter, self._next = None, state.get("next_micro")
+        self.close()
+        self._next = state.get("next_micro")
 
     # --- train -----------------------------------------------------------------------------------------------
     def _start(self, m: int) -> None:
+        self.close()
         ds = _Rows(self, self.plan, m, dict(self.state))
         if self.workers:
             pin = torch.cuda.is_available()
@@ -195,17 +201,21 @@ class StreamingData:
         m = step * self.accum + micro
         if self._iter is None or self._next != m:
             self._start(m)
-        rows = []
+        order, parts = [], []
         for _ in self.plan:
             item = next(self._iter)
             if item["m"] != m:
                 raise RuntimeError(f"reader out of step: got micro-step {item['m']}, expected {m}")
             self.state.update(item["positions"])
             self.skipped += item["skipped"]
-            rows.extend(item["rows"])
+            order += item["rows"]
+            parts.append(item["batch"])
         self._next = m + 1
-        rows.sort(key=lambda jr: jr[0])
-        return self._trim(cat_rows([r for _, r in rows]))
+        batch = cat_rows(parts) if len(parts) > 1 else parts[0]
+        if order != sorted(order):  # workers hold interleaved streams: rows back in their global order
+            perm = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
+            batch = {mod: {k: v[perm] for k, v in d.items()} for mod, d in batch.items()}
+        return self._trim(batch)
 
     def _produce(self, streams: list[int], start_micro: int, states: dict):
         iters = {s: Stream(self.train_src, s, self.streams, self.seed, self.window, self.modalities, states[s],
@@ -216,32 +226,45 @@ class StreamingData:
             step, micro = divmod(m, self.accum)
             rows, skipped = [], 0
             for s in streams:
+                samples = []
                 for k in range(self.q):
                     j = s * self.q + k
                     while True:
                         raw = next(its[s])
                         try:
-                            if j in self.rows:
-                                rows.append((j, self._row(raw, row_seed(self.seed, step, micro, j))))
-                            elif self.skip_bad:  # another rank's row: whether it is skipped moves the stream for both
-                                self.decode(raw, torch.Generator().manual_seed(0))
+                            samples.append(self.decode(raw, torch.Generator().manual_seed(row_seed(self.seed, step, micro, j))))
                             break
                         except layout.DataError:
                             if not self.skip_bad:
                                 raise
                             skipped += 1
+                # one masking call per stream chunk, seeded by (step, micro-step, stream): whichever process masks
+                # the chunk draws the same masks
+                masked = self.masking(collate(samples, self.modalities),
+                                      generator=torch.Generator().manual_seed(row_seed(self.seed, step, micro, -1 - s)))
+                mine = [k for k in range(self.q) if s * self.q + k in self.rows]
+                if mine:
+                    rows.append(([s * self.q + k for k in mine], slice_rows(masked, mine[0], mine[-1] + 1)))
             skipped += sum(st.skipped_shards for st in iters.values())
             for st in iters.values():
                 st.skipped_shards = 0
-            yield {"m": m, "rows": rows, "skipped": skipped, "positions": {s: iters[s].state for s in streams}}
+            # one batch per item: a worker's tensors cross to the main process as a few shared-memory blocks
+            order = [j for js, _ in rows for j in js]
+            yield {"m": m, "rows": order, "batch": cat_rows([b for _, b in rows]), "skipped": skipped,
+                   "positions": {s: iters[s].state for s in streams}}
             m += 1
 
     def _row(self, raw: layout.RawSample, seed: int) -> dict:
-        from fourm.pretrain.data import collate
-
         g = torch.Generator().manual_seed(seed)
         sample = self.decode(raw, g)
         return self.masking(collate([sample], self.modalities), generator=g)
+
+    def close(self) -> None:
+        """Stop the DataLoader workers (they also stop when the reader is garbage collected)."""
+        it, self._iter = self._iter, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     def _trim(self, mod_dict: dict) -> dict:
         mcfg, budget = self.cfg["model"], self.cfg["budget"]
