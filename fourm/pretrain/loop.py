@@ -378,6 +378,9 @@ def resolve(overrides: list[str]) -> dict:
 
     expanded = [o for override in overrides for o in _alias(override)]
     cfg = OmegaConf.to_container(compose(CONFIG_DIR, "config", expanded), resolve=True)
+    from fourm.pretrain import official_data
+
+    cfg = official_data.apply(cfg)
     return apply_size_recipe(cfg, [o.split("=", 1)[0] for o in expanded])
 
 
@@ -421,15 +424,26 @@ def cli(argv: list[str]) -> int:
         return 0
     print_config = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
+    from fourm.pretrain.stream import train_sources
+    from fourm.tokenizers.layout import DataError, parse
+
     try:
         cfg = resolve(argv)
-    except ComposeError as e:
+        if not print_config:  # the data exists before anything starts (one line naming what is missing)
+            train_sources(cfg["data"])
+            if cfg["data"].get("val"):
+                parse(cfg["data"]["val"])
+    except (ComposeError, ValueError, DataError) as e:
         print(f"fourm-bench pretrain: {e}", file=sys.stderr)
         return 2
     if print_config:
         print(f"# run id {runs.run_id(cfg)}")
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
-    metrics = run_from_config(cfg)
+    try:
+        metrics = run_from_config(cfg)
+    except DataError as e:
+        print(f"fourm-bench pretrain: {e}", file=sys.stderr)
+        return 1
     print({k: v for k, v in metrics.items() if k.startswith("val/") or k in ("step", "tokens_seen", "checkpoint")})
     return 0

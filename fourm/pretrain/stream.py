@@ -56,7 +56,9 @@ class Stream:
     """The samples of stream ``s`` of ``streams``, from ``state = (epoch, window, offset)`` on, forever."""
 
     def __init__(self, src: layout.Source, s: int, streams: int, seed: int, window: int, modalities: list[str],
-                 state=(0, 0, 0), skip_bad: bool = False):
+                 state=(0, 0, 0), skip_bad: bool = False, salt: int = 0):
+        # salt: the dataset's index in a mixture (each dataset shuffles on its own)
+        seed = seed if not salt else step_seed(seed, salt, stream=41)
         self.src, self.s, self.streams, self.seed, self.window = src, s, streams, seed, max(1, int(window))
         self.modalities, self.state, self.skip_bad = modalities, tuple(state), skip_bad
         self.skipped_shards = 0
@@ -152,7 +154,9 @@ class StreamingData:
             raise ValueError(f"data.bad_samples={bad!r}: error (stop naming the shard and key) or skip (count them)")
         self.skip_bad = bad == "skip"
         self.window = int(data.get("shuffle_shards", 1) or 1)
-        self.train_src = layout.parse(data["train"])
+        self.sources = train_sources(data)  # [(name, Source, weight)]
+        self.train_src = self.sources[0][1]
+        self.weights = torch.tensor([w for _, _, w in self.sources], dtype=torch.float64)
         self.val_src = layout.parse(data["val"]) if data.get("val") else None
         self.seed = int(cfg["seed"])
         r = env.rank
@@ -162,7 +166,8 @@ class StreamingData:
         n_plans = max(1, min(workers, len(self.my_streams)))
         self.workers = min(workers, len(self.my_streams))
         self.plan = [self.my_streams[w::n_plans] for w in range(n_plans)]
-        self.state = {s: (0, 0, 0) for s in self.my_streams}
+        self.keys = [(s, name) for s in self.my_streams for name, _, _ in self.sources]
+        self.state = {k: (0, 0, 0) for k in self.keys}
         self.skipped = 0
         self._iter, self._next = None, None
         self._val_cache = None
@@ -170,17 +175,18 @@ class StreamingData:
     # --- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"streams": self.streams, "next_micro": self._next, "skipped": self.skipped,
-                "positions": {str(s): list(self.state[s]) for s in self.my_streams}}
+                "positions": {f"{s}/{name}": list(self.state[(s, name)]) for s, name in self.keys}}
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["streams"]) != self.streams:
             raise ValueError(f"the checkpoint's reader has data.streams={state['streams']}, this run {self.streams}; "
                              "resume with the run's own data config")
-        pos = {int(k): tuple(v) for k, v in state["positions"].items()}
-        missing = [s for s in self.my_streams if s not in pos]
+        pos = {(int(k.partition("/")[0]), k.partition("/")[2]): tuple(v) for k, v in state["positions"].items()}
+        missing = [f"{s}/{name}" for s, name in self.keys if (s, name) not in pos]
         if missing:
-            raise ValueError(f"the checkpoint's reader state has no position for streams {missing}")
-        self.state = {s: pos[s] for s in self.my_streams}
+            raise ValueError(f"the checkpoint's reader state has no position for streams {missing}: it was written "
+                             "for other data (data.train / data.mix); resume with the run's own data config")
+        self.state = {k: pos[k] for k in self.keys}
         self.skipped = int(state.get("skipped", 0))
         self.close()
         self._next = state.get("next_micro")
@@ -218,9 +224,11 @@ class StreamingData:
         return self._trim(batch)
 
     def _produce(self, streams: list[int], start_micro: int, states: dict):
-        iters = {s: Stream(self.train_src, s, self.streams, self.seed, self.window, self.modalities, states[s],
-                           self.skip_bad) for s in streams}
-        its = {s: iter(st) for s, st in iters.items()}
+        iters = {(s, name): Stream(src, s, self.streams, self.seed, self.window, self.modalities, states[(s, name)],
+                                   self.skip_bad, salt=i)
+                 for s in streams for i, (name, src, _) in enumerate(self.sources)}
+        its = {k: iter(st) for k, st in iters.items()}
+        names = [name for name, _, _ in self.sources]
         m = start_micro
         while True:
             step, micro = divmod(m, self.accum)
@@ -229,8 +237,12 @@ class StreamingData:
                 samples = []
                 for k in range(self.q):
                     j = s * self.q + k
+                    name = names[0]
+                    if len(names) > 1:  # the row's dataset, drawn by the mixture's weights
+                        g = torch.Generator().manual_seed(step_seed(row_seed(self.seed, step, micro, j), 0, stream=31))
+                        name = names[int(torch.multinomial(self.weights, 1, generator=g))]
                     while True:
-                        raw = next(its[s])
+                        raw = next(its[(s, name)])
                         try:
                             samples.append(self.decode(raw, torch.Generator().manual_seed(row_seed(self.seed, step, micro, j))))
                             break
@@ -251,7 +263,7 @@ class StreamingData:
             # one batch per item: a worker's tensors cross to the main process as a few shared-memory blocks
             order = [j for js, _ in rows for j in js]
             yield {"m": m, "rows": order, "batch": cat_rows([b for _, b in rows]), "skipped": skipped,
-                   "positions": {s: iters[s].state for s in streams}}
+                   "positions": {k: st.state for k, st in iters.items()}}
             m += 1
 
     def _row(self, raw: layout.RawSample, seed: int) -> dict:
@@ -293,6 +305,27 @@ class StreamingData:
         pool = self._val_samples()
         rows = [self._row(pool[(i * self.micro + j) % len(pool)], row_seed(self.seed, -1 - i, 0, j)) for j in self.rows]
         return self._trim(cat_rows(rows))
+
+
+def train_sources(data: dict) -> list[tuple[str, layout.Source, float]]:
+    """``data.train`` (one dataset), or ``data.mix`` (``{name: {train: path, weight: w}}``, datasets mixed row by row
+    with those sampling weights, as the official ``weights:``)."""
+    mix = data.get("mix")
+    if not mix:
+        if not data.get("train"):
+            raise ValueError("data.train is not set: give the data path of the pretraining data (or data.mix)")
+        return [("train", layout.parse(data["train"]), 1.0)]
+    out = []
+    for name, d in mix.items():
+        if not isinstance(d, dict) or not d.get("train"):
+            raise ValueError(f"data.mix.{name}: give {{train: <data path>, weight: <sampling weight>}}")
+        w = float(d.get("weight", 1.0))
+        if not (w >= 0 and math.isfinite(w)):
+            raise ValueError(f"data.mix.{name}.weight={d.get('weight')}: a sampling weight is a finite number >= 0")
+        out.append((str(name), layout.parse(d["train"]), w))
+    if not sum(w for _, _, w in out) > 0:
+        raise ValueError(f"data.mix: the weights {[w for _, _, w in out]} sum to 0")
+    return out
 
 
 def _alphas(alphas_cfg):

@@ -145,3 +145,87 @@ def test_remote_shards_stream_through_webdatasets_pipes(world_data):
     a = [r.files for r in layout.read_unit(local, local.units[1], mods)]
     b = [r.files for r in layout.read_unit(remote, remote.units[1], mods)]
     assert a == b and len(a) == 6
+
+
+def _progress(data, name):
+    """Samples each dataset has given (one 6-sample shard per stream and epoch here)."""
+    return sum(p[0] * 6 + p[2] for k, p in data.state_dict()["positions"].items() if k.endswith("/" + name))
+
+
+def test_datasets_mix_row_by_row_with_their_weights(world_data, tokenizer, tmp_path):
+    mix = {"data.mix": {"a": {"train": world_data["wds"]["train"], "weight": 3.0},
+                        "b": {"train": world_data["folders"]["train"], "weight": 1.0}}}
+    cfg = _cfg(tokenizer, world_data["wds"])
+    cfg["data"] = {**cfg["data"], "mix": mix["data.mix"]}
+    data = StreamingData(cfg, DistEnv())
+    for step in range(100):
+        data.train_batch(step, 0)
+    a, b = _progress(data, "a"), _progress(data, "b")
+    assert a + b == 400 and 0.65 < a / 400 < 0.85, (a, b)
+    # a dataset of weight 0 is never drawn: the run is the single-dataset run
+    single = runs.open_run(tmp_path / "single", _cfg(tokenizer, world_data["wds"]))
+    train(_cfg(tokenizer, world_data["wds"]), single, stop_after=3, progress=False)
+    cfg["data"]["mix"] = {"a": {"train": world_data["wds"]["train"], "weight": 1.0},
+                          "b": {"train": world_data["folders"]["train"], "weight": 0.0}}
+    mixed = runs.open_run(tmp_path / "mixed", cfg)
+    train(cfg, mixed, stop_after=3, progress=False)
+    assert _losses(mixed) == _losses(single)
+    cfg["data"]["mix"] = {"a": {"train": world_data["wds"]["train"], "weight": -1}}
+    with pytest.raises(ValueError, match=r"data.mix.a.weight=-1: a sampling weight is a finite number >= 0"):
+        StreamingData(cfg, DistEnv())
+
+
+def test_an_official_data_config_is_the_data_section_of_a_run(world_data, tokenizer, tmp_path):
+    from fourm.pretrain.loop import resolve, run_from_config
+
+    official = tmp_path / "cc12m+world.yaml"
+    official.write_text(f"""
+train:
+  datasets:
+    world:
+      type: multimodal
+      in_domains: rgb@224-tok_depth@224-tok_semseg@224-caption-det
+      out_domains: tok_depth@224-tok_semseg@224-caption-det
+      alphas_config: "cfgs/default/4m/alphas_mixture/main/mix_mod7_all2all_rgb2all_a0.5.yaml"
+      data_path: '{world_data["wds"]["train"]}'
+      use_wds: True
+      wds_n_repeats: 4
+      num_input_tokens: 32
+      num_target_tokens: 32
+    world_folders:
+      type: multimodal
+      in_domains: rgb@224-tok_depth@224-tok_semseg@224-caption-det
+      out_domains: tok_depth@224-tok_semseg@224-caption-det
+      alphas_config: "cfgs/default/4m/alphas_mixture/main/mix_mod7_all2all_rgb2all_a0.5.yaml"
+      data_path: '{world_data["folders"]["train"]}'
+  weights: [0.7, 0.3]
+val:
+  datasets:
+    world:
+      data_path: '{world_data["wds"]["val"]}'
+""")
+    cfg = resolve([f"data.official_config={official}", f"data.text_tokenizer={tokenizer}", "batch_size=4",
+                   "schedule.total_tokens=768", "schedule.warmup_tokens=128", "val.every_steps=3", "val.batches=1",
+                   "checkpoint.every_steps=3", f"runs_root={tmp_path / 'runs'}"])
+    assert cfg["model"]["domains_in"] == ["rgb@224", "tok_depth@224", "tok_semseg@224", "caption", "det"]
+    assert cfg["alphas"]["spec"] == "mix_mod7_all2all_rgb2all_a0.5" and cfg["budget"]["num_input_tokens"] == 32
+    assert {k: v["weight"] for k, v in cfg["data"]["mix"].items()} == {"world": 0.7, "world_folders": 0.3}
+    assert cfg["data"]["val"] == world_data["wds"]["val"]
+    metrics = run_from_config(cfg, progress=False)
+    assert metrics["step"] == 3 and torch.isfinite(torch.tensor(metrics["val/loss"]))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(official.read_text().replace("alphas_config: \"cfgs/default/4m/alphas_mixture/main/mix_mod7_all2all"
+                                                "_rgb2all_a0.5.yaml\"", "alphas_config: mine/unknown_mixture.yaml", 1))
+    with pytest.raises(ValueError, match=r"train.datasets.world.alphas_config=mine/unknown_mixture.yaml: no such file"):
+        resolve([f"data.official_config={bad}"])
+
+
+def test_missing_data_is_one_line_before_anything_starts(capsys):
+    from fourm.pretrain.loop import cli
+
+    assert cli(["data.train=/nowhere/[tok_depth@224,caption]/shard-{00000..00001}.tar"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fourm-bench pretrain: shards not found: ['/nowhere/tok_depth@224/shard-00000.tar'")
+    assert "\n" not in err
+    assert cli(["data.official_config=/nowhere/cc12m.yaml", "--print-config"]) == 2
+    assert capsys.readouterr().err.strip() == "fourm-bench pretrain: data.official_config=/nowhere/cc12m.yaml: no such file"
