@@ -19,6 +19,7 @@ BENCHMARKS = {
     "mfu": ("benchmarks.mfu:main", "FLOPs of a 4M train step (checked against torch's counter), tokens/s, MFU on GPUs"),
     "sweep": ("benchmarks.sweep:main", "planning a 1,000-point grid (dry run) vs one hydra compose per config"),
     "data": ("benchmarks.data:main", "streaming reader samples/s by workers; memory and first step at two dataset sizes 16x apart"),
+    "precision": ("benchmarks.precision:main", "bf16 autocast vs fp32 train steps on this CPU: speed and loss drift"),
     "steering": ("benchmarks.steering:main", "4M-21: RGB generated from metadata / a palette vs the world's spread"),
 }
 
