@@ -24,11 +24,11 @@ from fourm.models.factory import create_model
 from fourm.models.parity import default_fixture_dir
 
 
-def _inputs(model, batch: int, target: str, tokens: int) -> dict:
+def _inputs(model, batch: int, target: str, tokens: int, device: str = "cpu") -> dict:
     g = torch.Generator().manual_seed(0)
-    mod = {"rgb@224": {"tensor": torch.randn(batch, 3, 224, 224, generator=g)}}
-    init_full_input_modality(mod, model.modality_info, "rgb@224", "cpu")
-    return init_empty_target_modality(mod, model.modality_info, target, batch, tokens, "cpu")
+    mod = {"rgb@224": {"tensor": torch.randn(batch, 3, 224, 224, generator=g).to(device)}}
+    init_full_input_modality(mod, model.modality_info, "rgb@224", device)
+    return init_empty_target_modality(mod, model.modality_info, target, batch, tokens, device)
 
 
 def _schedule(model, target, scheme, tokens, steps, cfg):
@@ -47,12 +47,12 @@ def _time(fn, repeats: int):
     return best, out
 
 
-def bench_model(name: str, batch: int, caption_tokens: int, tokenizer, repeats: int) -> list[str]:
+def bench_model(name: str, batch: int, caption_tokens: int, tokenizer, repeats: int, device: str = "cpu") -> list[str]:
     torch.manual_seed(0)
-    model = create_model(name, domains_in=["rgb@224", "caption"], domains_out=["caption", "tok_depth@224"]).eval()
+    model = create_model(name, domains_in=["rgb@224", "caption"], domains_out=["caption", "tok_depth@224"]).eval().to(device)
     lines = []
     # caption: KV cache vs recomputed prefix
-    mod = _inputs(model, batch, "caption", caption_tokens + 1)  # [S_1] + the tokens to generate
+    mod = _inputs(model, batch, "caption", caption_tokens + 1, device)  # [S_1] + the tokens to generate
     sched = _schedule(model, "caption", "autoregressive", caption_tokens + 1, None, 1.0)
     ours = GenerationSampler(model)
     ref = GenerationSampler(model, kv_cache=False)
@@ -63,7 +63,7 @@ def bench_model(name: str, batch: int, caption_tokens: int, tokenizer, repeats: 
     lines.append(f"{name:<32} caption {caption_tokens} tok x{batch}  ours {n / t_ours:8.1f} tok/s   recompute-prefix "
                  f"{n / t_ref:8.1f} tok/s   ratio {t_ref / t_ours:5.2f}x   identical={same}")
     # guided MaskGIT: one batched pass vs two
-    mod = _inputs(model, batch, "tok_depth@224", 196)
+    mod = _inputs(model, batch, "tok_depth@224", 196, device)
     sched = _schedule(model, "tok_depth@224", "maskgit", 196, 8, 3.0)
     ours, ref = GenerationSampler(model, batch_guidance=True), GenerationSampler(model, batch_guidance=False)
     t_ours, o = _time(lambda: ours.generate(mod, sched), repeats)

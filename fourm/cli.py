@@ -24,6 +24,7 @@ COMMANDS = {
     "pipeline": ("ablations.pipeline:cli", "run an end-to-end recipe as a graph of jobs (local or SLURM)"),
     "demo": ("ablations.pipeline:demo_cli", "the end-to-end demo on the synthetic world (the demo recipe)"),
     "bench": ("benchmarks.run:cli", "throughput benchmarks (ratios against in-process baselines)"),
+    "selfcheck": ("benchmarks.selfcheck:cli", "every accelerated path once (pretraining, compile, FSDP, transfer, generation, tokenizers, MFU): pass/fail and throughput"),
 }
 
 
