@@ -468,7 +468,10 @@ def _plan_shards(recipe: dict, p: Plan) -> None:
             raise RecipeError(f"{p.source}: shards.splits has {split!r}, but the data's size of that split is not known "
                               f"(set world.splits.{split} or data.splits.{split})")
         n = min(n, cfg["max_samples"] or n)
-        patterns[split] = "{}/{}-{{000000..{:06d}}}.tar".format("{shards}", split, math.ceil(n / cfg["samples_per_shard"]) - 1)
+        if cfg.get("layout", "wds") == "fourm":
+            patterns[split] = "{}/{}-{{000000..{:06d}}}.tar".format("{shards}", split, math.ceil(n / cfg["samples_per_shard"]) - 1)
+        else:  # the split's folder of per-modality shards (or the folder layout) reads as it is
+            patterns[split] = f"{{shards}}/{split}"
     cfg = {"kind": "shards", "splits": splits}
     shards_dir = p.work / "shards" / run_id(cfg)
     # what the shard files will be called (bookkeeping, not identity: it follows from the splits)
@@ -491,8 +494,9 @@ def shards(config: dict, run_dir: str) -> dict:
     for split, cfg in config["splits"].items():
         index = encode_dataset({**cfg, "out": str(run.path)}, progress=False)
         want = config["_patterns"][split]
-        if index["pattern"] != want:
-            raise RuntimeError(f"{run.path}/{split}.json: the shards are {index['pattern']}, not {want} as the "
+        got = index.get("root", index["pattern"])
+        if got != want and Path(got).resolve() != Path(want).resolve():
+            raise RuntimeError(f"{run.path}/{split}.json: the shards are {got}, not {want} as the "
                                "pipeline planned (samples_per_shard or the split's size changed)")
         out[split] = {"samples": index["samples"], "shards": len(index["shards"]), "bytes": index["bytes"]}
     return _finish(run, out)

@@ -41,7 +41,11 @@ def grid_image(rows: list[list[np.ndarray]], labels: list[str], tile: int = 128)
 def decode_grid(cfg: dict) -> Path:
     """Write the grid PNG (atomically) and return its path."""
     ds = TokenShardDataset(cfg["shards"], crop=0, shuffle=False)
-    header = read_header(ds.shards[0])
+    header = ds.index if ds.index is not None else read_header(ds.shards[0])
+    if header is None:
+        raise ValueError(f"shards={cfg['shards']}: no encode index beside the data ({{root}}.json) names their "
+                         "tokenizers; decode data written by `fourm-bench tokenize encode`")
+    header = {**header, "split": header.get("split") or (header.get("config") or {}).get("split")}
     token_mods = header["modalities"]
     given = {k: v for k, v in (cfg.get("tokenizers") or {}).items() if v is not None}
     models = {}

@@ -1,8 +1,10 @@
-"""Pretokenize a 4M-layout dataset into token shards (format: :mod:`fourm.tokenizers.shards`).
+"""Pretokenize a 4M-layout dataset into token shards.
 
 ``fourm-bench tokenize encode data=<dataset> split=train out=<folder> tokenizers.depth=<run> tokenizers.semseg=<run>
-crops=4`` writes ``<out>/<split>-000000.tar ...`` and, last, the index ``<out>/<split>.json`` (shards, sample counts,
-bytes, modalities, the pattern to pass to :class:`~fourm.tokenizers.shards.TokenShardDataset`).
+crops=4`` writes the official per-modality shards ``<out>/<split>/<modality>/shard-00000.tar ...``
+(:mod:`fourm.tokenizers.layout`; ``layout=folders`` the official folder layout, ``layout=fourm`` the project's
+single tars of :mod:`fourm.tokenizers.shards`) and, last, the index ``<out>/<split>.json`` (shards, sample counts,
+bytes, modalities, ``pattern``: the data path to pretrain on, ``root``: the split's folder).
 
 Idempotent and resumable: each shard records the hash of the encode config (``encode_id``); a rerun keeps shards
 whose header matches and rewrites only missing ones. Shards or an index written with a different config are never
@@ -199,7 +201,7 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
 
     per = cfg["samples_per_shard"]
     chunks = [stems[i : i + per] for i in range(0, len(stems), per)]
-    layout_name = cfg.get("layout") or "fourm"
+    layout_name = cfg.get("layout") or "wds"
     if layout_name not in layout.LAYOUTS:
         raise ValueError(f"layout={layout_name!r}: one of {list(layout.LAYOUTS)}")
     if layout_name != "fourm":
@@ -285,6 +287,7 @@ def _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, m
         "encode_id": eid,
         "layout": kind,
         "pattern": layout.data_path(split_out, kind, folders, len(chunks)),
+        "root": str(split_out.resolve()),
         "samples": sum(map(len, chunks)),
         "crops": cfg["crops"],
         "modalities": modalities,

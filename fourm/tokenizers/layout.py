@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import tarfile
@@ -103,6 +104,14 @@ def parse(path: str | os.PathLike, check: bool = True) -> Source:
         if not folders:
             raise DataError(f"{path}: a folder without modality folders; the hierarchical layout is "
                             "<root>/<modality>/<folder>/<key>.<ext>")
+        tars = {f: sorted(p.name for p in (root / f).iterdir() if p.name.endswith(".tar")) for f in folders}
+        if any(tars.values()):  # a folder of per-modality shards: every modality folder holds the same shard names
+            names = tars[folders[0]]
+            odd = [f for f in folders if tars[f] != names]
+            if odd:
+                raise DataError(f"{path}: the modality folders hold different shards ({folders[0]}: {len(names)}, "
+                                f"{odd[0]}: {len(tars[odd[0]])}); every modality needs the same shard names")
+            return Source(path, "wds", folders, tuple(f"/{n}" for n in names), str(root) + "/")
         first = root / folders[0]
         subs = sorted(p.name for p in first.iterdir() if p.is_dir() and not p.name.startswith("."))
         units = tuple(subs) if subs else (".",)
@@ -264,17 +273,17 @@ def token_array(data: bytes, modality: str) -> np.ndarray:
     if arr.dtype == np.int16:  # official int16 files: ids up to 65535 wrap to negative numbers
         arr = arr.view(np.uint16)
     arr = arr.astype(np.int64)
-    mod = M.get(modality)
-    side = mod.grid
-    n = side * side
-    if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] != n and arr.shape == (side, side)):
+    side = M.get(modality).grid
+    if arr.ndim == 1 or (arr.ndim == 2 and arr.shape == (side, side)):
         arr = arr[None]  # one crop stored without the crop axis
-    if arr.ndim == 2:
-        if arr.shape[1] != n:
-            raise ValueError(f"{modality} tokens of shape {arr.shape}: expected [n_crops, {n}]")
-        arr = arr.reshape(arr.shape[0], side, side)
+    if arr.ndim == 2:  # [n_crops, h*w]: a square grid (the registry's, or a tokenizer's own size)
+        r = math.isqrt(arr.shape[1])
+        if r * r != arr.shape[1]:
+            raise ValueError(f"{modality} tokens of shape {arr.shape}: expected [n_crops, h*w] with a square grid")
+        arr = arr.reshape(arr.shape[0], r, r)
     elif arr.ndim != 3:
-        raise ValueError(f"{modality} tokens of shape {arr.shape}: expected [n_crops, {n}] or [n_crops, {side}, {side}]")
+        raise ValueError(f"{modality} tokens of shape {arr.shape}: expected [n_crops, {side * side}] or "
+                         f"[n_crops, {side}, {side}]")
     return arr
 
 
@@ -298,27 +307,30 @@ class SampleDecoder:
     A token id at or beyond ``vocab_sizes[modality]`` is an error naming the shard and key."""
 
     def __init__(self, modalities: list[str], vocab_sizes: dict[str, int], bins: int | None = None,
-                 image_size: int | None = None):
+                 image_size: int | None = None, boxes: str = "chunks"):
         from fourm.data.text import COORD_BINS
 
+        if boxes not in ("chunks", "list", "text"):
+            raise ValueError(f"boxes={boxes!r}: chunks (pretraining), list ([x0, y0, x1, y1, class] per box) or text")
         self.modalities, self.vocab, self.bins = list(modalities), dict(vocab_sizes), bins or COORD_BINS
+        self.boxes_as = boxes
         self.image_size = image_size  # raw RGB cut from an image file is resized to this (default: its name's size)
         self.kinds = {m: M.get(m).kind for m in self.modalities}
 
-    def __call__(self, raw: RawSample, generator: torch.Generator) -> dict:
+    def __call__(self, raw: RawSample, generator: torch.Generator, crop: int | None = None) -> dict:
         missing = [m for m in self.modalities if raw.files.get(m) is None]
         if missing:
             raise DataError(f"{raw.where}: sample {raw.key!r} has no {missing[0]!r}; add it, drop the modality from "
                             "model.domains_in/out, or pass data.bad_samples=skip")
         try:
-            return self._decode(raw, generator)
+            return self._decode(raw, generator, crop)
         except DataError:
             raise
         except (ValueError, KeyError, IndexError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{raw.where}: sample {raw.key!r}: cannot decode ({type(e).__name__}: {e}); rewrite the "
                             "shard, or pass data.bad_samples=skip") from None
 
-    def _decode(self, raw: RawSample, g: torch.Generator) -> dict:
+    def _decode(self, raw: RawSample, g: torch.Generator, crop: int | None = None) -> dict:
         from fourm.data.text import boxes_to_chunks
 
         crops, size, _ = crop_settings(raw.files)
@@ -339,8 +351,12 @@ class SampleDecoder:
             raise DataError(f"{raw.where}: sample {raw.key!r}: modalities store different numbers of crops "
                             f"({ {m: len(a) for m, a in tokens.items()} }, crop settings {None if crops is None else len(crops)})")
         n = counts.pop() if counts else 1
-        c = int(torch.randint(0, n, (1,), generator=g)) if n > 1 else 0
-        out = {"__key__": raw.key}
+        if crop is not None and not 0 <= crop < n:
+            raise DataError(f"{raw.where}: crop={crop}, but sample {raw.key!r} stores {n} crops")
+        c = crop if crop is not None else int(torch.randint(0, n, (1,), generator=g)) if n > 1 else 0
+        out = {"__key__": raw.key, "__crop__": c}
+        if crops is not None:
+            out["__box__"] = [int(v) for v in crops[c]]
         for m in self.modalities:
             kind, (ext, data) = self.kinds[m], raw.files[m]
             if kind == "image_tokens":
@@ -354,7 +370,14 @@ class SampleDecoder:
                 s = spec(m) if has_spec(m) else None
                 if s is not None and s.value == "boxes":
                     boxes = self._boxes(value, crops, size, c, raw)
-                    out[m] = boxes_to_chunks(boxes, 1, self.bins)
+                    if self.boxes_as == "chunks":
+                        out[m] = boxes_to_chunks(boxes, 1, self.bins)
+                    elif self.boxes_as == "text":
+                        from fourm.data.text import boxes_to_text
+
+                        out[m] = boxes_to_text(boxes, 1)
+                    else:
+                        out[m] = boxes
                 elif s is not None and s.value == "text":
                     out[m] = _caption(value, g)
                 else:

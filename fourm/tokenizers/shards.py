@@ -206,7 +206,11 @@ class TokenShardDataset(IterableDataset):
         check_vocab: bool = True,
     ):
         super().__init__()
-        self.shards = expand_shards(pattern)
+        from fourm.tokenizers import layout
+
+        self.src = layout.parse(pattern)  # the official layouts too (fourm/tokenizers/layout.py)
+        self.shards = expand_shards(pattern) if self.src.layout == "tar" else list(self.src.units)
+        self.index = layout.index_of(pattern) if self.src.layout != "tar" else None
         self.modalities = list(modalities) if modalities is not None else None
         if not (crop == "random" or isinstance(crop, int)):
             raise ValueError(f"crop must be 'random' or a crop index, got {crop!r}")
@@ -238,19 +242,34 @@ class TokenShardDataset(IterableDataset):
         slot, slots = rank * nw + wid, world * nw
         return shards[slot::slots], slot
 
+    def _samples(self, shards: list[str], gen: torch.Generator):
+        if self.src.layout == "tar":
+            for path in shards:
+                for header, raw in iter_shard(path):
+                    yield self._decode(path, header, raw, gen)
+            return
+        from fourm.tokenizers import layout
+
+        mods = self.modalities or [("rgb@224" if f == "rgb" else f) for f in self.src.folders if f != layout.CROP_SETTINGS]
+        vocab = {m: v["vocab_size"] for m, v in (self.index or {}).get("modalities", {}).items()} if self.check_vocab else {}
+        decode = layout.SampleDecoder(mods, vocab, boxes="text" if self.det_format == "text" else "list")
+        for unit in shards:
+            for raw in layout.read_unit(self.src, unit, mods):
+                item = decode(raw, gen, None if self.crop == "random" else self.crop)
+                item.pop("__box__", None)
+                yield item
+
     def __iter__(self):
         shards, slot = self._my_shards()
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 4099 + slot)
         buf: list[dict] = []
-        for path in shards:
-            for header, raw in iter_shard(path):
-                item = self._decode(path, header, raw, gen)
-                if self.shuffle_buffer <= 1:
-                    yield item
-                    continue
-                buf.append(item)
-                if len(buf) >= self.shuffle_buffer:
-                    yield self._pop_random(buf, gen)
+        for item in self._samples(shards, gen):
+            if self.shuffle_buffer <= 1:
+                yield item
+                continue
+            buf.append(item)
+            if len(buf) >= self.shuffle_buffer:
+                yield self._pop_random(buf, gen)
         while buf:
             yield self._pop_random(buf, gen)
 

@@ -193,8 +193,8 @@ def test_paper_recipe_expands_on_given_data_paths(tmp_path, capsys):
     pretrain = next(s for s in stages if s.kind == "pretrain")
     assert "tok_clip@224" in pretrain.job.config["model"]["domains_in"] and "tok_clip@224" in pretrain.job.config["model"]["domains_out"]
     assert pretrain.job.resources.gpus_per_node == 8 and pretrain.job.config["budget"]["num_input_tokens"] == 128
-    # 1000 train images at 256 a shard: 4 shards, named before they exist
-    assert pretrain.job.config["data"]["train"].endswith("/train-{000000..000003}.tar")
+    # the split's folder of per-modality shards, named before it exists
+    assert pretrain.job.config["data"]["train"].endswith("/train") and "/shards/" in pretrain.job.config["data"]["train"]
     assert {s.job.config["data_root"] for s in stages if s.kind == "transfer"} == {"/datasets"}
     assert cli(["paper", "--dry-run", *[a for s in sets for a in ("--set", s)], "--work", str(tmp_path / "w")]) == 0
     assert "19 jobs" in capsys.readouterr().out and not (tmp_path / "w").exists()

@@ -20,7 +20,7 @@ from fourm.pretrain.loop import validate
 from fourm.runs import Run
 from fourm.tokenizers.checkpoint import load_tokenizer
 from fourm.tokenizers.mlp_vqvae import MLPVQVAE
-from fourm.tokenizers.shards import iter_shard
+from fourm.tokenizers import layout
 
 # what the world can label of 4M-21 (no people: no human_poses); T5 embeddings and RGB pixels are input-only
 WORLD21 = [m for m in M.MOD21 if m != "human_poses"]
@@ -55,17 +55,21 @@ def test_shards_hold_4m21_tokens_and_text_in_the_official_formats(world21):
     index = json.loads((by_kind["shards"][0] / "val.json").read_text())
     assert sorted(index["modalities"]) == sorted(m for m in TARGETS if M.get(m).kind == "image_tokens")
     assert index["text"] == ["caption", "det", "color_palette", "metadata", "sam_instance"]
-    header, raw = next(iter_shard(by_kind["shards"][0] / "val-000000.tar"))
-    crops = header["crops"]
-    assert crops == 2
+    assert index["layout"] == "wds" and index["pattern"].startswith(str(by_kind["shards"][0] / "val" / "["))
+    src = layout.parse(index["pattern"])
+    first = next(layout.read_unit(src, src.units[0], [*index["modalities"], *index["text"], *index["embeddings"]]))
+    raw = {f"{m}.{ext}": data for m, (ext, data) in first.files.items()}
+    crops = index["crops"]
+    assert crops == 2 and layout.crop_settings(first.files)[0].shape == (2, 5)
+    assert np.load(io.BytesIO(raw["tok_rgb@224.npy"])).dtype == np.int16  # the official files: int16 [crops, h*w]
     # token grids at the model's grid of each modality (112 px / patch 8: 14 x 14; patch-14 maps 16 x 16; global 4 x 4)
-    shapes = {m: np.load(io.BytesIO(raw[f"{m}.npy"])).shape for m in index["modalities"]}
+    shapes = {m: layout.token_array(raw[f"{m}.npy"], m).shape for m in index["modalities"]}
     assert shapes["tok_dinov2@224"] == (crops, 16, 16) and shapes["tok_dinov2_global"] == (crops, 4, 4)
     assert shapes["tok_rgb@224"] == shapes["tok_canny_edge@224"] == shapes["tok_clip@224"] == (crops, 14, 14)
     assert index["embeddings"] == ["t5_caption"]
     t5 = np.load(io.BytesIO(raw["t5_caption.npy"]))
     assert t5.dtype == np.float16 and t5.shape[1] == 4096 and 2 <= t5.shape[0] <= 77
-    globals_ = np.load(io.BytesIO(raw["tok_dinov2_global.npy"]))
+    globals_ = layout.token_array(raw["tok_dinov2_global.npy"], "tok_dinov2_global")
     assert (globals_[0] == globals_[1]).all()  # a global embedding describes the whole image: every crop has it
     # each string parses back with its serializer
     palettes = json.loads(raw["color_palette.json"])

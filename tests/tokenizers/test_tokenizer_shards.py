@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 import json
 import tarfile
 
@@ -28,7 +29,8 @@ def tokenizers(tmp_path, tiny_config):
 
 
 def _encode(tiny_world, tokenizers, out, *extra):
-    cfg = compose_config("encode", [f"data={tiny_world}", "split=val", f"out={out}", "crops=3",
+    """The project's single tars (``layout=fourm``); the official layouts are the default (see the last tests)."""
+    cfg = compose_config("encode", [f"data={tiny_world}", "split=val", f"out={out}", "crops=3", "layout=fourm",
                                     "samples_per_shard=3", *[f"tokenizers.{m}={p}" for m, p in tokenizers.items()],
                                     *extra])
     return encode_dataset(cfg, progress=False)
@@ -213,3 +215,59 @@ def test_encode_names_a_tokenizer_writing_into_a_mistyped_or_unknown_modality(ti
         save_tokenizer(VQVAE(tiny_config("depth", token_modality=name)).eval(), path)
         with pytest.raises(ValueError, match=message):
             _encode(tiny_world, {"depth": path}, tmp_path / name)
+
+
+def test_encode_writes_the_official_layouts_by_default(tiny_world, tokenizers, tmp_path):
+    """Per-modality shards (the default) and the folder layout: the official files, the same tokens and crops as the
+    project's single tars, resumable shard by shard."""
+    from fourm.tokenizers import layout
+
+    wds = _official(tiny_world, tokenizers, tmp_path / "wds")
+    assert wds["layout"] == "wds" and wds["root"] == str((tmp_path / "wds" / "val").resolve())
+    assert wds["pattern"].endswith("/val/[tok_depth@224,tok_semseg@224,crop_settings,rgb,caption,det]/shard-{00000..00002}.tar")
+    root = tmp_path / "wds" / "val"
+    with tarfile.open(root / "tok_depth@224" / "shard-00000.tar") as tar:
+        assert tar.getnames()[:2] == ["000000.npy", "000001.npy"]
+        tokens = np.load(io.BytesIO(tar.extractfile("000000.npy").read()))
+    assert tokens.dtype == np.int16 and tokens.shape == (3, 64)  # [crops, h*w]
+    with tarfile.open(root / "crop_settings" / "shard-00000.tar") as tar:
+        crops = np.load(io.BytesIO(tar.extractfile("000001.npy").read()))
+    with tarfile.open(root / "det" / "shard-00000.tar") as tar:
+        det = json.loads(tar.extractfile("000000.json").read())
+    with tarfile.open(root / "rgb" / "shard-00000.tar") as tar:
+        assert tar.extractfile("000000.png").read() == (tiny_world / "val" / "rgb" / "000000.png").read_bytes()
+    own = _encode(tiny_world, tokenizers, tmp_path / "own")
+    with tarfile.open(tmp_path / "own" / "val-000000.tar") as tar:
+        own_crops = json.loads(tar.extractfile("000001.crops.json").read())
+    assert crops.tolist() == [[int(v) for v in c] for c in own_crops["crops"]]
+    boxes = read_raw(tiny_world / "val", "det", "000000")
+    assert det["image_height"] == 32 and [i["class_name"] for i in det["instances"]] == [b[4] for b in boxes]
+    folders = _official(tiny_world, tokenizers, tmp_path / "folders", "layout=folders")
+    assert folders["pattern"] == folders["root"] and (Path(folders["root"]) / "det" / "shard-00001" / "000003.json").exists()
+    for path in (wds["pattern"], wds["root"], folders["pattern"]):  # the bracket path, or just the split's folder
+        for crop in (0, 2):
+            a = list(TokenShardDataset(path, ["tok_depth@224", "det"], crop=crop, shuffle=False))
+            b = list(TokenShardDataset(own["pattern"], ["tok_depth@224", "det"], crop=crop, shuffle=False))
+            assert [s["__key__"] for s in a] == [s["__key__"] for s in b] and len(a) == 8
+            assert all(torch.equal(x["tok_depth@224"], y["tok_depth@224"]) for x, y in zip(a, b))
+            for x, y in zip(a, b):  # boxes cut from the official JSON by the crop settings: the encoder's boxes
+                assert [v[4] for v in x["det"]] == [v[4] for v in y["det"]]
+                assert np.allclose([v[:4] for v in x["det"]], [v[:4] for v in y["det"]], atol=1e-4)
+    # resumable: a rerun writes nothing; a lost shard file is written again, alone
+    mtime = (root / "caption" / "shard-00000.tar").stat().st_mtime_ns
+    (tmp_path / "wds" / "val.json").unlink()
+    (root / "tok_semseg@224" / "shard-00001.tar").unlink()
+    again = _official(tiny_world, tokenizers, tmp_path / "wds")
+    assert again["shards_written"] == 1 and (root / "caption" / "shard-00000.tar").stat().st_mtime_ns == mtime
+    assert layout.parse(wds["root"]).units == ("/shard-00000.tar", "/shard-00001.tar", "/shard-00002.tar")
+    with pytest.raises(ValueError, match="was written by a different encode config"):
+        _official(tiny_world, tokenizers, tmp_path / "wds", "crops=2")
+    (tmp_path / "wds" / "val.json").unlink()  # an interrupted encode of another config: its shards are not mixed in
+    with pytest.raises(ValueError, match="holds shards of another encode config"):
+        _official(tiny_world, tokenizers, tmp_path / "wds", "crops=2")
+
+
+def _official(tiny_world, tokenizers, out, *extra):
+    cfg = compose_config("encode", [f"data={tiny_world}", "split=val", f"out={out}", "crops=3", "samples_per_shard=3",
+                                    *[f"tokenizers.{m}={p}" for m, p in tokenizers.items()], *extra])
+    return encode_dataset(cfg, progress=False)
