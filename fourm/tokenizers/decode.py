@@ -1,8 +1,8 @@
 """Decode shard tokens back to images and write an original-vs-reconstruction PNG grid for people to look at.
 
-``fourm-bench tokenize decode shards=<out>/val-{000000..000003}.tar data=<dataset> out=grid.png num=8``: one row per
+``fourm-bench tokenize decode shards=<out>/val data=<dataset> out=grid.png num=8`` (any data path): one row per
 sample (crop 0, the full image), per token modality two columns: the original from ``data`` (resized like the
-encoder saw it) and the decoded tokens. Tokenizers default to the paths recorded in the shard header.
+encoder saw it) and the decoded tokens. Tokenizers default to the paths recorded in the encode index (or the shard header).
 """
 from __future__ import annotations
 
