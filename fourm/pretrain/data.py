@@ -50,12 +50,7 @@ class PretrainData:
         self.cfg, self.env = cfg, env
         mcfg = cfg["model"]
         self.modalities = list(dict.fromkeys(list(mcfg["domains_in"]) + list(mcfg["domains_out"])))
-        data = cfg["data"]
-        tok = load_tokenizer(data["text_tokenizer"]) if any(M.get(m).kind == "sequence" for m in self.modalities) else None
-        bins = coord_bins(tok) if tok is not None else None  # boxes are written in the tokenizer's coordinate bins
-        if any(has_spec(m) and spec(m).value == "boxes" for m in self.modalities) and bins is None:
-            raise ValueError(f"data.text_tokenizer={data['text_tokenizer']}: has no box coordinate tokens (v0=0, ...), "
-                             "so det cannot be tokenized; train it with fourm.data.text.train_wordpiece")
+        tok, _ = text_tokenizer(cfg, self.modalities)
         self.train, self.val = list(train_samples), list(val_samples or [])
         if not self.train:
             raise ValueError("PretrainData: no train samples")
@@ -126,6 +121,20 @@ def data_vocab_sizes(cfg: dict) -> dict[str, int]:
             text_vocab = text_vocab or int(load_tokenizer(data["text_tokenizer"]).get_vocab_size())
             out[mod.name] = text_vocab
     return out
+
+
+def text_tokenizer(cfg: dict, modalities: list[str]):
+    """``(tokenizer, box coordinate bins)`` for the sequence modalities of a run (``(None, None)`` without any);
+    a tokenizer without box coordinate tokens cannot serve det."""
+    if not any(M.get(m).kind == "sequence" for m in modalities):
+        return None, None
+    path = cfg["data"]["text_tokenizer"]
+    tok = load_tokenizer(path)
+    bins = coord_bins(tok)  # boxes are written in the tokenizer's coordinate bins
+    if any(has_spec(m) and spec(m).value == "boxes" for m in modalities) and bins is None:
+        raise ValueError(f"data.text_tokenizer={path}: has no box coordinate tokens (v0=0, ...), "
+                         "so det cannot be tokenized; train it with fourm.data.text.train_wordpiece")
+    return tok, bins
 
 
 def alphas_spec(alphas_cfg):

@@ -24,8 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fourm import modalities as M
 from fourm.data.masking import UnifiedMasking, trim_sequence_padding
-from fourm.pretrain.data import collate, slice_rows
-from fourm.data.text import coord_bins, load_tokenizer
+from fourm.pretrain.data import alphas_spec, collate, slice_rows, text_tokenizer
 from fourm.distributed import DistEnv
 from fourm.pretrain.seeds import step_seed
 from fourm.tokenizers import layout
@@ -125,14 +124,8 @@ class StreamingData:
         self.cfg, self.env = cfg, env
         mcfg, data = cfg["model"], cfg["data"]
         self.modalities = list(dict.fromkeys(list(mcfg["domains_in"]) + list(mcfg["domains_out"])))
-        tok = load_tokenizer(data["text_tokenizer"]) if any(M.get(m).kind == "sequence" for m in self.modalities) else None
-        bins = coord_bins(tok) if tok is not None else None
-        from fourm.modalities import has_spec, spec
-
-        if any(has_spec(m) and spec(m).value == "boxes" for m in self.modalities) and bins is None:
-            raise ValueError(f"data.text_tokenizer={data['text_tokenizer']}: has no box coordinate tokens (v0=0, ...), "
-                             "so det cannot be tokenized; train it with fourm.data.text.train_wordpiece")
-        self.masking = UnifiedMasking(self.modalities, _alphas(cfg["alphas"]), cfg["budget"]["num_input_tokens"],
+        tok, bins = text_tokenizer(cfg, self.modalities)
+        self.masking = UnifiedMasking(self.modalities, alphas_spec(cfg["alphas"]), cfg["budget"]["num_input_tokens"],
                                       cfg["budget"]["num_target_tokens"], text_tokenizer=tok)
         vocab = vocab_sizes if vocab_sizes is not None else {
             m: M.get(m).vocab_size for m in self.modalities if M.get(m).kind == "image_tokens"}
@@ -326,7 +319,3 @@ def train_sources(data: dict) -> list[tuple[str, layout.Source, float]]:
     if not sum(w for _, _, w in out) > 0:
         raise ValueError(f"data.mix: the weights {[w for _, _, w in out]} sum to 0")
     return out
-
-
-def _alphas(alphas_cfg):
-    return alphas_cfg["spec"] if isinstance(alphas_cfg, dict) and "spec" in alphas_cfg else alphas_cfg

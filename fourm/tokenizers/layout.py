@@ -216,12 +216,12 @@ def read_unit(src: Source, unit: str, modalities: list[str]) -> Iterator[RawSamp
                             "the same keys in the same order")
         files = {}
         for m, (key, group) in items.items():
-            ext = _pick_ext(group, m)
+            ext = _pick_ext(group)
             files[m] = (ext, group[ext])
         yield RawSample(keys[first], src.unit_path(unit, "[...]"), files)
 
 
-def _pick_ext(group: dict[str, bytes], modality: str) -> str:
+def _pick_ext(group: dict[str, bytes]) -> str:
     if len(group) == 1:
         return next(iter(group))
     for ext in ("npy", "json", "txt", *(e[1:] for e in IMAGE_EXTS)):
@@ -287,16 +287,16 @@ def token_array(data: bytes, modality: str) -> np.ndarray:
     return arr
 
 
-def crop_settings(files: dict) -> tuple[np.ndarray | None, tuple[int, int] | None, list | None]:
-    """``(crops [n, 5], image size (H, W) or None, per-crop normalised boxes or None)`` of a sample."""
+def crop_settings(files: dict) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+    """``(crops [n, 5], image size (H, W) when stored)`` of a sample; ``(None, None)`` without crop settings."""
     stored = files.get(CROP_SETTINGS)
     if stored is None:
-        return None, None, None
+        return None, None
     ext, data = stored
     if ext == "crops.json":
         d = json.loads(data)
-        return np.asarray(d["crops"], dtype=np.int64), tuple(d["size"]), None
-    return _npy(data).astype(np.int64).reshape(-1, 5), None, None
+        return np.asarray(d["crops"], dtype=np.int64), tuple(d["size"])
+    return _npy(data).astype(np.int64).reshape(-1, 5), None
 
 
 class SampleDecoder:
@@ -333,7 +333,7 @@ class SampleDecoder:
     def _decode(self, raw: RawSample, g: torch.Generator, crop: int | None = None) -> dict:
         from fourm.data.text import boxes_to_chunks
 
-        crops, size, _ = crop_settings(raw.files)
+        crops, size = crop_settings(raw.files)
         tokens = {}
         for m in self.modalities:
             if self.kinds[m] == "image_tokens":

@@ -35,7 +35,7 @@ def test_samples_hold_every_crop_aligned(world_data):
     assert len(raws) == 24 and len(src.units) == 4
     tokens = layout.token_array(raws[0].files["tok_depth@224"][1], "tok_depth@224")
     assert tokens.shape == (2, 14, 14)  # stored as the official int16 [crops, 196]
-    crops, _, _ = layout.crop_settings(raws[0].files)
+    crops, _ = layout.crop_settings(raws[0].files)
     assert crops.shape == (2, 5)
     s = _decoded(world_data["wds"]["train"], 1)[0]
     assert s["tok_depth@224"].shape == (14, 14) and s["rgb@224"].shape == (3, 224, 224)
