@@ -424,12 +424,13 @@ def cli(argv: list[str]) -> int:
         return 0
     print_config = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
-    from fourm.pretrain.stream import train_sources
+    from fourm.pretrain.stream import reader_settings, train_sources
     from fourm.tokenizers.layout import DataError, parse
 
     try:
         cfg = resolve(argv)
         if not print_config:  # the data exists before anything starts (one line naming what is missing)
+            reader_settings(cfg)
             train_sources(cfg["data"])
             if cfg["data"].get("val"):
                 parse(cfg["data"]["val"])

@@ -135,17 +135,8 @@ class StreamingData:
             raise ValueError(f"batch_size={per_step} must be divisible by world_size*accum_steps={env.world_size * accum}")
         self.accum, self.micro = accum, per_step // accum
         self.local = self.micro // env.world_size
-        streams = data.get("streams", "auto")
-        gpus = (cfg.get("distributed") or {}).get("reference_gpus", 1)
-        self.streams = auto_streams(self.micro, gpus) if streams in (None, "auto") else int(streams)
-        if self.streams < 1 or self.micro % self.streams:
-            raise ValueError(f"data.streams={streams}: must divide the {self.micro} rows of a micro-batch "
-                             f"(batch_size / accum_steps); e.g. data.streams={auto_streams(self.micro, gpus)}")
+        self.streams, self.skip_bad = reader_settings(cfg)
         self.q = self.micro // self.streams
-        bad = data.get("bad_samples", "error")
-        if bad not in ("error", "skip"):
-            raise ValueError(f"data.bad_samples={bad!r}: error (stop naming the shard and key) or skip (count them)")
-        self.skip_bad = bad == "skip"
         self.window = int(data.get("shuffle_shards", 1) or 1)
         self.sources = train_sources(data)  # [(name, Source, weight)]
         self.train_src = self.sources[0][1]
@@ -298,6 +289,25 @@ class StreamingData:
         pool = self._val_samples()
         rows = [self._row(pool[(i * self.micro + j) % len(pool)], row_seed(self.seed, -1 - i, 0, j)) for j in self.rows]
         return self._trim(cat_rows(rows))
+
+
+def reader_settings(cfg: dict) -> tuple[int, bool]:
+    """``(streams, skip bad samples)`` of a run's config; a value the reader cannot take is one ValueError naming it."""
+    data = cfg["data"]
+    micro = cfg["batch_size"] // max(1, cfg["accum_steps"])
+    streams = data.get("streams", "auto")
+    gpus = (cfg.get("distributed") or {}).get("reference_gpus", 1)
+    try:
+        n = auto_streams(micro, gpus) if streams in (None, "auto") else int(streams)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or micro % n:
+        raise ValueError(f"data.streams={streams}: must divide the {micro} rows of a micro-batch "
+                         f"(batch_size / accum_steps); e.g. data.streams={auto_streams(micro, gpus)}")
+    bad = data.get("bad_samples", "error")
+    if bad not in ("error", "skip"):
+        raise ValueError(f"data.bad_samples={bad!r}: error (stop naming the shard and key) or skip (count them)")
+    return n, bad == "skip"
 
 
 def train_sources(data: dict) -> list[tuple[str, layout.Source, float]]:

@@ -227,5 +227,8 @@ def test_missing_data_is_one_line_before_anything_starts(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fourm-bench pretrain: shards not found: ['/nowhere/tok_depth@224/shard-00000.tar'")
     assert "\n" not in err
+    assert cli(["data.bad_samples=maybe"]) == 2
+    assert capsys.readouterr().err.strip() == ("fourm-bench pretrain: data.bad_samples='maybe': error (stop naming the "
+                                               "shard and key) or skip (count them)")
     assert cli(["data.official_config=/nowhere/cc12m.yaml", "--print-config"]) == 2
     assert capsys.readouterr().err.strip() == "fourm-bench pretrain: data.official_config=/nowhere/cc12m.yaml: no such file"
