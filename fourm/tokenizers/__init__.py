@@ -8,8 +8,9 @@
   official.py    the official 4M tokenizers (VQVAE, DiVAE) with their official methods, loaded strictly from the
                  released files; vq_nets.py / vq_quantizers.py / unet.py / diffusion.py are their parts
   train.py       `fourm-bench tokenize train` (hydra configs in configs/), resumable, logged to fourm.runs
-  shards.py      token shard format, write_shard, TokenShardDataset (the pretraining reader)
-  encode.py      `fourm-bench tokenize encode`: dataset -> token shards (+ N crops per image)
+  layout.py      the official 4M dataset layouts (per-modality shards, one tar, folders): read, written, decoded
+  shards.py      the project's single-tar shard format, write_shard, TokenShardDataset (any layout, sample by sample)
+  encode.py      `fourm-bench tokenize encode`: dataset -> token shards in the official layout (+ N crops per image)
   decode.py      `fourm-bench tokenize decode`: shard tokens -> original-vs-reconstruction PNG grid
 """
 

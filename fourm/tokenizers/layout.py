@@ -437,6 +437,14 @@ def _caption(value, g: torch.Generator) -> str:
 LAYOUTS = ("wds", "folders", "fourm")
 
 
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # byte-identical shards for identical content
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
@@ -461,8 +469,6 @@ def write_sample_files(out_root: str | os.PathLike, layout: str, name: str,
     """Write one shard of ``samples`` (``(key, {folder: (ext, bytes)})``) in ``layout`` under ``out_root``:
     ``<folder>/<name>.tar`` per modality (wds) or ``<folder>/<name>/<key>.<ext>`` (folders); each file or folder
     whole or not at all (temp + ``os.replace``). Returns the bytes written."""
-    from fourm.tokenizers.shards import _add
-
     out_root = Path(out_root)
     folders = sorted({f for _, files in samples for f in files})
     total = 0
@@ -475,7 +481,7 @@ def write_sample_files(out_root: str | os.PathLike, layout: str, name: str,
                 for key, files in samples:
                     if folder in files:
                         ext, data = files[folder]
-                        _add(tar, f"{key}.{ext}", data)
+                        add_member(tar, f"{key}.{ext}", data)
             os.replace(tmp, final)
             total += final.stat().st_size
         elif layout == "folders":

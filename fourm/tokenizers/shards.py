@@ -38,6 +38,7 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
 from fourm.modalities import has_spec, sequence_members, spec
+from fourm.tokenizers.layout import add_member
 
 FORMAT = "fourm-token-shard/1"
 PIXELS = "rgb"  # members named rgb@<size>.npy hold the crops' pixels (uint8 [n, H, W, 3]), stored beside the tokens
@@ -81,7 +82,7 @@ def write_shard(path: str | os.PathLike, header: dict, samples: list[dict[str, b
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            _add(tar, HEADER, _json_bytes(header))
+            add_member(tar, HEADER, _json_bytes(header))
             for s in samples:
                 key = s["__key__"]
                 if "." in key or "/" in key:
@@ -95,7 +96,7 @@ def write_shard(path: str | os.PathLike, header: dict, samples: list[dict[str, b
                         payload = payload.encode()
                     elif not isinstance(payload, bytes):
                         payload = _json_bytes(payload)
-                    _add(tar, f"{key}.{ext}", payload)
+                    add_member(tar, f"{key}.{ext}", payload)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -103,14 +104,6 @@ def write_shard(path: str | os.PathLike, header: dict, samples: list[dict[str, b
         tmp.unlink(missing_ok=True)
         raise
     return path.stat().st_size
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # byte-identical shards for identical content
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
 
 
 def read_header(path: str | os.PathLike) -> dict:
