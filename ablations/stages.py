@@ -676,7 +676,7 @@ def _plan_report(recipe: dict, p: Plan) -> None:
     cfg = {"kind": "report", "out": str(p.out), "labels": list(tr.get("inits") or {}), "tasks": p.task_order,
            "task_order": list(tasks), "transfer": p.transfer_runs, "pretrain": {m: str(d) for m, d in pretrain_dirs.items()},
            "oob": str(oob_dir) if oob_dir else None, "generations": str(gen_dir) if gen_dir else None,
-           "linear_probe_tasks": [t for t in tasks if "train.freeze_encoder=true" in (tasks[t] or {}).get("overrides", [])],
+           "linear_probe_tasks": [t for t in tasks if "protocol=linear" in (tasks[t] or {}).get("overrides", [])],
            "scaling_plot": bool(rep.get("scaling_plot", len(pretrain_dirs) > 1)), "recipe": str(p.source)}
     p.add("report", "report", cfg, after=[Path(s.job.run_dir).name for s in p.stages if s.kind in
                                            ("pretrain", "transfer", "oob", "generate")])

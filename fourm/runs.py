@@ -6,6 +6,7 @@ Layout of ``<root>/<run_id>/``::
     config.json    the same config, for programs (``results collect`` reads it without a YAML parser)
     env.json       git SHA, versions, host, SLURM job
     log.jsonl      one JSON record per line (step, losses, events)
+    tb/            TensorBoard event files of the logged numbers (:mod:`fourm.tracking`)
     metrics.json   final metrics (written atomically)
     DONE           written last, atomically: the run is complete and its metrics are final
 
@@ -17,6 +18,7 @@ hashes the rest.
 """
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import hashlib
 import json
@@ -33,6 +35,14 @@ import yaml
 from fourm.files import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported: the run store's writes)
 
 ID_LENGTH = 12
+_TRACKERS: dict = {}  # run folder -> this process's open tracker (Run objects are cheap and made anew)
+
+
+@atexit.register
+def _close_trackers() -> None:
+    for tracker in list(_TRACKERS.values()):
+        tracker.close()
+    _TRACKERS.clear()
 
 
 def canonical_json(obj: Any) -> str:
@@ -129,11 +139,31 @@ class Run:
         atomic_write_json(self.path / "env.json", environment())
 
     def log(self, **record: Any) -> None:
-        """Append one JSON line (flushed): step, losses, events."""
+        """Append one JSON line (flushed): step, losses, events; its numbers also go to the run's tracker."""
         record.setdefault("time", _dt.datetime.now(_dt.timezone.utc).isoformat())
         with open(self.path / "log.jsonl", "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
             f.flush()
+        tracker = self.tracker()
+        if tracker is not None:
+            tracker.log(record)
+
+    def tracker(self):
+        """This process's :class:`fourm.tracking.Tracker` of the run (from its config; None before config.yaml)."""
+        key = str(self.path.resolve())
+        if key not in _TRACKERS:
+            if not (self.path / "config.yaml").exists():
+                return None
+            from fourm.tracking import Tracker, tracker_kind
+
+            config = self.config
+            _TRACKERS[key] = Tracker(self.path, tracker_kind(config), run_id=self.id, config=config)
+        return _TRACKERS[key]
+
+    def close_tracker(self) -> None:
+        tracker = _TRACKERS.pop(str(self.path.resolve()), None)
+        if tracker is not None:
+            tracker.close()
 
     def write_metrics(self, metrics: dict) -> None:
         atomic_write_json(self.path / "metrics.json", metrics)
@@ -142,6 +172,7 @@ class Run:
         """Written last: a run is a result only once this exists."""
         if not (self.path / "metrics.json").exists():
             raise RuntimeError(f"{self.path}: write metrics.json before marking the run DONE")
+        self.close_tracker()
         atomic_write_text(self.path / "DONE", _dt.datetime.now(_dt.timezone.utc).isoformat() + "\n")
 
     def __repr__(self) -> str:

@@ -15,6 +15,9 @@ from __future__ import annotations
 import dataclasses
 
 
+PROTOCOLS = ("finetune", "linear", "knn", "lora")
+
+
 @dataclasses.dataclass(frozen=True)
 class Headline:
     """A metric a task is judged by: its key in ``metrics.json``, its direction, and how the paper's table shows it.
@@ -42,6 +45,9 @@ class TransferTask:
     gpu_hours_b   the GPU-hours of one 4M-B run on the reference hardware, for the sweep's estimate (A100)
     extra_metrics  other metrics it records, for tables and the collect benchmark
     configs       the folder of its ``<profile>.yaml`` configs (default ``transfer/configs/<name>/``)
+    protocols     the ``transfer.protocol`` values it takes: ``finetune`` (the recipe), ``linear`` (encoder frozen,
+                  the head trained), ``lora`` (encoder frozen, LoRA adapters and the head trained), ``knn``
+                  (classification only: nearest neighbours on frozen features)
     """
 
     name: str
@@ -55,10 +61,15 @@ class TransferTask:
     extra_metrics: tuple[str, ...] = ()
     configs: str | None = None
     summary: str = ""
+    protocols: tuple[str, ...] = ("finetune", "linear", "lora")
 
     def __post_init__(self):
         if not self.headline:
             raise ValueError(f"transfer task {self.name!r}: give at least one headline metric")
+        unknown = sorted(set(self.protocols) - set(PROTOCOLS))
+        if unknown or "finetune" not in self.protocols:
+            raise ValueError(f"transfer task {self.name!r}: protocols {list(self.protocols)} must include 'finetune' "
+                             f"and come from {list(PROTOCOLS)}")
         if self.gpu_hours_b <= 0:
             raise ValueError(f"transfer task {self.name!r}: gpu_hours_b must be > 0 (the sweep's estimate needs it)")
 
@@ -100,7 +111,7 @@ for _t in [
     TransferTask("in1k", "transfer.classification", "in1k",
                  (Headline("top1", "IN1K top-1", column="in1k_top1", latex="IN1K top-1", scale=1.0),),
                  reference_gpus=32, global_batch=1024, may_accumulate=True, gpu_hours_b=40.0, extra_metrics=("top5",),
-                 summary="ImageNet-1K classification, fine-tuned (timm)"),
+                 summary="ImageNet-1K classification, fine-tuned (timm)", protocols=("finetune", "linear", "knn", "lora")),
     TransferTask("coco", "transfer.detection", "coco",
                  (Headline("bbox_mAP", "COCO AP box", column="coco_ap_box", latex=r"COCO AP$^{\mathrm{box}}$", scale=100.0),
                   Headline("segm_mAP", "COCO AP mask", column="coco_ap_mask", latex=r"COCO AP$^{\mathrm{mask}}$", scale=100.0)),

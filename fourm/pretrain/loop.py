@@ -332,7 +332,7 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
 
 
 # user-facing names of the keys that are not identity (fourm.runs.identity): `runs_root=...` sets `_runs_root`
-ALIASES = {"runs_root": "_runs_root", "resume": "_resume"}
+ALIASES = {"runs_root": "_runs_root", "resume": "_resume", "tracker": "_tracker"}
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -380,7 +380,10 @@ def resolve(overrides: list[str]) -> dict:
     cfg = OmegaConf.to_container(compose(CONFIG_DIR, "config", expanded), resolve=True)
     from fourm.pretrain import official_data
 
+    from fourm.tracking import tracker_kind
+
     cfg = official_data.apply(cfg)
+    tracker_kind(cfg)  # an unknown _tracker is a config error now, not at the first logged step
     return apply_size_recipe(cfg, [o.split("=", 1)[0] for o in expanded])
 
 

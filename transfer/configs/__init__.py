@@ -27,7 +27,12 @@ SHORTCUTS = {
     "data_root": "data_root",
     "method": "method",
     "runs_root": "_runs_root",
+    "protocol": "transfer.protocol",
 }
+PROTOCOLS_FILE = CONFIG_DIR / "protocols.yaml"
+# the shared section of transfer/configs/protocols.yaml each protocol reads; only a chosen protocol's section is
+# part of a run's config (``probe`` only on tasks that take knn: the frozen-feature classification probes)
+PROTOCOL_SECTIONS = {"lora": ("lora",), "probe": ("linear", "knn")}
 DEFAULT_RUNS_ROOT = "runs/transfer"
 _MODEL_SIZE = re.compile(r"^fm_(?P<size>[a-z]+)_")
 
@@ -85,6 +90,56 @@ def model_size(model: str) -> str | None:
     """``fm_large_24e_24d_swiglu_nobias`` -> ``large`` (None if the name does not follow the factory scheme)."""
     m = _MODEL_SIZE.match(str(model))
     return m["size"] if m and m["size"] in SIZES else None
+
+
+def protocol_sections(cfg: dict, task: str, path: Path, pairs: list[tuple[str, str]]) -> None:
+    """Check ``transfer.protocol`` against the task and add the chosen protocol's section of protocols.yaml (with
+    its ``lora.*`` / ``probe.*`` overrides) to ``cfg``; an override of a section the protocol does not read is refused."""
+    import yaml
+
+    from transfer.tasks import get_task
+
+    registered = get_task(task)
+    protocol = cfg["transfer"].setdefault("protocol", "finetune")
+    if protocol not in registered.protocols:
+        hint = " (knn is for classification: nearest neighbours need class labels per image)" if protocol == "knn" else ""
+        raise ConfigError(f"{path}: transfer task {task!r} takes protocol={'|'.join(registered.protocols)}, "
+                          f"not {protocol!r}{hint}")
+    defaults = yaml.safe_load(PROTOCOLS_FILE.read_text())
+    for section, protocols in PROTOCOL_SECTIONS.items():
+        used = protocol in protocols and (section != "probe" or "knn" in registered.protocols)
+        given = [(k, v) for k, v in pairs if k.split(".", 1)[0] == section]
+        if not used:
+            cfg.pop(section, None)
+            if given:
+                raise ConfigError(f"{path}: {given[0][0]} is set, but protocol={protocol} of task {task!r} does not "
+                                  f"read {section}.* (it is read by protocol={'|'.join(protocols)})")
+            continue
+        node = cfg.setdefault(section, {})
+        for k, v in defaults[section].items():
+            node.setdefault(k, v)
+        for key, value in given:
+            sub = key.split(".", 1)[1] if "." in key else ""
+            if sub not in node:
+                raise ConfigError(f"{path}: unknown override key {key!r}; known keys under {section!r}: "
+                                  f"{sorted(node)} ({PROTOCOLS_FILE})")
+            new = yaml.safe_load(value) if isinstance(value, str) else value
+            _check_type(PROTOCOLS_FILE, key, node[sub], new)
+            node[sub] = new
+
+
+def check_low_shot(cfg: dict, path: Path) -> None:
+    """``data.train_fraction`` in (0, 1] and ``data.shots_per_class`` a positive integer (not both)."""
+    data = cfg.get("data") or {}
+    fraction, shots = data.get("train_fraction"), data.get("shots_per_class")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                 or not 0 < fraction <= 1):
+        raise ConfigError(f"{path}: data.train_fraction={fraction!r} must be in (0, 1] (0.01 for 1% of the training set)")
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+        raise ConfigError(f"{path}: data.shots_per_class={shots!r} must be a positive integer (or null)")
+    if shots is not None and fraction not in (None, 1, 1.0):
+        raise ConfigError(f"{path}: set data.train_fraction or data.shots_per_class, not both "
+                          f"(train_fraction={fraction}, shots_per_class={shots})")
 
 
 def _compose(task: str, profile: str, hydra_overrides: list[str]):
@@ -158,7 +213,7 @@ def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict =
     """
     pairs = list(overrides.items()) if isinstance(overrides, dict) else parse_overrides(overrides)
     path = config_file(task, profile)
-    verbatim, hydra_pairs = {}, []
+    verbatim, hydra_pairs, section_pairs = {}, [], []
     for key, value in pairs:
         if key in ("task", "profile", "transfer.task", "transfer.profile"):
             continue  # chosen by the arguments (they pick the file)
@@ -169,6 +224,8 @@ def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict =
                 raise ConfigError(f"{path}: {e}") from None
         if key in SHORTCUTS:
             verbatim[SHORTCUTS[key]] = None if value in (None, "null") else str(value)
+        elif key.split(".", 1)[0] in PROTOCOL_SECTIONS:
+            section_pairs.append((key, value))
         else:
             hydra_pairs.append((key, value))
 
@@ -196,6 +253,15 @@ def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict =
     if cfg["transfer"].get("task") != task or cfg["transfer"].get("profile") != profile:
         raise ConfigError(f"{path}: transfer.task/profile must be {task!r}/{profile!r} (the file's place), "
                           f"found {cfg['transfer'].get('task')!r}/{cfg['transfer'].get('profile')!r}")
+
+    protocol_sections(cfg, task, path, section_pairs)
+    check_low_shot(cfg, path)
+    from fourm.tracking import TrackerError, tracker_kind
+
+    try:
+        tracker_kind(cfg)
+    except TrackerError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
     recipes = cfg.pop("size_recipes", None) or {}
     given_model = any(k in ("model", "transfer.model") for k, _ in pairs)
