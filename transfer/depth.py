@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transfer import mmseg_runner as R
+from transfer.mm_runner import frozen_encoder_hooks
 from transfer.segmentation import IMAGENET_MEAN, IMAGENET_STD
 
 TASK = "nyuv2_depth"
@@ -79,7 +80,8 @@ def build(config: dict) -> dict:
 
 def run(config: dict, run) -> dict:
     """Train and evaluate in ``run``'s folder; returns delta1..3, abs_rel, rmse (+ the rest of DepthMetric) and val_loss."""
-    metrics = R.train_and_test(runner_kwargs(config, run.path / "mm", run), run, desc=TASK)
+    metrics = R.train_and_test(runner_kwargs(config, run.path / "mm", run), run, desc=TASK,
+                               hooks=frozen_encoder_hooks(config, run))
     out = {METRIC_KEYS[k]: v for k, v in metrics.items() if k in METRIC_KEYS}
     out["val_loss"] = metrics["val_loss"]
     return out

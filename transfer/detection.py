@@ -125,7 +125,9 @@ def _model(config: dict, num_classes: int) -> dict:
                                batch_augments=[dict(type="BatchFixedSizePad", size=(size, size), pad_mask=True)]),
         backbone=dict(type="FourMViTDet", init=str(t["init"]), model=t["model"], image_size=size,
                       drop_path_rate=float(train["drop_path"]), window_size=mm["backbone"]["window_size"],
-                      global_blocks=list(mm["backbone"]["global_blocks"])),
+                      global_blocks=list(mm["backbone"]["global_blocks"]),
+                      frozen=t.get("protocol", "finetune") == "linear",
+                      lora=config.get("lora") if t.get("protocol") == "lora" else None),
         neck=dict(type="FourMSimpleFPN", in_channels=dim, out_channels=ch, scales=list(mm["neck"]["scales"]),
                   num_outs=mm["neck"]["num_outs"], norm_cfg=norm),
         rpn_head=dict(
@@ -302,6 +304,7 @@ def run(config: dict, run) -> dict:
     from mmengine.runner import Runner
 
     from fourm import distributed as D
+    from transfer.mm_runner import frozen_encoder_hooks
 
     _registered()
     D.setup()
@@ -311,6 +314,8 @@ def run(config: dict, run) -> dict:
         runner = Runner.from_cfg(formatted_once_config(cfg))
         hook = _run_store_hook(run, max_iters, max(1, int(config["train"].get("log_interval", 50))))
         runner.register_hook(hook)
+        for extra in frozen_encoder_hooks(config, run):
+            runner.register_hook(extra)
         runner.train()
         if not hook.metrics:  # resumed at max_iters: the training loop had nothing left to do, so evaluate now
             runner.val()  # the hook's after_val_epoch records the metrics (AP 0 when no box was kept)

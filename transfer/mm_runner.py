@@ -61,6 +61,49 @@ class RunStoreHook(Hook):
             self.bar.close()
 
 
+class FrozenEncoderHook(Hook):
+    """For the frozen-encoder protocols (``linear``, ``lora``): checkpoints keep what is trained, not the encoder.
+
+    The frozen encoder's weights and buffers are dropped from every checkpoint (resuming rebuilds them from
+    ``transfer.init``; mmengine resumes non-strictly); with ``adapter_dir`` the trained parameters (LoRA adapters and
+    heads) are written to ``<adapter_dir>/adapter.safetensors`` when training ends."""
+
+    priority = "LOW"
+
+    def __init__(self, adapter_dir=None, metadata: dict | None = None):
+        self.adapter_dir, self.metadata = adapter_dir, metadata or {}
+
+    @staticmethod
+    def _model(runner):
+        model = runner.model
+        return getattr(model, "module", model)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = self._model(runner)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        frozen |= {n for n, _ in model.named_buffers() if n.startswith("backbone.")}
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k in frozen]:
+            del state[key]
+
+    def after_train(self, runner) -> None:
+        if self.adapter_dir is not None and D.detect().is_main:
+            from transfer.lora import save_adapter
+
+            save_adapter(self._model(runner), self.adapter_dir, self.metadata)
+
+
+def frozen_encoder_hooks(config: dict, run) -> list:
+    """The hooks a config's protocol needs: :class:`FrozenEncoderHook` for ``linear`` and ``lora`` (with the adapter
+    file for ``lora``), none for ``finetune``."""
+    protocol = config["transfer"].get("protocol", "finetune")
+    if protocol not in ("linear", "lora"):
+        return []
+    adapter_dir = run.path if (protocol == "lora" and run is not None) else None
+    meta = {"init": config["transfer"]["init"], "model": config["transfer"]["model"], **(config.get("lora") or {})}
+    return [FrozenEncoderHook(adapter_dir, meta)]
+
+
 def launcher() -> str:
     """mmengine's launcher: "pytorch" on several ranks (the process group is :func:`fourm.distributed.setup`'s)."""
     return "pytorch" if D.detect().distributed else "none"

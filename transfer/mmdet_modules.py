@@ -14,6 +14,8 @@ Importing this module registers the three names; it needs mmdet (the mm boundary
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
@@ -90,13 +92,23 @@ class FourMViTDet(BaseModule):
 
     ``init`` / ``model`` / ``image_size`` / ``drop_path_rate`` go to :func:`transfer.adapter.build_encoder`.
     ``window_size`` is in tokens (ViTDet-B: 14 at 1024 px); ``window_size=0`` means global attention everywhere.
+    ``frozen`` keeps the encoder as loaded (no gradients, eval mode: ``protocol=linear``); ``lora`` freezes its
+    weights and adds LoRA adapters (``protocol=lora``, :mod:`transfer.lora`).
     """
 
     def __init__(self, init: str = "random", model: str = "fm_base_12e_12d_swiglu_nobias", image_size: int = 1024,
                  drop_path_rate: float = 0.1, window_size: int = 14, global_blocks=(2, 5, 8, 11),
-                 modality: str = "rgb@224", init_cfg=None):
+                 modality: str = "rgb@224", frozen: bool = False, lora: dict | None = None, init_cfg=None):
         super().__init__(init_cfg)
         self.encoder_model = build_encoder(init, model, (modality,), image_size, drop_path_rate)
+        self.frozen = bool(frozen)
+        if self.frozen:
+            self.encoder_model.requires_grad_(False)
+            self.encoder_model.eval()
+        if lora:
+            from transfer.lora import add_lora
+
+            add_lora(self.encoder_model, **lora)
         depth = self.encoder_model.depth
         bad = [i for i in global_blocks if not 0 <= int(i) < depth]
         if bad:
@@ -109,12 +121,19 @@ class FourMViTDet(BaseModule):
     def init_weights(self):
         """Nothing to do: the encoder's weights come from ``init`` at construction (mmengine would re-initialise)."""
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.encoder_model.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         enc = self.encoder_model
-        tokens, grid = enc.embed(x)
-        for i, blk in enumerate(enc.encoder):
-            tokens = blk(tokens) if i in self.global_blocks else windowed_block(blk, tokens, grid, self.window_size)
-        tokens = enc.encoder_norm(tokens)
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            tokens, grid = enc.embed(x)
+            for i, blk in enumerate(enc.encoder):
+                tokens = blk(tokens) if i in self.global_blocks else windowed_block(blk, tokens, grid, self.window_size)
+            tokens = enc.encoder_norm(tokens)
         B, _, C = tokens.shape
         return (tokens.transpose(1, 2).reshape(B, C, *grid).contiguous(),)  # NCHW in memory too (see FourMLayerNorm2d)
 

@@ -59,12 +59,13 @@ class FourMBackbone(BaseModule):
     to this encoder's depth.
     Extra input channels are dropped when the encoder has no depth embedding, so RGB-only and RGB-D runs share data.
     ``frozen`` keeps the encoder as loaded (no gradients, always in eval mode, so no drop path): linear probing.
+    ``lora`` (rank, alpha, dropout, targets) freezes the encoder's weights and adds LoRA adapters (:mod:`transfer.lora`).
     """
 
     def __init__(self, init: str = "random", model: str = "fm_base_12e_12d_swiglu_nobias", modalities=(RGB,),
                  image_size: int = 224, drop_path_rate: float = 0.0, out_indices: Sequence[int] | None = None,
                  base_out_indices: Sequence[int] = BASE_OUT_INDICES, depth_tokenizer: str | None = None,
-                 frozen: bool = False, init_cfg=None):
+                 frozen: bool = False, lora: dict | None = None, init_cfg=None):
         super().__init__(init_cfg)
         modalities = list(modalities)
         if modalities[0] != RGB or not set(modalities) <= {RGB, DEPTH_TOKENS}:
@@ -75,6 +76,10 @@ class FourMBackbone(BaseModule):
         if self.frozen:
             self.encoder_model.requires_grad_(False)
             self.encoder_model.eval()
+        if lora:
+            from transfer.lora import add_lora
+
+            add_lora(self.encoder_model, **lora)
         self.dim = self.encoder_model.dim
         self.patch_size = self.encoder_model.patch_size
         depth = self.encoder_model.depth

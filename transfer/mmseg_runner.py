@@ -150,11 +150,14 @@ def build_runner(kw: dict, resume: bool = True):
     return Runner(**kw)
 
 
-def train_and_test(kw: dict, run=None, desc: str = "transfer") -> dict:
-    """Train (resuming if ``work_dir`` holds a checkpoint), then test; returns the test metrics as plain floats."""
+def train_and_test(kw: dict, run=None, desc: str = "transfer", hooks=()) -> dict:
+    """Train (resuming if ``work_dir`` holds a checkpoint), then test; returns the test metrics as plain floats.
+    ``hooks``: more hooks for the runner (the protocol's, :func:`transfer.mm_runner.frozen_encoder_hooks`)."""
     D.setup()
     with runner_context(SCOPE):
         runner = build_runner(kw)
+        for hook in hooks:
+            runner.register_hook(hook)
         if run is not None:
             interval = int(kw["default_hooks"]["logger"]["interval"])
             runner.register_hook(RunStoreHook(run, total=_total_iters(runner), interval=interval, desc=desc))
@@ -185,12 +188,13 @@ def encoder_dim(init: str, model: str) -> int:
 
 def backbone(config: dict, modalities=("rgb@224",), depth_tokenizer: str | None = None) -> dict:
     """The ``FourMBackbone`` config of a transfer config (init, model, crop size, drop path, out_indices of a 12-block
-    base, and ``train.freeze_encoder``: a frozen encoder, as in linear probing)."""
+    base, and the protocol: ``linear`` freezes the encoder, ``lora`` freezes it and adds ``lora:`` adapters)."""
     t, train, mm = config["transfer"], config["train"], config.get("mm", {})
+    protocol = t.get("protocol", "finetune")
     return dict(type="FourMBackbone", init=str(t["init"]), model=t["model"], modalities=list(modalities),
                 image_size=int(train["image_size"]), drop_path_rate=float(train.get("drop_path", 0.0)),
                 base_out_indices=list(mm.get("out_indices", (3, 5, 7, 11))), depth_tokenizer=depth_tokenizer,
-                frozen=bool(train.get("freeze_encoder", False)))
+                frozen=protocol == "linear", lora=config.get("lora") if protocol == "lora" else None)
 
 
 def pair(v) -> tuple[int, int]:

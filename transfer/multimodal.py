@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from transfer import mmseg_runner as R
+from transfer.mm_runner import frozen_encoder_hooks
 from transfer.mmseg_modules import DEPTH_TOKENS, RGB
 from transfer.segmentation import encoder_decoder, seg_pipelines
 
@@ -69,5 +70,6 @@ def build(config: dict) -> dict:
 
 def run(config: dict, run) -> dict:
     """Train and evaluate in ``run``'s folder; returns mIoU (percent), aAcc, mAcc and val_loss."""
-    metrics = R.train_and_test(runner_kwargs(config, run.path / "mm", run), run, desc=TASK)
+    metrics = R.train_and_test(runner_kwargs(config, run.path / "mm", run), run, desc=TASK,
+                               hooks=frozen_encoder_hooks(config, run))
     return {"mIoU": metrics["mIoU"], "aAcc": metrics.get("aAcc"), "mAcc": metrics.get("mAcc"), "val_loss": metrics["val_loss"]}

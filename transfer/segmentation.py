@@ -14,6 +14,7 @@ import torch
 
 from fourm import distributed as D
 from transfer import mmseg_runner as R
+from transfer.mm_runner import frozen_encoder_hooks
 
 TASK = "ade20k"
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
@@ -124,5 +125,6 @@ def build(config: dict) -> dict:
 
 def run(config: dict, run) -> dict:
     """Train and evaluate in ``run``'s folder (mmengine work dir ``<run>/mm``, resumed if present); returns metrics."""
-    metrics = R.train_and_test(runner_kwargs(config, run.path / "mm", run), run, desc=TASK)
+    metrics = R.train_and_test(runner_kwargs(config, run.path / "mm", run), run, desc=TASK,
+                               hooks=frozen_encoder_hooks(config, run))
     return {"mIoU": metrics["mIoU"], "aAcc": metrics.get("aAcc"), "mAcc": metrics.get("mAcc"), "val_loss": metrics["val_loss"]}
