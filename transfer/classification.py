@@ -155,6 +155,29 @@ def build_datasets(config: dict):
     return train, val, classes
 
 
+def keep_low_shot(train_set: ClassFolder, config: dict, classes: list[str]):
+    """Reduce ``train_set`` in place to the low-shot subset of ``data.train_fraction`` / ``data.shots_per_class``;
+    returns (the full listing, the kept indices) for the run's ``train_samples.txt``."""
+    from transfer.probe import low_shot_indices, split_listing
+
+    data = config["data"]
+    listing = split_listing(train_set)
+    kept = low_shot_indices(train_set.targets, data.get("train_fraction"), data.get("shots_per_class"),
+                            int(data.get("subset_seed", 0)), classes)
+    if len(kept) < len(listing):
+        train_set.samples = [train_set.samples[i] for i in kept]
+        train_set.imgs = train_set.samples
+        train_set.targets = [s[1] for s in train_set.samples]
+    return listing, kept
+
+
+def check_data(config: dict) -> None:
+    """What can be checked of the data before a job starts: the layout, the classes and the low-shot request."""
+    _, _, classes = build_datasets(config)
+    train = ClassFolder(Path(config["data_root"]) / "in1k" / "train", classes)
+    keep_low_shot(train, config, classes)
+
+
 class SeededSamples(torch.utils.data.Dataset):
     """A dataset whose ``i``-th sample is drawn with python/numpy/torch seeded from (seed, epoch, i).
 
@@ -240,6 +263,10 @@ def build_model(config: dict, num_classes: int) -> Classifier:
     t = config["transfer"]
     encoder = build_encoder(t["init"], t["model"], (MODALITY,), image_size=config["train"]["image_size"],
                             drop_path_rate=config["train"]["drop_path"])
+    if t.get("protocol") == "lora":
+        from transfer.lora import add_lora
+
+        add_lora(encoder, **config["lora"])
     return Classifier(encoder, num_classes, head_init_std=config["train"]["head_init_std"],
                       global_pool=config["train"].get("global_pool", True))
 
@@ -307,6 +334,7 @@ def build(config: dict) -> dict:
     torch.manual_seed(config["seed"])
     train_cfg, runtime = config["train"], config.get("_runtime", {})
     train_set, val_set, classes = build_datasets(config)
+    listing, kept = keep_low_shot(train_set, config, classes)
     accum = accum_iter(config)
     step_batch = per_step_batch(train_cfg, env.world_size, accum)
     device = resolve_device(config, env.local_rank)
@@ -331,7 +359,8 @@ def build(config: dict) -> dict:
     return {"model": model, "train_model": train_model, "optimizer": optimizer, "scheduler": scheduler,
             "train_loader": train_loader, "val_loader": val_loader, "mixup": mixup,
             "criterion": build_criterion(train_cfg, mixup), "classes": classes, "device": device,
-            "updates_per_epoch": updates_per_epoch, "env": env, "accum": accum}
+            "updates_per_epoch": updates_per_epoch, "env": env, "accum": accum, "train_listing": listing,
+            "kept": kept}
 
 
 # --- train / evaluate ---------------------------------------------------------------------------------
@@ -395,13 +424,16 @@ def train_one_epoch(parts: dict, config: dict, epoch: int, run=None) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = True, env: D.DistEnv | None = None) -> dict:
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = True, env: D.DistEnv | None = None,
+             hits: torch.Tensor | None = None) -> dict:
     """top1/top5 (percent) and mean cross-entropy over the validation set (top-5 is top-k with k = min(5, classes));
-    each rank evaluates its shard and the counts are summed over ranks."""
+    each rank evaluates its shard and the counts are summed over ranks. ``hits`` (zeros, one per val image) receives
+    each image's top-1 hit, summed over ranks: the per-sample results."""
     model.eval()
     correct1 = correct5 = 0
     loss_sum, n = 0.0, 0
     env = env or D.DistEnv()
+    order = iter(loader.sampler) if hits is not None else None
     for images, targets in tqdm(loader, desc="in1k eval", unit="batch", leave=False, disable=not env.is_main):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with _autocast(device, amp):
@@ -411,18 +443,26 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = True, e
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top == targets[:, None]
+        if hits is not None:
+            hits[[next(order) for _ in range(len(targets))]] = hit[:, 0].double().cpu()
         correct1 += hit[:, 0].sum().item()
         correct5 += hit.any(dim=1).sum().item()
         n += targets.numel()
     correct1, correct5, loss_sum, n = D.all_reduce_sum(
         torch.tensor([correct1, correct5, loss_sum, n], dtype=torch.float64), env).tolist()
+    if hits is not None:
+        hits.copy_(D.all_reduce_sum(hits, env))
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "val_loss": loss_sum / n}
 
 
 # --- checkpoint ---------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model: nn.Module, optimizer, epoch: int, metrics: dict) -> None:
-    """Atomically write the state after ``epoch`` (0-based, completed); only tensors/numbers/strings (weights_only-safe)."""
-    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+def save_checkpoint(path: Path, model: nn.Module, optimizer, epoch: int, metrics: dict, trained_only: bool = False) -> None:
+    """Atomically write the state after ``epoch`` (0-based, completed); only tensors/numbers/strings (weights_only-safe).
+    ``trained_only`` (a frozen encoder: ``protocol=lora``) keeps the trained parameters, not the encoder's weights."""
+    from transfer.lora import trainable_state
+
+    weights = trainable_state(model) if trained_only else model.state_dict()
+    state = {"epoch": epoch, "model": weights, "optimizer": optimizer.state_dict(),
              "metrics": {k: float(v) for k, v in metrics.items()}}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -438,14 +478,38 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, epoch: int, metrics
 def load_checkpoint(path: Path, model: nn.Module, optimizer) -> dict:
     """Restore model and optimizer in place; returns the checkpoint's epoch and metrics."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trained & set(missing):
+        raise RuntimeError(f"{path}: does not match the model (unexpected {unexpected[:3]}, missing trained "
+                           f"{sorted(trained & set(missing))[:3]}); move it away to start over")
     optimizer.load_state_dict(state["optimizer"])
     return {"epoch": state["epoch"], "metrics": state.get("metrics", {})}
 
 
+def run_probe(config: dict, run) -> dict:
+    """``protocol=linear | knn``: the frozen-feature probes of :mod:`transfer.probe` (no fine-tuning)."""
+    from transfer import probe
+
+    root = Path(config["data_root"]) / "in1k"
+    build_datasets(config)  # the layout and class checks, with their messages
+    classes = class_names(root)
+    _, eval_tf = build_transforms(config["train"], config["data"])
+    datasets = {"train": ClassFolder(root / "train", classes, eval_tf), "val": ClassFolder(root / "val", classes, eval_tf)}
+    return probe.run(config, run, datasets, classes, resolve_device(config))
+
+
 def run(config: dict, run) -> dict:
-    """Fine-tune and evaluate; resumes from ``<run>/checkpoint.pt``. Returns top1, top5 (percent), val_loss, ..."""
+    """Fine-tune (``protocol=finetune``, or ``lora``: adapters only) and evaluate, resuming from
+    ``<run>/checkpoint.pt``; or probe frozen features (``linear``, ``knn``). Returns top1, top5 (percent), ..."""
+    protocol = config["transfer"].get("protocol", "finetune")
+    if protocol in ("linear", "knn"):
+        return run_probe(config, run)
     parts = build(config)
+    if parts["env"].is_main:
+        from transfer.probe import write_samples
+
+        write_samples(run, parts["train_listing"], parts["kept"])
     train_cfg, env = config["train"], parts["env"]
     epochs = train_cfg["epochs"]
     if parts["updates_per_epoch"] == 0:
@@ -461,18 +525,31 @@ def run(config: dict, run) -> dict:
         run.log(event="start", epochs=epochs, train_images=len(parts["train_loader"].dataset),
                 val_images=len(parts["val_loader"].dataset), classes=len(parts["classes"]), device=str(parts["device"]))
     t0 = time.perf_counter()
+    hits, scored = torch.zeros(len(parts["val_loader"].dataset), dtype=torch.float64), False
     for epoch in range(start, epochs):
         seed_epoch(config["seed"], epoch)
         train_loss = train_one_epoch(parts, config, epoch, run)
         metrics = {"train_loss": train_loss}
-        if (epoch + 1) % train_cfg["eval_every"] == 0 or epoch + 1 == epochs:
-            metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"], env))
+        last = epoch + 1 == epochs
+        if (epoch + 1) % train_cfg["eval_every"] == 0 or last:
+            metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"], env,
+                                    hits=hits if last else None))
+            scored = scored or last
         run.log(epoch=epoch, **metrics)
         if env.is_main:
-            save_checkpoint(ckpt, parts["model"], parts["optimizer"], epoch, metrics)
+            save_checkpoint(ckpt, parts["model"], parts["optimizer"], epoch, metrics, trained_only=protocol == "lora")
         D.barrier(env)  # no rank starts the next epoch before the checkpoint it could resume from is written
-    if "top1" not in metrics:  # resumed after the last epoch's checkpoint but before DONE: evaluate what was saved
-        metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"], env))
+    if not scored:  # resumed after the last epoch's checkpoint but before DONE: evaluate what was saved
+        metrics.update(evaluate(parts["model"], parts["val_loader"], parts["device"], train_cfg["amp"], env, hits=hits))
+    if env.is_main:
+        from fourm.per_sample import write_per_sample
+
+        write_per_sample(run.path, {"correct": hits.numpy()}, {"top1": {"kind": "mean", "values": "correct",
+                                                                        "scale": 100.0}})
+        if protocol == "lora":
+            from transfer.lora import save_adapter
+
+            save_adapter(parts["model"], run.path, {"init": config["transfer"]["init"], **config["lora"]})
     metrics.update({"epochs": epochs, "train_time_s": time.perf_counter() - t0, "ranks": env.world_size,
                     "train_images": len(parts["train_loader"].dataset), "val_images": len(parts["val_loader"].dataset)})
     return metrics

@@ -126,6 +126,28 @@ def protocol_sections(cfg: dict, task: str, path: Path, pairs: list[tuple[str, s
             new = yaml.safe_load(value) if isinstance(value, str) else value
             _check_type(PROTOCOLS_FILE, key, node[sub], new)
             node[sub] = new
+    if "probe" in cfg:
+        check_probe_blocks(cfg, path)
+
+
+def check_probe_blocks(cfg: dict, path: Path) -> None:
+    """``probe.blocks`` within the encoder's depth (read from the checkpoint's metadata, else the model's config)."""
+    from fourm.models import config_for
+
+    blocks = cfg["probe"].get("blocks") or []
+    if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in blocks):
+        raise ConfigError(f"{path}: probe.blocks={blocks!r}: give positive block counts, e.g. [1, 4]")
+    t = cfg["transfer"]
+    init = Path(str(t.get("init"))).expanduser()
+    size = checkpoint_size(init) if init.is_file() else None
+    model = model_name(size) if size else t.get("model")
+    try:
+        depth = int(config_for(model)["encoder_depth"])
+    except (KeyError, ValueError):
+        return  # an unknown model is reported where the encoder is built
+    if max(blocks) > depth:
+        raise ConfigError(f"{path}: probe.blocks={blocks}: the encoder ({model}) has {depth} blocks; "
+                          f"use counts up to {depth}")
 
 
 def check_low_shot(cfg: dict, path: Path) -> None:

@@ -1,0 +1,106 @@
+"""Per-sample results of an evaluation, beside ``metrics.json``, and bootstrap intervals over the test samples.
+
+An evaluation writes ``per_sample.npz`` (arrays with one row per test sample: a 0/1 hit, a per-image error, per-class
+intersections and unions) and ``per_sample.json``, which says how each metric is computed from those rows:
+
+* ``{"kind": "mean", "values": a, "scale": s}``: ``s * mean(a)`` (top-1 from hits, delta1 or abs rel per image);
+* ``{"kind": "ratio", "num": a, "den": b, "scale": s}``: ``s * mean over classes of sum(a) / sum(b)`` with ``a``,
+  ``b`` of shape ``[N, classes]`` (mIoU from per-image intersections and unions; classes never present are left out).
+
+:func:`bootstrap` resamples the rows with replacement (seeded) and gives the 95% interval of a metric;
+:func:`paired_bootstrap` resamples the same rows of two evaluations of the same samples (pretrained vs random init on
+the same images) and gives the interval of the difference and how often it is not above zero.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fourm.files import atomic_write_bytes, atomic_write_json
+
+ARRAYS = "per_sample.npz"
+SPEC = "per_sample.json"
+KINDS = ("mean", "ratio")
+
+
+def write_per_sample(folder: str | os.PathLike, arrays: dict[str, np.ndarray], spec: dict[str, dict]) -> None:
+    """Write a run's per-sample arrays and the metric spec (arrays first: the spec marks them complete)."""
+    import io
+
+    rows = {len(np.asarray(a)) for a in arrays.values()}
+    if len(rows) != 1:
+        raise ValueError(f"per-sample arrays must have one row per sample; got lengths {sorted(rows)}")
+    for metric, s in spec.items():
+        if s.get("kind") not in KINDS:
+            raise ValueError(f"per-sample metric {metric!r}: kind must be one of {KINDS}, got {s.get('kind')!r}")
+        for field in ("values",) if s["kind"] == "mean" else ("num", "den"):
+            if s.get(field) not in arrays:
+                raise ValueError(f"per-sample metric {metric!r}: {field}={s.get(field)!r} is not an array")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write_bytes(Path(folder) / ARRAYS, buf.getvalue())
+    atomic_write_json(Path(folder) / SPEC, spec)
+
+
+def read_per_sample(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict] | None:
+    """(arrays, spec) of a run folder, or None when it has no per-sample results."""
+    folder = Path(folder)
+    if not (folder / SPEC).exists() or not (folder / ARRAYS).exists():
+        return None
+    with np.load(folder / ARRAYS) as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, json.loads((folder / SPEC).read_text())
+
+
+def value(arrays: dict, spec: dict, rows: np.ndarray | None = None) -> float:
+    """One metric from the per-sample arrays, over ``rows`` (indices, repeats allowed) or all samples."""
+    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+    scale = float(spec.get("scale", 1.0))
+    if spec["kind"] == "mean":
+        return scale * float(np.mean(pick(arrays[spec["values"]])))
+    num, den = pick(arrays[spec["num"]]).sum(axis=0), pick(arrays[spec["den"]]).sum(axis=0)
+    present = den > 0
+    return scale * float(np.mean(num[present] / den[present])) if present.any() else float("nan")
+
+
+def _resamples(n: int, times: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(times, n))
+
+
+def bootstrap(arrays: dict, spec: dict, times: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of a metric over ``times`` resamples of the test samples."""
+    n = len(next(iter(arrays.values())))
+    values = np.array([value(arrays, spec, rows) for rows in _resamples(n, times, seed)])
+    lo, hi = np.nanpercentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def ci95(folder: str | os.PathLike, metric: str, times: int = 1000, seed: int = 0) -> float | None:
+    """Half-width of the 95% bootstrap interval of ``metric`` of a run folder (None: no per-sample data for it)."""
+    found = read_per_sample(folder)
+    if found is None or metric not in found[1]:
+        return None
+    lo, hi = bootstrap(found[0], found[1][metric], times, seed)
+    return (hi - lo) / 2
+
+
+def paired_bootstrap(a: str | os.PathLike, b: str | os.PathLike, metric: str, times: int = 1000, seed: int = 0,
+                     higher_is_better: bool = True) -> dict:
+    """Run ``a`` against run ``b`` on the same test samples: the observed difference (a - b), its 95% interval, and
+    ``p``, the fraction of resamples where ``a`` is not better than ``b``. Runs with different sample counts are refused."""
+    fa, fb = read_per_sample(a), read_per_sample(b)
+    if fa is None or fb is None or metric not in fa[1] or metric not in fb[1]:
+        raise ValueError(f"paired bootstrap of {metric!r}: {a} or {b} has no per-sample results for it")
+    na, nb = len(next(iter(fa[0].values()))), len(next(iter(fb[0].values())))
+    if na != nb:
+        raise ValueError(f"paired bootstrap of {metric!r}: {a} has {na} samples, {b} has {nb}; they must be the same images")
+    sign = 1.0 if higher_is_better else -1.0
+    diffs = np.array([value(*[fa[0], fa[1][metric]], rows) - value(*[fb[0], fb[1][metric]], rows)
+                      for rows in _resamples(na, times, seed)])
+    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+    observed = value(fa[0], fa[1][metric]) - value(fb[0], fb[1][metric])
+    return {"diff": float(observed), "ci95": (float(lo), float(hi)), "p": float(np.mean(sign * diffs <= 0)),
+            "samples": na}
