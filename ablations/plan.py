@@ -49,6 +49,7 @@ class _Checks:
 
     masking: dict = {}
     transfer: dict = {}
+    data: dict = {}
 
     def masking_error(self, mods: tuple, alphas, n_in: int, n_tg: int) -> str | None:
         from fourm.data.masking import MissingTextTokenizer, UnifiedMasking
@@ -79,6 +80,16 @@ class _Checks:
         cfg = copy.deepcopy(self.transfer[key])
         cfg["transfer"]["init"] = init  # what resolve does with an absolute path to a file that may not exist yet
         return cfg
+
+
+    def transfer_data(self, cfg: dict) -> None:
+        """The task's data checks (:func:`transfer.run.check_data`), once per distinct data question."""
+        from transfer.run import check_data
+
+        key = (cfg["transfer"]["task"], cfg["data_root"], repr(sorted((cfg.get("data") or {}).items())))
+        if key not in self.data:
+            check_data(cfg)
+            self.data[key] = None
 
 
 def check_pretrain(cfg: dict, checks: _Checks) -> tuple[str, str] | None:
@@ -145,6 +156,7 @@ def plan(grid: Grid, runs_root: str | Path, progress: bool = True) -> list[Plann
             ovr["model"] = model
         try:
             cfg = checks.transfer_config(task, grid.profile, ovr, init)
+            checks.transfer_data(cfg)
         except ConfigError as e:
             raise GridError(f"{where}: {e}") from None
         cfg["_ablation"] = {"grid": grid.name, **dict(point.labels)}

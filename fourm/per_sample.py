@@ -26,8 +26,10 @@ SPEC = "per_sample.json"
 KINDS = ("mean", "ratio")
 
 
-def write_per_sample(folder: str | os.PathLike, arrays: dict[str, np.ndarray], spec: dict[str, dict]) -> None:
-    """Write a run's per-sample arrays and the metric spec (arrays first: the spec marks them complete)."""
+def write_per_sample(folder: str | os.PathLike, arrays: dict[str, np.ndarray], spec: dict[str, dict],
+                     times: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Write a run's per-sample arrays and the metric spec (arrays first: the spec marks them complete); returns
+    ``{"<metric>.ci95": half-width of its 95% bootstrap interval}`` for the run's ``metrics.json``."""
     import io
 
     rows = {len(np.asarray(a)) for a in arrays.values()}
@@ -43,6 +45,12 @@ def write_per_sample(folder: str | os.PathLike, arrays: dict[str, np.ndarray], s
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(Path(folder) / ARRAYS, buf.getvalue())
     atomic_write_json(Path(folder) / SPEC, spec)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    out = {}
+    for metric, s in spec.items():
+        lo, hi = bootstrap(arrays, s, times, seed)
+        out[f"{metric}.ci95"] = (hi - lo) / 2
+    return out
 
 
 def read_per_sample(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict] | None:
@@ -66,8 +74,11 @@ def value(arrays: dict, spec: dict, rows: np.ndarray | None = None) -> float:
     return scale * float(np.mean(num[present] / den[present])) if present.any() else float("nan")
 
 
-def _resamples(n: int, times: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(times, n))
+def _resamples(n: int, times: int, seed: int):
+    """``times`` seeded index resamples of ``n`` samples, one at a time (memory stays at one resample)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(times):
+        yield rng.integers(0, n, size=n)
 
 
 def bootstrap(arrays: dict, spec: dict, times: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

@@ -544,8 +544,8 @@ def run(config: dict, run) -> dict:
     if env.is_main:
         from fourm.per_sample import write_per_sample
 
-        write_per_sample(run.path, {"correct": hits.numpy()}, {"top1": {"kind": "mean", "values": "correct",
-                                                                        "scale": 100.0}})
+        metrics.update(write_per_sample(run.path, {"correct": hits.numpy()},
+                                        {"top1": {"kind": "mean", "values": "correct", "scale": 100.0}}))
         if protocol == "lora":
             from transfer.lora import save_adapter
 

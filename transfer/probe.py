@@ -290,6 +290,6 @@ def run(config: dict, run, datasets: dict, classes: list[str], device: torch.dev
     metrics.update({"top1": grid[best]["top1"], "top5": grid[best]["top5"], "best": best, "grid": grid})
     from fourm.per_sample import write_per_sample
 
-    write_per_sample(run.path, {"correct": hits[best].numpy().astype(np.float64)},
-                     {"top1": {"kind": "mean", "values": "correct", "scale": 100.0}})
+    metrics.update(write_per_sample(run.path, {"correct": hits[best].numpy().astype(np.float64)},
+                                    {"top1": {"kind": "mean", "values": "correct", "scale": 100.0}}))
     return metrics

@@ -44,6 +44,19 @@ def make_config(task: str, profile: str = DEFAULT_PROFILE, overrides=()) -> dict
     return resolve(task, profile, overrides)
 
 
+def check_data(config: dict) -> None:
+    """The task's checks of its data that need no training (e.g. low-shot shots against the class sizes), when the
+    data is already there; a sweep runs them for every point before submitting (ConfigError names the fix)."""
+    if not Path(config["data_root"]).is_dir():
+        return  # made by an earlier stage of a pipeline: checked when the job starts
+    check = getattr(task_module(config["transfer"]["task"]), "check_data", None)
+    if check is not None:
+        try:
+            check(config)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
+
+
 def run_transfer(config: dict, runs_root: str | None = None) -> Run:
     """Open the config's run folder and run its task unless the run is DONE; returns the run (metrics in run.metrics).
 
@@ -111,6 +124,7 @@ def cli(argv: list[str]) -> int:
         return 0
     try:
         task_module(task)
+        check_data(config)
     except ConfigError as e:
         print(f"fourm-bench transfer: {e}", file=sys.stderr)
         return 2
