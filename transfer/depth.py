@@ -66,7 +66,8 @@ def runner_kwargs(config: dict, work_dir, run=None) -> dict:
                     data_prefix=dict(img_path=f"images/{split}", depth_map_path=f"annotations/{split}"))
 
     ev = mm["evaluator"]
-    evaluator = [dict(type="DepthMetric", min_depth_eval=float(ev["min_depth"]), max_depth_eval=float(ev["max_depth"]),
+    evaluator = [dict(type="PerSampleDepthMetric", min_depth_eval=float(ev["min_depth"]), max_depth_eval=float(ev["max_depth"]),
+                      out_dir=str(run.path) if run else None,
                       crop_type=ev.get("crop_type")),
                  dict(type="DepthLossMetric", loss=dict(mm["decode_head"].get("loss_decode", {"type": "BerHuLoss"})))]
     return R.runner_kwargs(config, model=model, train_dataset=dataset("train", train_pipe, False),
@@ -83,5 +84,6 @@ def run(config: dict, run) -> dict:
     metrics = R.train_and_test(runner_kwargs(config, run.path / "mm", run), run, desc=TASK,
                                hooks=frozen_encoder_hooks(config, run))
     out = {METRIC_KEYS[k]: v for k, v in metrics.items() if k in METRIC_KEYS}
+    out.update({f"{METRIC_KEYS[k[:-5]]}.ci95": v for k, v in metrics.items() if k.endswith(".ci95") and k[:-5] in METRIC_KEYS})
     out["val_loss"] = metrics["val_loss"]
     return out

@@ -26,6 +26,7 @@ from mmcv.transforms import BaseTransform
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModule
 from mmseg.datasets import BaseSegDataset
+from mmseg.evaluation.metrics import DepthMetric, IoUMetric
 from mmseg.models.decode_heads import decode_head as _decode_head
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.decode_heads.dpt_head import FeatureFusionBlock, ReassembleBlocks
@@ -301,6 +302,51 @@ class AppendDepthChannel(BaseTransform):
             raise ValueError(f"AppendDepthChannel: depth {depth.shape} and image {img.shape[:2]} differ for {path}")
         results["img"] = np.concatenate([img[..., ::-1].astype(np.float32), depth[..., None]], axis=-1)
         return results
+
+
+# --- per-sample results (fourm.per_sample: bootstrap intervals and paired comparisons) ----------------------------
+@METRICS.register_module()
+class PerSampleIoUMetric(IoUMetric):
+    """mmseg's ``IoUMetric``, whose per-image intersections and unions also go to ``<out_dir>/per_sample.npz`` and
+    whose metrics gain ``mIoU.ci95`` (the half-width of the 95% bootstrap interval over the test images)."""
+
+    def __init__(self, out_dir: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.out_dir = out_dir
+
+    def compute_metrics(self, results: list) -> dict:
+        metrics = super().compute_metrics(results)
+        if self.out_dir and results:
+            from fourm.per_sample import write_per_sample
+
+            inter = np.stack([np.asarray(r[0], dtype=np.float64) for r in results])
+            union = np.stack([np.asarray(r[1], dtype=np.float64) for r in results])
+            metrics.update(write_per_sample(self.out_dir, {"intersect": inter, "union": union},
+                                            {"mIoU": {"kind": "ratio", "num": "intersect", "den": "union", "scale": 100.0}}))
+        return metrics
+
+
+@METRICS.register_module()
+class PerSampleDepthMetric(DepthMetric):
+    """mmseg's ``DepthMetric`` (a mean of per-image values), whose per-image values also go to
+    ``<out_dir>/per_sample.npz`` under our names, with ``delta1.ci95``, ``abs_rel.ci95`` and ``rmse.ci95``."""
+
+    NAMES = {"d1": "delta1", "abs_rel": "abs_rel", "rmse": "rmse"}
+
+    def __init__(self, out_dir: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.out_dir = out_dir
+
+    def compute_metrics(self, results: list) -> dict:
+        metrics = super().compute_metrics(results)
+        if self.out_dir and results:
+            from fourm.per_sample import write_per_sample
+
+            per_image = [self._calc_all_metrics(gt, pred) for gt, pred in results]
+            arrays = {ours: np.array([float(m[theirs]) for m in per_image]) for theirs, ours in self.NAMES.items()}
+            cis = write_per_sample(self.out_dir, arrays, {k: {"kind": "mean", "values": k} for k in arrays})
+            metrics.update({f"{theirs}.ci95": cis[f"{ours}.ci95"] for theirs, ours in self.NAMES.items()})
+        return metrics
 
 
 # --- val_loss metrics --------------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def runner_kwargs(config: dict, work_dir, run=None) -> dict:
     return R.runner_kwargs(
         config, model=encoder_decoder(config, len(classes), backbone, in_channels=4),
         train_dataset=dataset("train", train_pipe), val_dataset=dataset("test", test_pipe),
-        evaluator=[dict(type="IoUMetric", iou_metrics=["mIoU"]), dict(type="SegCrossEntropyMetric")],
+        evaluator=[dict(type="PerSampleIoUMetric", iou_metrics=["mIoU"], out_dir=str(run.path) if run else None),
+                   dict(type="SegCrossEntropyMetric")],
         work_dir=work_dir, run=run)
 
 
@@ -72,4 +73,7 @@ def run(config: dict, run) -> dict:
     """Train and evaluate in ``run``'s folder; returns mIoU (percent), aAcc, mAcc and val_loss."""
     metrics = R.train_and_test(runner_kwargs(config, run.path / "mm", run), run, desc=TASK,
                                hooks=frozen_encoder_hooks(config, run))
-    return {"mIoU": metrics["mIoU"], "aAcc": metrics.get("aAcc"), "mAcc": metrics.get("mAcc"), "val_loss": metrics["val_loss"]}
+    out = {"mIoU": metrics["mIoU"], "aAcc": metrics.get("aAcc"), "mAcc": metrics.get("mAcc"), "val_loss": metrics["val_loss"]}
+    if "mIoU.ci95" in metrics:
+        out["mIoU.ci95"] = metrics["mIoU.ci95"]
+    return out

@@ -114,7 +114,8 @@ def runner_kwargs(config: dict, work_dir, run=None) -> dict:
     return R.runner_kwargs(
         config, model=encoder_decoder(config, len(classes), R.backbone(config)),
         train_dataset=dataset("training", train_pipe), val_dataset=dataset("validation", test_pipe),
-        evaluator=[dict(type="IoUMetric", iou_metrics=["mIoU"]), dict(type="SegCrossEntropyMetric")],
+        evaluator=[dict(type="PerSampleIoUMetric", iou_metrics=["mIoU"], out_dir=str(run.path) if run else None),
+                   dict(type="SegCrossEntropyMetric")],
         work_dir=work_dir, run=run)
 
 
@@ -127,4 +128,7 @@ def run(config: dict, run) -> dict:
     """Train and evaluate in ``run``'s folder (mmengine work dir ``<run>/mm``, resumed if present); returns metrics."""
     metrics = R.train_and_test(runner_kwargs(config, run.path / "mm", run), run, desc=TASK,
                                hooks=frozen_encoder_hooks(config, run))
-    return {"mIoU": metrics["mIoU"], "aAcc": metrics.get("aAcc"), "mAcc": metrics.get("mAcc"), "val_loss": metrics["val_loss"]}
+    out = {"mIoU": metrics["mIoU"], "aAcc": metrics.get("aAcc"), "mAcc": metrics.get("mAcc"), "val_loss": metrics["val_loss"]}
+    if "mIoU.ci95" in metrics:
+        out["mIoU.ci95"] = metrics["mIoU.ci95"]
+    return out
