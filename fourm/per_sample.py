@@ -4,6 +4,7 @@ An evaluation writes ``per_sample.npz`` (arrays with one row per test sample: a 
 intersections and unions) and ``per_sample.json``, which says how each metric is computed from those rows:
 
 * ``{"kind": "mean", "values": a, "scale": s}``: ``s * mean(a)`` (top-1 from hits, delta1 or abs rel per image);
+  with ``"where": m`` the mean over the rows where the boolean array ``m`` holds (a metric of some samples only);
 * ``{"kind": "ratio", "num": a, "den": b, "scale": s}``: ``s * mean over classes of sum(a) / sum(b)`` with ``a``,
   ``b`` of shape ``[N, classes]`` (mIoU from per-image intersections and unions; classes never present are left out).
 
@@ -38,7 +39,7 @@ def write_per_sample(folder: str | os.PathLike, arrays: dict[str, np.ndarray], s
     for metric, s in spec.items():
         if s.get("kind") not in KINDS:
             raise ValueError(f"per-sample metric {metric!r}: kind must be one of {KINDS}, got {s.get('kind')!r}")
-        for field in ("values",) if s["kind"] == "mean" else ("num", "den"):
+        for field in (("values", "where") if "where" in s else ("values",)) if s["kind"] == "mean" else ("num", "den"):
             if s.get(field) not in arrays:
                 raise ValueError(f"per-sample metric {metric!r}: {field}={s.get(field)!r} is not an array")
     buf = io.BytesIO()
@@ -68,7 +69,10 @@ def value(arrays: dict, spec: dict, rows: np.ndarray | None = None) -> float:
     pick = (lambda a: a) if rows is None else (lambda a: a[rows])
     scale = float(spec.get("scale", 1.0))
     if spec["kind"] == "mean":
-        return scale * float(np.mean(pick(arrays[spec["values"]])))
+        v = pick(arrays[spec["values"]])
+        if "where" in spec:
+            v = v[pick(arrays[spec["where"]]).astype(bool)]
+        return scale * float(np.mean(v)) if len(v) else float("nan")
     num, den = pick(arrays[spec["num"]]).sum(axis=0), pick(arrays[spec["den"]]).sum(axis=0)
     present = den > 0
     return scale * float(np.mean(num[present] / den[present])) if present.any() else float("nan")
@@ -98,20 +102,31 @@ def ci95(folder: str | os.PathLike, metric: str, times: int = 1000, seed: int = 
     return (hi - lo) / 2
 
 
-def paired_bootstrap(a: str | os.PathLike, b: str | os.PathLike, metric: str, times: int = 1000, seed: int = 0,
-                     higher_is_better: bool = True) -> dict:
-    """Run ``a`` against run ``b`` on the same test samples: the observed difference (a - b), its 95% interval, and
-    ``p``, the fraction of resamples where ``a`` is not better than ``b``. Runs with different sample counts are refused."""
-    fa, fb = read_per_sample(a), read_per_sample(b)
-    if fa is None or fb is None or metric not in fa[1] or metric not in fb[1]:
-        raise ValueError(f"paired bootstrap of {metric!r}: {a} or {b} has no per-sample results for it")
-    na, nb = len(next(iter(fa[0].values()))), len(next(iter(fb[0].values())))
-    if na != nb:
-        raise ValueError(f"paired bootstrap of {metric!r}: {a} has {na} samples, {b} has {nb}; they must be the same images")
-    sign = 1.0 if higher_is_better else -1.0
-    diffs = np.array([value(*[fa[0], fa[1][metric]], rows) - value(*[fb[0], fb[1][metric]], rows)
-                      for rows in _resamples(na, times, seed)])
+def paired_bootstrap(pairs, metric: str, times: int = 1000, seed: int = 0, higher_is_better: bool = True) -> dict:
+    """Runs ``a`` against runs ``b`` on the same test samples, from ``pairs`` of run folders ``[(a, b), ...]`` (one pair
+    per seed): the observed mean difference (a - b), its 95% interval, and ``p``, the fraction of resamples where
+    ``a`` is not better. Every resample draws the same test samples for every run, so the interval is that of the
+    test set's sampling, paired. Runs with different sample counts are refused."""
+    found, n = [], None
+    for a, b in pairs:
+        fa, fb = read_per_sample(a), read_per_sample(b)
+        if fa is None or fb is None or metric not in fa[1] or metric not in fb[1]:
+            raise ValueError(f"paired bootstrap of {metric!r}: {a} or {b} has no per-sample results for it")
+        for folder, f in ((a, fa), (b, fb)):
+            rows = len(next(iter(f[0].values())))
+            if n is not None and rows != n:
+                raise ValueError(f"paired bootstrap of {metric!r}: {folder} has {rows} samples, others {n}; "
+                                 "they must be scored on the same images")
+            n = rows
+        found.append((fa, fb))
+    if not found:
+        raise ValueError(f"paired bootstrap of {metric!r}: no pairs of runs")
+
+    def diff(rows):
+        return float(np.mean([value(fa[0], fa[1][metric], rows) - value(fb[0], fb[1][metric], rows) for fa, fb in found]))
+
+    diffs = np.array([diff(rows) for rows in _resamples(n, times, seed)])
     lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
-    observed = value(fa[0], fa[1][metric]) - value(fb[0], fb[1][metric])
-    return {"diff": float(observed), "ci95": (float(lo), float(hi)), "p": float(np.mean(sign * diffs <= 0)),
-            "samples": na}
+    sign = 1.0 if higher_is_better else -1.0
+    return {"diff": diff(None), "ci95": [float(lo), float(hi)], "p": float(np.mean(sign * diffs <= 0)),
+            "samples": n, "pairs": len(found)}

@@ -22,12 +22,17 @@ def headline(task: str, metrics: dict) -> str:
 
 
 def verdict(primary: dict[str, dict[str, list[float]]], pretrained: str = "4M-demo (pretrained)",
-            random: str = "random init") -> dict[str, dict]:
+            random: str = "random init", folders: dict[str, dict[str, dict]] | None = None) -> dict[str, dict]:
     """Per task: the first headline metric's mean over seeds, pretrained vs random init, and whether pretrained wins.
 
     With several seeds per init it also gives each init's seed std and whether the gap between the means is larger
     than the larger of the two (``beyond_spread``): a gap inside the seed spread is not evidence either way. With one
-    seed there is no spread, and ``beyond_spread`` is None."""
+    seed there is no spread, and ``beyond_spread`` is None. With ``folders`` (task -> label -> seed -> run folder)
+    whose runs wrote per-sample results, ``paired`` is a paired bootstrap over the test images (pretrained vs random
+    init of the same seed, on the same images: :func:`fourm.per_sample.paired_bootstrap`) and ``significant`` says
+    whether its 95% interval of the difference excludes 0."""
+    from fourm.per_sample import paired_bootstrap
+
     out = {}
     for task, by_label in primary.items():
         pre, rand = by_label.get(pretrained), by_label.get(random)
@@ -40,6 +45,17 @@ def verdict(primary: dict[str, dict[str, list[float]]], pretrained: str = "4M-de
             v["beyond_spread"] = abs(pm - rm) > max(v["std"].values())
         else:
             v["beyond_spread"] = None
+        runs = (folders or {}).get(task, {})
+        pre_runs, rand_runs = runs.get(pretrained, {}), runs.get(random, {})
+        pairs = [(pre_runs[s], rand_runs[s]) for s in sorted(pre_runs, key=str) if s in rand_runs]
+        if pairs:
+            try:
+                v["paired"] = paired_bootstrap(pairs, v["metric"], higher_is_better=get_task(task).headline[0].higher_is_better)
+            except ValueError:  # runs without per-sample results: the seed spread is all there is
+                pass
+            else:
+                lo, hi = v["paired"]["ci95"]
+                v["significant"] = not lo <= 0 <= hi
         out[task] = v
     return out
 
@@ -52,6 +68,11 @@ def verdict_line(v: dict[str, dict]) -> str:
              for t, x in v.items() if x.get("beyond_spread") is False]
     if noisy:
         line += "; gaps inside the seed spread (not evidence either way): " + ", ".join(noisy)
+    paired = [f"{t} {x['paired']['diff']:+.3g} [{x['paired']['ci95'][0]:+.3g}, {x['paired']['ci95'][1]:+.3g}]"
+              f"{'' if x['significant'] else ' (includes 0)'}" for t, x in v.items() if "paired" in x]
+    if paired:
+        line += ("; pretrained minus random init, 95% interval of a paired bootstrap over the test images: "
+                 + ", ".join(paired))
     return line
 
 
@@ -90,10 +111,12 @@ def write_report(config: dict) -> dict:
     tasks = config["task_order"]
     head: dict[str, dict[str, str]] = {}
     primary: dict[str, dict[str, list[float]]] = {}
+    folders: dict[str, dict[str, dict]] = {}
     for d, j in sorted(transfer.items(), key=lambda kv: (order[kv[1]["label"]], tasks.index(kv[1]["task"]), kv[1]["seed"])):
         metrics = Run(d).metrics
         head.setdefault(j["label"], {})[j["key"]] = headline(j["task"], metrics)
         primary.setdefault(j["task"], {}).setdefault(j["label"], []).append(float(metrics[get_task(j["task"]).metric]))
+        folders.setdefault(j["task"], {}).setdefault(j["label"], {})[j["seed"]] = d
 
     pretrain = {m: Path(d) for m, d in config["pretrain"].items()}
     coll = collect(*transfer, *pretrain.values())
@@ -107,7 +130,7 @@ def write_report(config: dict) -> dict:
     plot = None
     if config.get("scaling_plot") and len(pretrain) > 1:
         plot = scaling_plot(collect(*pretrain.values()).table, x="model_size", y="val/loss", out=out, name="scaling")
-    v = verdict(primary, *labels[:2]) if len(labels) >= 2 else {}
+    v = verdict(primary, *labels[:2], folders=folders) if len(labels) >= 2 else {}
     md = [tbl.markdown, ""]
     if v:
         md.append(verdict_line(v))

@@ -405,7 +405,8 @@ def transfer_table(long_df: pd.DataFrame | None = None, *, published: str | os.P
                 delta[c.key] = rec[c.key] - float(p[c.key])
                 delta[f"{c.key}_std"], delta[f"{c.key}_n"] = math.nan, rec[f"{c.key}_n"]
             records.append(delta)
-    frame = pd.DataFrame.from_records(records, columns=["kind", "method", "size", *[f"{c.key}{s}" for c in columns for s in ("", "_std", "_n")]])
+    frame = pd.DataFrame.from_records(records, columns=["kind", "method", "size", *[f"{c.key}{s}" for c in columns
+                                                                                for s in ("", "_std", "_n", "_ci95")]])
     header = ["Method", "Size", *[c.header for c in columns]]
     rows: list[list[Cell]] = []
     for rec in records:
@@ -417,6 +418,9 @@ def transfer_table(long_df: pd.DataFrame | None = None, *, published: str | os.P
                 text = format_number(rec[c.key], decimals, sign=True)
             else:
                 text = format_mean_std(rec[c.key], rec[f"{c.key}_std"], rec[f"{c.key}_n"], decimals)
+                ci = rec.get(f"{c.key}_ci95", math.nan)
+                if kind == "ours" and not math.isnan(ci) and text != "–":
+                    text += f" [CI ±{format_number(ci, decimals)}]"
             row.append(Cell(text, numeric=True))
         rows.append(row)
     numeric = [False, False] + [True] * len(columns)
@@ -463,18 +467,26 @@ def _transfer_ours(long_df, where, method_key, size_key, columns, ignore_keys, n
             )
     out: dict[tuple, dict] = {}
     for c in columns:
-        vals = lookup_metric(df[df[TASK_KEY].astype(str) == c.task], c.metric)
+        task_df = df[df[TASK_KEY].astype(str) == c.task]
+        vals = lookup_metric(task_df, c.metric)
         if vals.empty:
             continue
         _check_scale(c, vals, notes)
         for rid, v in zip(vals["run_id"], vals["value"]):
             out.setdefault(label_of[rid], {}).setdefault(c.key, []).append(v * c.scale)
+        cis = lookup_metric(task_df, f"{c.metric}.ci95")
+        for rid, v in zip(cis["run_id"], cis["value"]):
+            out.setdefault(label_of[rid], {}).setdefault(f"{c.key}_ci95", []).append(v * c.scale)
     records = []
     for label, size in sorted(out, key=lambda k: (k[0], k[1] or "")):
         rec = {"kind": "ours", "method": label, "size": size}
         for c in columns:
             rec[c.key], rec[f"{c.key}_std"], rec[f"{c.key}_n"] = mean_std(out[(label, size)].get(c.key, []))
+            ci = out[(label, size)].get(f"{c.key}_ci95")
+            rec[f"{c.key}_ci95"] = float(np.mean(ci)) if ci else math.nan
         records.append(rec)
+    if any(not math.isnan(r[f"{c.key}_ci95"]) for r in records for c in columns):
+        notes.append("[CI ±x]: half-width of the 95% bootstrap interval over the test images (mean over seeds)")
     return records
 
 

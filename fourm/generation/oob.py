@@ -2,12 +2,18 @@
 
     fourm-bench oob checkpoint=<model.safetensors> tokenizers.depth=<run> tokenizers.semseg=<run> text_tokenizer=<json> \\
         data=<4M-layout dataset> split=val runs_root=runs/oob [method=<label>] [num=] [steps=8] [batch=8]
+        [benchmark=4m|nyuv2|diode] [align=auto|median|lstsq|lstsq_disparity]
+
+``benchmark=nyuv2|diode`` reads a standard benchmark layout instead of a 4M-layout split and scores depth and
+normals zero-shot (:mod:`fourm.generation.zero_shot`: layouts, alignment, metrics, per-image results with ``.ci95``).
+``align`` (in the run's identity; ``auto``: median on a 4M-layout split, lstsq on a benchmark) aligns relative depth.
 
 Each task generates one target from RGB alone (MaskGIT ``steps`` steps at temperature 0 for token grids, greedy
 autoregressive for text) and scores it against the split's ground truth:
 
-* RGB -> depth: ``delta1`` and ``abs_rel`` after per-image median scaling (prediction x median(gt) / median(pred)
-  over valid pixels, the usual zero-shot depth protocol), with the tokenizers' depth metric;
+* RGB -> depth: ``delta1`` and ``abs_rel`` after per-image alignment (``align=median``: prediction x median(gt) /
+  median(pred) over valid pixels, the usual zero-shot depth protocol for metric depth; ``lstsq`` scale and shift;
+  ``lstsq_disparity`` scale and shift in inverse depth), with the tokenizers' depth metric;
 * RGB -> normals: mean and median angular error, % within 11.25 degrees;
 * RGB -> semseg: ``miou`` (and pixel accuracy), the tokenizers' confusion-matrix mIoU;
 * RGB -> det: COCO box AP (pycocotools; generated boxes all have score 1);
@@ -55,7 +61,8 @@ from fourm.modalities.metrics import (
 from fourm.tokenizers.modality_io import center_box, crop_resize_flip, list_stems, read_raw, split_root, to_tensor
 
 DEFAULTS = dict(checkpoint=None, text_tokenizer=None, data=None, split="val", runs_root="runs/oob", method=None, num=None,
-                steps=8, batch=8, seed=0, threads=None, decode_steps=25, decode_scheduler="")
+                steps=8, batch=8, seed=0, threads=None, decode_steps=25, decode_scheduler="", benchmark="4m",
+                align="auto")
 
 
 IMAGE = "rgb"  # the folder of the images every prediction is made from
@@ -138,6 +145,14 @@ def parse_args(argv: list[str]) -> dict:
     for k in ("num", "threads"):
         if cfg[k] is not None:
             cfg[k] = int(cfg[k])
+    from fourm.generation.zero_shot import ALIGNS, BENCHMARKS
+
+    if cfg["benchmark"] not in ("4m", *BENCHMARKS):
+        raise GenerateError(f"benchmark={cfg['benchmark']!r}: choose 4m (a 4M-layout split) or one of {list(BENCHMARKS)}")
+    if cfg["align"] not in ("auto", *ALIGNS):
+        raise GenerateError(f"align={cfg['align']!r}: choose auto or one of {list(ALIGNS)}")
+    if cfg["align"] == "auto":  # median for metric depth; zero-shot benchmarks fit scale and shift
+        cfg["align"] = "median" if cfg["benchmark"] == "4m" else "lstsq"
     return cfg
 
 
@@ -160,10 +175,14 @@ def _ground_truth(root: Path, stems: list[str], modality: str, size: int):
 
 
 @torch.no_grad()
-def evaluate(cfg: dict, progress: bool = True) -> dict[str, float]:
+def evaluate(cfg: dict, progress: bool = True, out_dir=None) -> dict[str, float]:
     """Run the benchmark; returns the flat metrics (``<task>/<metric>[.ceiling|.baseline]``)."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    if cfg.get("benchmark", "4m") != "4m":
+        from fourm.generation import zero_shot
+
+        return zero_shot.evaluate(Generator({**_gen_cfg(cfg), "targets": []}), cfg, out_dir, progress)
     root = split_root(cfg["data"], cfg["split"])
     probe = Generator({**_gen_cfg(cfg), "targets": []})
     model = probe.model
@@ -199,7 +218,7 @@ def evaluate(cfg: dict, progress: bool = True) -> dict[str, float]:
     for t in tasks:
         mod = targets[t]
         gt = _ground_truth(root, stems, mod, probe.detok.tokenizers[t].config.image_size if spec(mod).is_map else size)
-        metrics.update({f"{mod}/{k}": v for k, v in _score(t, mod, preds[t], gt, probe).items()})
+        metrics.update({f"{mod}/{k}": v for k, v in _score(t, mod, preds[t], gt, probe, cfg.get("align", "median")).items()})
     return metrics
 
 
@@ -281,22 +300,30 @@ def _gen_cfg(cfg: dict) -> dict:
                 decode_scheduler=cfg["decode_scheduler"])
 
 
-def _depth_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str) -> dict[str, float]:
+def _depth_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str, align: str = "median") -> dict[str, float]:
     meter = ReconstructionMeter("depth")
     relative = getattr(vq.config, "official", False)  # official tokenizers decode standardised (relative) depth
-    meter.update(scale_shift_aligned(p, gt) if relative else median_scaled(p, gt), gt)
+    if align == "median" and not relative:
+        aligned = median_scaled(p, gt)
+    elif align in ("median", "lstsq"):
+        aligned = scale_shift_aligned(p, gt)  # relative depth has no scale of its own to keep
+    else:
+        from fourm.generation.zero_shot import align_depth
+
+        aligned = torch.stack([align_depth(p[i], gt[i], align) for i in range(len(p))])
+    meter.update(aligned, gt)
     m = meter.compute()
     return {f"delta1{suffix}": 100 * m["delta1"], f"abs_rel{suffix}": m["abs_rel"]}
 
 
-def _semseg_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str) -> dict[str, float]:
+def _semseg_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str, **_) -> dict[str, float]:
     meter = ReconstructionMeter("semseg", num_classes=vq.config.num_classes)
     meter.update(p, gt)
     m = meter.compute()
     return {f"miou{suffix}": 100 * m["miou"], f"pixel_acc{suffix}": 100 * m["pixel_acc"]}
 
 
-def _normal_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str) -> dict[str, float]:
+def _normal_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str, **_) -> dict[str, float]:
     err = normal_errors(p, gt)
     return {f"angle_mean{suffix}": float(err.mean()), f"angle_median{suffix}": float(err.median()),
             f"within_11deg{suffix}": 100 * float((err < 11.25).double().mean())}
@@ -306,7 +333,7 @@ def _normal_scores(p: torch.Tensor, gt: torch.Tensor, vq, suffix: str) -> dict[s
 MAP_SCORES = {"depth": _depth_scores, "semseg": _semseg_scores, "normal": _normal_scores}
 
 
-def _score(target: str, mod: str, pred: list, gt, gen: Generator) -> dict[str, float]:
+def _score(target: str, mod: str, pred: list, gt, gen: Generator, align: str = "median") -> dict[str, float]:
     """The task's metrics for the prediction, the tokenizer's ceiling and the trivial baseline."""
     out = {}
     s = spec(mod)
@@ -316,7 +343,7 @@ def _score(target: str, mod: str, pred: list, gt, gen: Generator) -> dict[str, f
         ceiling = torch.cat([vq.reconstruct(gt[i:i + 16]) for i in range(0, len(gt), 16)])
         baseline = constant_prediction(fit_constant(s.metric, gt, num_classes=vq.config.num_classes), gt)
         for suffix, p in (("", pred), (".ceiling", ceiling), (".baseline", baseline)):
-            out.update(MAP_SCORES[s.task](p, gt, vq, suffix))
+            out.update(MAP_SCORES[s.task](p, gt, vq, suffix, align=align))
     elif s.task == "boxes":
         tok, bins, size = gen.text_tokenizer, gen.detok.bins, gen.image_size
         ceiling = [text_to_boxes(sequence_text(tok.encode(boxes_to_text(b, size, bins)).ids, tok), size, bins) for b in gt]
@@ -340,7 +367,8 @@ def run_config(cfg: dict) -> dict:
             "tokenizers": {k: str(v) for k, v in sorted(cfg["tokenizers"].items())},
             "text_tokenizer": cfg["text_tokenizer"], "data": str(cfg["data"]), "split": cfg["split"],
             "num": cfg["num"], "steps": cfg["steps"], "seed": cfg["seed"], "decode_steps": cfg["decode_steps"],
-            "decode_scheduler": cfg["decode_scheduler"]}
+            "decode_scheduler": cfg["decode_scheduler"], "benchmark": cfg.get("benchmark", "4m"),
+            "align": cfg.get("align", "median")}
 
 
 def run_oob(cfg: dict, progress: bool = True):
@@ -348,7 +376,7 @@ def run_oob(cfg: dict, progress: bool = True):
     run = open_run(cfg["runs_root"], run_config(cfg))
     if run.done:
         return run
-    metrics = evaluate(cfg, progress)
+    metrics = evaluate(cfg, progress, out_dir=run.path)
     run.log(event="oob", **{k: v for k, v in metrics.items() if "." not in k})
     run.write_metrics(metrics)
     run.mark_done()
@@ -366,7 +394,7 @@ def cli(argv: list[str]) -> int:
             print(json.dumps(cfg, indent=2, default=str))
             return 0
         run = run_oob(cfg)
-    except (GenerateError, FileNotFoundError, ValueError) as e:
+    except (GenerateError, FileNotFoundError, ValueError) as e:  # BenchmarkError is a ValueError
         print(f"fourm-bench oob: {e}")
         return 2
     for k, v in sorted(run.metrics.items()):

@@ -148,3 +148,82 @@ def test_generate_runs_on_the_official_tiny_checkpoint(tiny, tmp_path, official_
     assert len(list(out.glob("*.png"))) == 2
     texts = json.loads((out / f"{next(out.glob('*.png')).stem}.json").read_text())
     assert isinstance(texts["caption"], str) and isinstance(texts["det"], list)
+
+
+def _benchmark_folders(root):
+    """A NYUv2-layout and a DIODE-layout folder of small landscape images (depth in their units, normals)."""
+    rng = np.random.default_rng(0)
+    h, w = 48, 64
+    for i in range(3):
+        nyu = root / "nyuv2"
+        for sub, arr in (("images/test", rng.integers(0, 256, (h, w, 3), dtype=np.uint8)),
+                         ("annotations/test", rng.integers(500, 6000, (h, w)).astype(np.uint16)),
+                         ("normals/test", rng.integers(1, 256, (h, w, 3), dtype=np.uint8))):
+            (nyu / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(nyu / sub / f"{i:04d}.{'jpg' if sub.startswith('images') else 'png'}")
+    for subset, n in (("indoors", 2), ("outdoor", 1)):
+        for i in range(n):
+            scan = root / "diode" / "val" / subset / f"scene_{i:05d}" / "scan_00001"
+            scan.mkdir(parents=True, exist_ok=True)
+            name = f"{i:05d}_00001_{subset}_000"
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(scan / f"{name}.png")
+            depth = rng.uniform(0.5, 50.0, (h, w, 1)).astype(np.float32)
+            np.save(scan / f"{name}_depth.npy", depth)
+            mask = np.ones((h, w), np.float32)
+            mask[:4] = 0
+            np.save(scan / f"{name}_depth_mask.npy", mask)
+            normal = rng.normal(size=(h, w, 3)).astype(np.float32)
+            np.save(scan / f"{name}_normal.npy", normal / np.linalg.norm(normal, axis=-1, keepdims=True))
+    return root
+
+
+@pytest.mark.parametrize("benchmark,align", [("nyuv2", "lstsq"), ("diode", "lstsq_disparity")])
+def test_oob_on_benchmark_layouts(tiny, tmp_path, benchmark, align):
+    from fourm.per_sample import read_per_sample, value
+
+    data = _benchmark_folders(tmp_path / "bench")
+    cfg = oob.parse_args([f"checkpoint={tiny['ckpt']}", *tiny["toks"], f"data={data}", f"benchmark={benchmark}",
+                          f"align={align}", f"runs_root={tmp_path / 'runs'}", "steps=2"])
+    run = oob.run_oob(cfg, progress=False)
+    m, rc = run.metrics, run.config
+    assert (rc["benchmark"], rc["align"]) == (benchmark, align)  # both name the run
+    assert m["num_images"] == 3
+    subsets = [""] if benchmark == "nyuv2" else ["indoors/", "outdoor/"]
+    for sub in subsets:
+        for key in ("depth/{}delta1", "depth/{}abs_rel", "depth/{}rmse", "normal/{}angle_mean", "normal/{}within_30deg"):
+            k = key.format(sub)
+            assert {k, f"{k}.ceiling", f"{k}.baseline", f"{k}.ci95"} <= set(m), k
+        assert 0 <= m[f"depth/{sub}delta1"] <= 100 and m[f"normal/{sub}angle_mean"] <= 180
+    arrays, spec_ = read_per_sample(run.path)
+    for key in spec_:  # the per-image rows give back every reported mean
+        assert value(arrays, spec_[key]) == pytest.approx(m[key])
+    if benchmark == "diode":
+        assert arrays["depth__indoors__delta1__scored"].sum() == 2 and arrays["depth__outdoor__delta1__scored"].sum() == 1
+    other = oob.parse_args([f"checkpoint={tiny['ckpt']}", *tiny["toks"], f"data={data}", f"benchmark={benchmark}",
+                            "align=median", f"runs_root={tmp_path / 'runs'}", "steps=2"])
+    assert oob.run_config(other) != oob.run_config(cfg)
+
+
+def test_depth_alignments_recover_an_affine_prediction():
+    from fourm.generation.zero_shot import align_depth, depth_metrics
+
+    gt = torch.rand(1, 8, 8) * 4 + 1
+    gt[0, 0, 0] = 0  # no depth: ignored by every fit and metric
+    assert align_depth(gt * 2.5, gt, "median") == pytest.approx(gt * 2.5 * (1 / 2.5), abs=1e-5)
+    fitted = align_depth(gt * 0.5 + 0.3, gt, "lstsq")
+    assert fitted[gt > 0] == pytest.approx(gt[gt > 0], abs=1e-4)
+    disparity = 1 / gt.clamp_min(1e-6)
+    pred = 1 / (disparity * 3 + 0.1)  # a depth whose inverse is affine in the true inverse depth
+    fitted = align_depth(pred, gt, "lstsq_disparity")
+    assert fitted[gt > 0] == pytest.approx(gt[gt > 0], rel=1e-4)
+    m = depth_metrics(fitted, gt)
+    assert m["delta1"] == 100.0 and m["abs_rel"] < 1e-4 and m["rmse"] < 1e-3
+
+
+def test_benchmark_errors_name_the_folder(tiny, tmp_path, capsys):
+    base = [f"checkpoint={tiny['ckpt']}", *tiny["toks"], f"data={tmp_path}", f"runs_root={tmp_path / 'runs'}"]
+    assert oob.cli(base + ["benchmark=kitti"]) == 2 and "choose 4m" in capsys.readouterr().out
+    assert oob.cli(base + ["benchmark=nyuv2", "align=mean"]) == 2 and "align='mean'" in capsys.readouterr().out
+    assert oob.cli(base + ["benchmark=diode"]) == 2
+    out = capsys.readouterr().out
+    assert "diode/val" in out and "_depth.npy" in out and "Traceback" not in out

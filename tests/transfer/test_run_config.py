@@ -14,7 +14,7 @@ BASE = {"init": "random", "data_root": "/tmp/somewhere"}
 def test_paper_in1k_is_the_4m_b_recipe():
     c = resolve("in1k", "paper", BASE)
     t = c["train"]
-    assert c["transfer"] == {"task": "in1k", "init": "random", "model": "fm_base_12e_12d_swiglu_nobias", "profile": "paper"}
+    assert c["transfer"] == {"task": "in1k", "init": "random", "model": "fm_base_12e_12d_swiglu_nobias", "profile": "paper", "protocol": "finetune"}
     assert (t["epochs"], t["warmup_epochs"], t["batch_size"], t["blr"]) == (100, 5, 1024, 5e-4)
     assert (t["layer_decay"], t["weight_decay"], t["drop_path"]) == (0.65, 0.05, 0.1)
     assert t["betas"] == [0.9, 0.999] and t["image_size"] == 224 and t["lr"] is None

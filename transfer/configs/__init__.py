@@ -128,6 +128,16 @@ def protocol_sections(cfg: dict, task: str, path: Path, pairs: list[tuple[str, s
             node[sub] = new
     if "probe" in cfg:
         check_probe_blocks(cfg, path)
+    if "lora" in cfg:
+        from transfer.lora import target_pattern
+
+        rank = cfg["lora"].get("rank")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ConfigError(f"{path}: lora.rank={rank!r}: give a rank >= 1")
+        try:
+            target_pattern(cfg["lora"].get("targets") or [])
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
 
 def check_probe_blocks(cfg: dict, path: Path) -> None:

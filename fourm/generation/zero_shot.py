@@ -1,0 +1,270 @@
+"""Zero-shot depth and surface normals on standard benchmark layouts (``fourm-bench oob benchmark=nyuv2|diode``).
+
+The model predicts depth and normals from RGB alone (as ``oob`` does on a 4M-layout split) on the images of a
+benchmark, read in its own layout:
+
+* ``nyuv2``: ``<data>/nyuv2/images/<split>/<stem>.{jpg,png}``, depth ``annotations/<split>/<stem>.png`` (uint16,
+  millimetres unless ``nyuv2/meta.json`` gives another ``depth_scale``; 0 = no depth) and, where present, normals
+  ``normals/<split>/<stem>.png`` (uint8 RGB = (n + 1) x 127.5; black = no normal). ``split`` defaults to ``test``.
+  This is the layout the NYUv2 transfer task reads.
+* ``diode``: DIODE as released, ``<data>/diode/<split>/{indoors,outdoor}/scene_*/scan_*/<name>.png`` with
+  ``<name>_depth.npy`` (metres), ``<name>_depth_mask.npy`` and ``<name>_normal.npy`` (zero vectors = no normal);
+  indoor and outdoor are reported separately (``depth/indoors/delta1``, ``depth/outdoor/delta1``). ``split``: ``val``.
+
+Geometry: the largest centred square of each image, resized to the model's input; the ground truth's same square,
+resized (nearest) to the tokenizer's output size. Depth alignment (``align``, in the run's identity), per image over
+its valid pixels: ``median`` (scale by median(gt) / median(pred)), ``lstsq`` (least-squares scale and shift in
+depth), ``lstsq_disparity`` (scale and shift fitted in inverse depth, then inverted: MiDaS's protocol for relative
+predictions). Depth metrics per image: ``delta1`` (% of pixels with max(pred/gt, gt/pred) < 1.25), ``abs_rel``,
+``rmse`` (metres); normals per image: mean and median angle (degrees), % within 11.25 / 22.5 / 30 degrees. A
+reported value is the mean over images; every image's values are in ``per_sample.npz``, and ``.ci95`` is the
+half-width of the 95% bootstrap interval over the images. Each metric also has ``.ceiling`` (the ground truth through
+the same tokenizer, aligned the same way: what the tokenizer allows at best) and ``.baseline`` (one constant
+depth, aligned; the mean normal of the benchmark).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+BENCHMARKS = ("nyuv2", "diode")
+ALIGNS = ("median", "lstsq", "lstsq_disparity")
+DEFAULT_SPLIT = {"nyuv2": "test", "diode": "val"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Sample:
+    name: str
+    image: Path
+    subset: str = ""                      # "" or DIODE's "indoors" / "outdoor"
+    depth: Path | None = None
+    normal: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class BenchmarkError(ValueError):
+    """A benchmark folder that cannot be read; the message names the folder and the layout expected."""
+
+
+# --- layouts -------------------------------------------------------------------------------------------------
+def read_nyuv2(data: Path, split: str) -> list[Sample]:
+    root = data / "nyuv2"
+    images = root / "images" / split
+    if not images.is_dir():
+        raise BenchmarkError(f"nyuv2: no {images}; expected <data>/nyuv2/images/<split>/*.jpg with "
+                             f"annotations/<split>/*.png (16-bit depth) beside it")
+    scale = 1000.0
+    if (root / "meta.json").exists():
+        scale = float(json.loads((root / "meta.json").read_text()).get("depth_scale", scale))
+    out = []
+    for p in sorted(images.iterdir()):
+        if p.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            continue
+        depth = root / "annotations" / split / f"{p.stem}.png"
+        normal = root / "normals" / split / f"{p.stem}.png"
+        out.append(Sample(p.stem, p, depth=depth if depth.exists() else None,
+                          normal=normal if normal.exists() else None, extra={"depth_scale": scale}))
+    return out
+
+
+def read_diode(data: Path, split: str) -> list[Sample]:
+    root = data / "diode" / split
+    if not root.is_dir():
+        raise BenchmarkError(f"diode: no {root}; expected <data>/diode/<split>/{{indoors,outdoor}}/scene_*/scan_*/"
+                             f"<name>.png with <name>_depth.npy, <name>_depth_mask.npy, <name>_normal.npy")
+    out = []
+    for subset in ("indoors", "outdoor"):
+        for p in sorted((root / subset).glob("scene_*/scan_*/*.png")):
+            depth, normal = p.with_name(f"{p.stem}_depth.npy"), p.with_name(f"{p.stem}_normal.npy")
+            out.append(Sample(f"{subset}/{p.parent.parent.name}/{p.parent.name}/{p.stem}", p, subset,
+                              depth=depth if depth.exists() else None, normal=normal if normal.exists() else None))
+    return out
+
+
+READERS = {"nyuv2": read_nyuv2, "diode": read_diode}
+
+
+def samples(benchmark: str, data: str | Path, split: str | None = None) -> list[Sample]:
+    if benchmark not in READERS:
+        raise BenchmarkError(f"benchmark={benchmark!r}: choose one of {list(READERS)} (or 4m for a 4M-layout split)")
+    found = READERS[benchmark](Path(data), split or DEFAULT_SPLIT[benchmark])
+    if not found:
+        raise BenchmarkError(f"{benchmark}: no images found under {data} (split {split or DEFAULT_SPLIT[benchmark]})")
+    return found
+
+
+def load_depth(s: Sample) -> np.ndarray:
+    """Metres, ``[H, W]``, 0 where there is no depth."""
+    if s.depth.suffix == ".npy":
+        d = np.load(s.depth).astype(np.float32).reshape(np.load(s.depth, mmap_mode="r").shape[:2])
+        mask = s.depth.with_name(s.depth.name.replace("_depth.npy", "_depth_mask.npy"))
+        if mask.exists():
+            d = d * (np.load(mask).reshape(d.shape) > 0)
+        return d
+    with Image.open(s.depth) as im:
+        return np.asarray(im).astype(np.float32) / float(s.extra.get("depth_scale", 1000.0))
+
+
+def load_normal(s: Sample) -> np.ndarray:
+    """Unit vectors ``[H, W, 3]``, zero where there is no normal."""
+    if s.normal.suffix == ".npy":
+        n = np.load(s.normal).astype(np.float32)
+    else:
+        with Image.open(s.normal) as im:
+            raw = np.asarray(im.convert("RGB"))
+        n = raw.astype(np.float32) / 127.5 - 1.0
+        n[(raw == 0).all(axis=-1)] = 0.0
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    return np.where(norm > 0.5, n / np.maximum(norm, 1e-6), 0.0).astype(np.float32)
+
+
+def square(a: np.ndarray) -> np.ndarray:
+    h, w = a.shape[:2]
+    s = min(h, w)
+    return a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+
+
+def load_rgb(path: Path, size: int) -> torch.Tensor:
+    """The centred square of an image, resized (bicubic) to ``size``, ImageNet-normalised ``[3, size, size]``."""
+    with Image.open(path) as im:
+        a = square(np.asarray(im.convert("RGB")))
+    a = np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC))
+    x = torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255.0)
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+def map_at(a: np.ndarray, size: int) -> torch.Tensor:
+    """A ground-truth map's centred square, nearest-resized to ``size``: ``[C, size, size]``."""
+    t = torch.from_numpy(np.ascontiguousarray(square(a)))
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    return F.interpolate(t[None].float(), size=(size, size), mode="nearest")[0]
+
+
+# --- alignment and metrics -------------------------------------------------------------------------------------
+def align_depth(pred: torch.Tensor, gt: torch.Tensor, how: str) -> torch.Tensor:
+    """One predicted depth map aligned to the ground truth's valid pixels (see the module docstring)."""
+    valid = gt > 0
+    if valid.sum() < 2:
+        return pred
+    p, t = pred[valid].double(), gt[valid].double()
+    if how == "median":
+        return pred * (t.median() / p.median().clamp_min(1e-6)).float()
+    if how == "lstsq":
+        a = torch.stack([p, torch.ones_like(p)], dim=1)
+        s, b = torch.linalg.lstsq(a, t[:, None]).solution[:, 0]
+        return (pred.double() * s + b).clamp_min(1e-3).float()
+    if how == "lstsq_disparity":
+        dp = 1.0 / p.clamp_min(1e-6)
+        a = torch.stack([dp, torch.ones_like(dp)], dim=1)
+        s, b = torch.linalg.lstsq(a, (1.0 / t)[:, None]).solution[:, 0]
+        disparity = (1.0 / pred.double().clamp_min(1e-6)) * s + b
+        return (1.0 / disparity.clamp_min(1.0 / t.max() / 10)).float()  # no depth beyond 10x the scene's farthest
+    raise BenchmarkError(f"align={how!r}: choose one of {list(ALIGNS)}")
+
+
+def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+    valid = gt > 0
+    if not valid.any():
+        return {"delta1": float("nan"), "abs_rel": float("nan"), "rmse": float("nan")}
+    p, t = pred[valid].double().clamp_min(1e-6), gt[valid].double()
+    ratio = torch.maximum(p / t, t / p)
+    return {"delta1": 100.0 * float((ratio < 1.25).double().mean()), "abs_rel": float(((p - t).abs() / t).mean()),
+            "rmse": float(((p - t) ** 2).mean().sqrt())}
+
+
+def normal_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+    valid = gt.abs().sum(0) > 0
+    if not valid.any():
+        return {k: float("nan") for k in ("angle_mean", "angle_median", "within_11deg", "within_22deg", "within_30deg")}
+    cos = F.cosine_similarity(pred.double(), gt.double(), dim=0, eps=1e-8)[valid].clamp(-1, 1)
+    err = torch.rad2deg(torch.acos(cos))
+    return {"angle_mean": float(err.mean()), "angle_median": float(err.median()),
+            "within_11deg": 100.0 * float((err < 11.25).double().mean()),
+            "within_22deg": 100.0 * float((err < 22.5).double().mean()),
+            "within_30deg": 100.0 * float((err < 30).double().mean())}
+
+
+# --- the evaluation ----------------------------------------------------------------------------------------------
+def evaluate(gen, cfg: dict, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, float]:
+    """Generate depth / normals for a benchmark's images and score them (flat metrics; per-image values written
+    to ``out_dir``'s ``per_sample.npz`` when given)."""
+    from fourm.modalities import spec
+    from fourm.per_sample import write_per_sample
+
+    benchmark, align = cfg["benchmark"], cfg["align"]
+    if align not in ALIGNS:
+        raise BenchmarkError(f"align={align!r}: choose one of {list(ALIGNS)}")
+    split = cfg.get("split") or DEFAULT_SPLIT[benchmark]
+    if benchmark == "nyuv2" and split == "val":
+        split = "test"  # NYUv2's evaluation split is called test
+    found = samples(benchmark, cfg["data"], split)
+    found = found[: cfg.get("num")] if cfg.get("num") else found
+    model = gen.model
+    targets = {t: spec(t).task for t in ("tok_depth@224", "tok_normal@224")
+               if t in model.decoder_embeddings and gen.detok.can_decode(t)}
+    targets = {t: k for t, k in targets.items()
+               if any((s.depth if k == "depth" else s.normal) is not None for s in found)}
+    if not targets:
+        raise BenchmarkError(f"{benchmark}: the model predicts none of depth / normals with a tokenizer given, or the "
+                             "benchmark has no ground truth for them; pass tokenizers.depth=<run> / tokenizers.normal=<run>")
+    size = gen.image_size
+    rows: dict[str, dict[str, list]] = {}
+    subsets: list[str] = []
+    bar = tqdm(total=len(found) * len(targets), desc=f"oob {benchmark}", unit="gen", disable=not progress)
+    import copy
+
+    for target, task in targets.items():
+        g = copy.copy(gen)
+        g.cfg = {**gen.cfg, "targets": [target]}
+        vq = gen.detok.tokenizers[target]
+        out_size = int(vq.config.image_size)
+        todo = [s for s in found if (s.depth if task == "depth" else s.normal) is not None]
+        gts = [map_at(load_depth(s) if task == "depth" else load_normal(s), out_size) for s in todo]
+        constant = (torch.cat([x[x > 0] for x in gts]).mean().view(1, 1, 1) if task == "depth"
+                    else F.normalize(torch.stack([x.mean(dim=(1, 2)) for x in gts]).mean(0), dim=0).view(3, 1, 1))
+        for b in range(0, len(todo), cfg["batch"]):
+            chunk, gt = todo[b:b + cfg["batch"]], torch.stack(gts[b:b + cfg["batch"]])
+            images = torch.stack([load_rgb(s.image, size) for s in chunk])
+            pred = torch.stack(g.detok.decode(target, g.generate(images, cfg["seed"] + b)[target]))
+            ceiling = vq.reconstruct(gt)
+            for i, s in enumerate(chunk):
+                for suffix, p in (("", pred[i]), (".ceiling", ceiling[i]), (".baseline", constant.expand_as(gt[i]))):
+                    p = F.interpolate(p[None].float(), size=gt.shape[-2:], mode="nearest")[0]
+                    if task == "depth":
+                        m = depth_metrics(align_depth(p, gt[i], align), gt[i])
+                    else:
+                        m = normal_metrics(p, gt[i])
+                    prefix = f"{task}/{s.subset}/" if s.subset else f"{task}/"
+                    for k, v in m.items():
+                        rows.setdefault(f"{prefix}{k}{suffix}", {}).setdefault("values", []).append(v)
+                        rows[f"{prefix}{k}{suffix}"].setdefault("names", []).append(s.name)
+                if s.subset and s.subset not in subsets:
+                    subsets.append(s.subset)
+            bar.update(len(chunk))
+    bar.close()
+    metrics: dict[str, float] = {"num_images": len(found)}
+    for key, r in rows.items():
+        v = np.asarray(r["values"], dtype=np.float64)
+        metrics[key] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+    if out_dir is not None:  # one row per image of the benchmark; a metric covers the rows it was scored on
+        index = {sm.name: i for i, sm in enumerate(found)}
+        arrays, spec_ = {}, {}
+        for key, r in rows.items():
+            if "." in key.rsplit("/", 1)[-1]:
+                continue  # ceilings and baselines: the headline's interval is what the tables show
+            col = np.full(len(found), np.nan)
+            col[[index[n] for n in r["names"]]] = r["values"]
+            name = key.replace("/", "__")
+            arrays[name], arrays[f"{name}__scored"] = np.nan_to_num(col), np.isfinite(col)
+            spec_[key] = {"kind": "mean", "values": name, "where": f"{name}__scored"}
+        if arrays:
+            metrics.update(write_per_sample(out_dir, arrays, spec_))
+    return metrics
