@@ -147,7 +147,7 @@ def low_shot_indices(labels, fraction: float | None, shots: int | None, seed: in
         idx = idx[rng.permutation(len(idx))]
         if shots is not None:
             if shots > len(idx):
-                name = class_names[c] if class_names is not None else c
+                name = class_names[c] if class_names is not None else int(c)
                 raise ConfigError(f"data.shots_per_class={shots}: class {name!r} has only {len(idx)} training images; "
                                   f"lower data.shots_per_class to at most {len(idx)}")
             keep.append(idx[:shots])

@@ -20,7 +20,7 @@ def sets_for(name: str) -> list[str]:
     """The params a shipped grid needs (paths need not exist to plan)."""
     grid = load_grid(name)
     return [s for s in PAPER_PARAMS + ["params.shards_dir=/data/cc12m", "params.ckpt_b=/w/4M-7_B.safetensors",
-                                       "params.ckpt_l=/w/4M-7_L.safetensors"] if s.split("=")[0][7:] in grid.params]
+                                       "params.ckpt_l=/w/4M-7_L.safetensors", "params.ckpt=/w/4M-7_B.safetensors"] if s.split("=")[0][7:] in grid.params]
 
 
 def write_grid(tmp_path: Path, text: str) -> Path:
@@ -94,7 +94,7 @@ def test_shipped_grids_validate(name, tmp_path):
     pre = [r for r in runs if r.kind == "pretrain"]
     tra = [r for r in runs if r.kind == "transfer"]
     expected = {"modalities": (5, 20), "alphas": (8, 32), "budgets": (16, 64), "scaling_model": (4, 16),
-                "scaling_data": (4, 16), "scaling_tokens": (4, 16), "paper_transfer": (0, 8), "tiny": (2, 2)}
+                "scaling_data": (4, 16), "scaling_tokens": (4, 16), "paper_transfer": (0, 8), "tiny": (2, 2), "lowshot": (0, 12)}
     assert (len(pre), len(tra)) == expected[name]
     assert len({r.run_id for r in runs}) == len(runs)
 

@@ -171,7 +171,6 @@ def test_protocol_sections_follow_the_protocol(tmp_path):
 
 
 def test_wandb_offline_mirrors_the_scalars(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
     from fourm.runs import open_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")

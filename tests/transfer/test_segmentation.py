@@ -100,13 +100,14 @@ def test_tiny_trains_and_evaluates_end_to_end(layouts, tmp_path, init):
 
 
 def test_linear_probe_trains_only_the_head_on_a_frozen_encoder(layouts, tmp_path):
-    """The demo's semseg protocol: frozen encoder (weights as loaded, no drop path), a 1x1 conv on its last block."""
+    """The demo's semseg protocol (protocol=linear): frozen encoder (weights as loaded, no drop path), a 1x1 conv on
+    its last block."""
     from ablations.pipeline import load_recipe
     from transfer.adapter import build_encoder
 
     # the demo recipe's probe overrides (not its image size and schedule)
     demo = load_recipe("demo")[1]["transfer"]["tasks"]["ade20k"]["overrides"]
-    LINEAR_SEG_PROBE = [o for o in demo if o.lstrip("+~").startswith(("train.freeze_encoder", "mm.neck", "mm.auxiliary_head",
+    LINEAR_SEG_PROBE = [o for o in demo if o.lstrip("+~").startswith(("protocol", "mm.neck", "mm.auxiliary_head",
                                                                        "mm.decode_head"))]
     assert len(LINEAR_SEG_PROBE) == 9
 
@@ -130,9 +131,12 @@ def test_linear_probe_trains_only_the_head_on_a_frozen_encoder(layouts, tmp_path
     assert steps[-1]["loss"] < steps[0]["loss"]
     with torch.serialization.safe_globals(mmseg_runner.MMENGINE_CHECKPOINT_GLOBALS):
         state = torch.load(run.path / "mm" / f"iter_{c['train']['iters']}.pth", map_location="cpu")["state_dict"]
+    # the checkpoint keeps what was trained: the head, not the frozen encoder (rebuilt from init on resume)
+    assert not [k for k in state if k.startswith("backbone.")]
+    assert {f"decode_head.{k}" for k, _ in head.named_parameters()} <= set(state)
     loaded = build_encoder(path, c["transfer"]["model"], ["rgb@224"], c["train"]["image_size"]).state_dict()
-    for k, v in loaded.items():
-        assert torch.equal(state[f"backbone.encoder_model.{k}"], v), k
+    for k, v in loaded.items():  # the built model's encoder is the checkpoint's
+        assert torch.equal(model.backbone.encoder_model.state_dict()[k], v), k
     head0 = segmentation.build(c)["model"].decode_head.conv_seg.weight  # the same seed's initial head
     assert not torch.equal(state["decode_head.conv_seg.weight"], head0)
 
