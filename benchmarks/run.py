@@ -20,6 +20,7 @@ BENCHMARKS = {
     "sweep": ("benchmarks.sweep:main", "planning a 1,000-point grid (dry run) vs one hydra compose per config"),
     "data": ("benchmarks.data:main", "streaming reader samples/s by workers; memory and first step at two dataset sizes 16x apart"),
     "precision": ("benchmarks.precision:main", "bf16 autocast vs fp32 train steps on this CPU: speed and loss drift"),
+    "probe": ("benchmarks.probe:main", "four frozen-feature probes from one feature cache vs each encoding its own; bootstrap time"),
     "steering": ("benchmarks.steering:main", "4M-21: RGB generated from metadata / a palette vs the world's spread"),
 }
 

@@ -68,6 +68,17 @@ def test_method_label_with_size_suffix_matches_published(tmp_path):
     assert "| Δ vs published 4M | L | -0.4 | – | – | – | – |" in r.markdown.splitlines()
 
 
+def test_transfer_table_shows_the_bootstrap_interval_of_each_cell(tmp_path):
+    for seed, (top1, ci) in enumerate([(86.0, 0.4), (86.4, 0.6)]):
+        finished(tmp_path, transfer_config("4M-L", "L", "in1k", seed), {"top1": top1, "top1.ci95": ci})
+    finished(tmp_path, transfer_config("4M-L", "L", "ade20k", 0), {"mIoU": 50.0})  # no per-sample results
+    r = transfer_table(collect(tmp_path).table)
+    assert "| 4M-L (ours) | L | 86.2 ± 0.3 [CI ±0.5] | – | – | 50.0 | – |" in r.markdown.splitlines()
+    ours = r.frame[r.frame["kind"] == "ours"].iloc[0]
+    assert ours["in1k_top1_ci95"] == pytest.approx(0.5) and math.isnan(ours["ade20k_miou_ci95"])
+    assert any("bootstrap" in n for n in r.notes)
+
+
 def test_transfer_table_refuses_to_average_different_configs(tmp_path):
     finished(tmp_path, transfer_config("4M", "B", "in1k", 0), {"top1": 80.0})
     cfg = transfer_config("4M", "B", "in1k", 1)
