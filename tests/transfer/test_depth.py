@@ -100,3 +100,26 @@ def test_tiny_trains_and_evaluates_end_to_end(layouts, tmp_path, init):
     assert m["abs_rel"] > 0 and m["rmse"] > 0 and math.isfinite(m["val_loss"])
     steps = [r for r in run.read_log() if "loss" in r]
     assert steps[-1]["step"] == c["train"]["iters"] and steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_lora_run_keeps_adapters_and_head_only(layouts, tmp_path):
+    """protocol=lora end to end: adapter.safetensors holds the adapters and the head, the checkpoints hold no encoder
+    weight, and the adapters moved from their zero start while the encoder stayed as loaded."""
+    from safetensors.torch import load_file
+
+    from transfer import mmseg_runner
+
+    path = str(official_fixture())
+    c = resolve("nyuv2_depth", "tiny", {"data_root": str(layouts), "init": path, "runs_root": str(tmp_path / "runs"),
+                                        "protocol": "lora", "lora.rank": "2"})
+    run = run_transfer(c)
+    assert run.done and 0.0 <= run.metrics["delta1"] <= 1.0 and "delta1.ci95" in run.metrics
+    adapter = load_file(str(run.path / "adapter.safetensors"))
+    encoder_keys = [k for k in adapter if k.startswith("backbone.")]
+    assert encoder_keys and all(".lora_A." in k or ".lora_B." in k for k in encoder_keys)
+    assert any(k.startswith("decode_head.") for k in adapter)
+    assert all(adapter[k].shape[0 if ".lora_A." in k else 1] == 2 for k in encoder_keys)  # rank 2
+    assert any(adapter[k].abs().sum() > 0 for k in encoder_keys if ".lora_B." in k)
+    with torch.serialization.safe_globals(mmseg_runner.MMENGINE_CHECKPOINT_GLOBALS):
+        state = torch.load(run.path / "mm" / f"iter_{c['train']['iters']}.pth", map_location="cpu")["state_dict"]
+    assert set(state) == set(adapter)  # the checkpoint keeps exactly what was trained
