@@ -2,10 +2,10 @@
 
     fourm-bench oob checkpoint=<model.safetensors> tokenizers.depth=<run> tokenizers.semseg=<run> text_tokenizer=<json> \\
         data=<4M-layout dataset> split=val runs_root=runs/oob [method=<label>] [num=] [steps=8] [batch=8]
-        [benchmark=4m|nyuv2|diode] [align=auto|median|lstsq|lstsq_disparity]
+        [benchmark=4m|nyuv2|diode|coco] [align=auto|median|lstsq|lstsq_disparity]
 
-``benchmark=nyuv2|diode`` reads a standard benchmark layout instead of a 4M-layout split and scores depth and
-normals zero-shot (:mod:`fourm.generation.zero_shot`: layouts, alignment, metrics, per-image results with ``.ci95``).
+``benchmark=nyuv2|diode|coco`` reads a standard benchmark layout instead of a 4M-layout split and scores depth and
+normals, or COCO boxes, zero-shot (:mod:`fourm.generation.zero_shot`: layouts, alignment, metrics, ``.ci95``).
 ``align`` (in the run's identity; ``auto``: median on a 4M-layout split, lstsq on a benchmark) aligns relative depth.
 
 Each task generates one target from RGB alone (MaskGIT ``steps`` steps at temperature 0 for token grids, greedy

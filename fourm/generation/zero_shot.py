@@ -7,6 +7,9 @@ benchmark, read in its own layout:
   millimetres unless ``nyuv2/meta.json`` gives another ``depth_scale``; 0 = no depth) and, where present, normals
   ``normals/<split>/<stem>.png`` (uint8 RGB = (n + 1) x 127.5; black = no normal). ``split`` defaults to ``test``.
   This is the layout the NYUv2 transfer task reads.
+* ``coco``: ``<data>/coco/annotations/instances_<split>2017.json`` and ``<data>/coco/<split>2017/`` (COCO as
+  released, also the layout the COCO transfer task reads): boxes from the model's ``det`` sequence, scored by class
+  name (box AP, AP50); needs ``text_tokenizer=``.
 * ``diode``: DIODE as released, ``<data>/diode/<split>/{indoors,outdoor}/scene_*/scan_*/<name>.png`` with
   ``<name>_depth.npy`` (metres), ``<name>_depth_mask.npy`` and ``<name>_normal.npy`` (zero vectors = no normal);
   indoor and outdoor are reported separately (``depth/indoors/delta1``, ``depth/outdoor/delta1``). ``split``: ``val``.
@@ -34,9 +37,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-BENCHMARKS = ("nyuv2", "diode")
+BENCHMARKS = ("nyuv2", "diode", "coco")
 ALIGNS = ("median", "lstsq", "lstsq_disparity")
-DEFAULT_SPLIT = {"nyuv2": "test", "diode": "val"}
+DEFAULT_SPLIT = {"nyuv2": "test", "diode": "val", "coco": "val"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -89,7 +92,40 @@ def read_diode(data: Path, split: str) -> list[Sample]:
     return out
 
 
-READERS = {"nyuv2": read_nyuv2, "diode": read_diode}
+def read_coco(data: Path, split: str) -> list[Sample]:
+    root = data / "coco"
+    ann = root / "annotations" / f"instances_{split}2017.json"
+    if not ann.exists():
+        raise BenchmarkError(f"coco: no {ann}; expected <data>/coco/annotations/instances_<split>2017.json and the "
+                             f"images in <data>/coco/<split>2017/")
+    d = json.loads(ann.read_text())
+    names = {c["id"]: c["name"] for c in d["categories"]}
+    boxes: dict[int, list] = {}
+    for a in d["annotations"]:
+        if a.get("iscrowd"):
+            continue  # COCO's crowd regions are not objects to find
+        x, y, w, h = a["bbox"]
+        boxes.setdefault(a["image_id"], []).append((x, y, x + w, y + h, names[a["category_id"]]))
+    return [Sample(Path(im["file_name"]).stem, root / f"{split}2017" / im["file_name"],
+                   extra={"boxes": boxes.get(im["id"], []), "size": (im["height"], im["width"])})
+            for im in sorted(d["images"], key=lambda im: im["id"])]
+
+
+def square_boxes(boxes: list, height: int, width: int, size: int, min_side: float = 1.0) -> list:
+    """Boxes of an image in its centred square, clipped to it and scaled to ``size`` pixels; boxes that fall outside
+    (or shrink below ``min_side`` pixels) are dropped."""
+    side = min(height, width)
+    top, left, f = (height - side) // 2, (width - side) // 2, size / side  # the crop square() takes
+    out = []
+    for x0, y0, x1, y1, name in boxes:
+        x0, x1 = (min(max(x - left, 0), side) * f for x in (x0, x1))
+        y0, y1 = (min(max(y - top, 0), side) * f for y in (y0, y1))
+        if x1 - x0 >= min_side and y1 - y0 >= min_side:
+            out.append((x0, y0, x1, y1, name))
+    return out
+
+
+READERS = {"nyuv2": read_nyuv2, "diode": read_diode, "coco": read_coco}
 
 
 def samples(benchmark: str, data: str | Path, split: str | None = None) -> list[Sample]:
@@ -207,6 +243,8 @@ def evaluate(gen, cfg: dict, out_dir: str | Path | None = None, progress: bool =
         split = "test"  # NYUv2's evaluation split is called test
     found = samples(benchmark, cfg["data"], split)
     found = found[: cfg.get("num")] if cfg.get("num") else found
+    if benchmark == "coco":
+        return evaluate_detection(gen, cfg, found, progress)
     model = gen.model
     targets = {t: spec(t).task for t in ("tok_depth@224", "tok_normal@224")
                if t in model.decoder_embeddings and gen.detok.can_decode(t)}
@@ -267,4 +305,36 @@ def evaluate(gen, cfg: dict, out_dir: str | Path | None = None, progress: bool =
             spec_[key] = {"kind": "mean", "values": name, "where": f"{name}__scored"}
         if arrays:
             metrics.update(write_per_sample(out_dir, arrays, spec_))
+    return metrics
+
+
+def evaluate_detection(gen, cfg: dict, found: list[Sample], progress: bool = True) -> dict[str, float]:
+    """COCO boxes from RGB alone: the model's ``det`` sequence decoded to boxes, scored by class name against the
+    instances (crowd regions left out) in the image's centred square: ``det/ap``, ``det/ap50`` (x100) with
+    ``.ceiling`` (the ground truth through the text tokenizer's coordinate bins) and ``.baseline`` (one full-image
+    box of the most frequent class). AP does not split into per-image terms, so it has no ``.ci95``."""
+    import collections
+    import copy
+
+    from fourm.data.text import boxes_to_text, text_to_boxes
+    from fourm.generation.detokenize import sequence_text
+    from fourm.generation.oob import box_ap
+
+    if "det" not in gen.model.decoder_embeddings or gen.text_tokenizer is None:
+        raise BenchmarkError("coco: the model predicts no det sequence, or no text_tokenizer= was given")
+    size = gen.image_size
+    g = copy.copy(gen)
+    g.cfg = {**gen.cfg, "targets": ["det"]}
+    gt = [square_boxes(s.extra["boxes"], *s.extra["size"], size) for s in found]
+    pred = []
+    for b in tqdm(range(0, len(found), cfg["batch"]), desc="oob coco", unit="batch", disable=not progress):
+        images = torch.stack([load_rgb(s.image, size) for s in found[b:b + cfg["batch"]]])
+        pred += g.detok.decode("det", g.generate(images, cfg["seed"] + b)["det"])
+    tok, bins = gen.text_tokenizer, gen.detok.bins
+    ceiling = [text_to_boxes(sequence_text(tok.encode(boxes_to_text(x, size, bins)).ids, tok), size, bins) for x in gt]
+    counts = collections.Counter(x[4] for boxes in gt for x in boxes)
+    baseline = [[(0.0, 0.0, float(size), float(size), counts.most_common(1)[0][0])] if counts else [] for _ in gt]
+    metrics: dict[str, float] = {"num_images": len(found)}
+    for suffix, p in (("", pred), (".ceiling", ceiling), (".baseline", baseline)):
+        metrics.update({f"det/{k}{suffix}": v for k, v in box_ap(gt, p, size).items()})
     return metrics

@@ -227,3 +227,18 @@ def test_benchmark_errors_name_the_folder(tiny, tmp_path, capsys):
     assert oob.cli(base + ["benchmark=diode"]) == 2
     out = capsys.readouterr().out
     assert "diode/val" in out and "_depth.npy" in out and "Traceback" not in out
+
+
+def test_oob_on_the_coco_layout_scores_boxes_by_class_name(tiny, tmp_path):
+    from fourm.data.layouts import write_layouts
+    from fourm.generation.zero_shot import square_boxes
+
+    data = write_layouts(tiny["root"] / "world", tmp_path / "layouts", which=("coco",))
+    cfg = oob.parse_args([f"checkpoint={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}", f"data={data}",
+                          "benchmark=coco", f"runs_root={tmp_path / 'runs'}", "steps=2"])
+    m = oob.run_oob(cfg, progress=False).metrics
+    assert m["num_images"] == 4 and {"det/ap", "det/ap50", "det/ap.ceiling", "det/ap.baseline"} <= set(m)
+    assert m["det/ap.ceiling"] > 90 and m["det/ap.baseline"] < 5
+    # a landscape image's boxes in its centred square at 100 px: shifted, clipped, scaled, the outside one dropped
+    boxes = [(10, 0, 30, 20, "a"), (0, 0, 5, 5, "b"), (50, 10, 65, 30, "c")]
+    assert square_boxes(boxes, 40, 80, 100) == [(0.0, 0.0, 25.0, 50.0, "a"), (75.0, 25.0, 100.0, 75.0, "c")]
