@@ -2,10 +2,12 @@
 
     fourm-bench oob checkpoint=<model.safetensors> tokenizers.depth=<run> tokenizers.semseg=<run> text_tokenizer=<json> \\
         data=<4M-layout dataset> split=val runs_root=runs/oob [method=<label>] [num=] [steps=8] [batch=8]
-        [benchmark=4m|nyuv2|diode|coco] [align=auto|median|lstsq|lstsq_disparity]
+        [benchmark=4m|nyuv2|diode|coco|ade20k] [align=auto|median|lstsq|lstsq_disparity]
+        [model_classes=<json>|world] [classes=<json>]
 
-``benchmark=nyuv2|diode|coco`` reads a standard benchmark layout instead of a 4M-layout split and scores depth and
-normals, or COCO boxes, zero-shot (:mod:`fourm.generation.zero_shot`: layouts, alignment, metrics, ``.ci95``).
+``benchmark=nyuv2|diode|coco|ade20k`` reads a standard benchmark layout instead of a 4M-layout split and scores
+depth and normals, COCO boxes, or semantic segmentation (classes matched by name), zero-shot
+(:mod:`fourm.generation.zero_shot`: layouts, alignment, metrics, ``.ci95``).
 ``align`` (in the run's identity; ``auto``: median on a 4M-layout split, lstsq on a benchmark) aligns relative depth.
 
 Each task generates one target from RGB alone (MaskGIT ``steps`` steps at temperature 0 for token grids, greedy
@@ -62,7 +64,7 @@ from fourm.tokenizers.modality_io import center_box, crop_resize_flip, list_stem
 
 DEFAULTS = dict(checkpoint=None, text_tokenizer=None, data=None, split="val", runs_root="runs/oob", method=None, num=None,
                 steps=8, batch=8, seed=0, threads=None, decode_steps=25, decode_scheduler="", benchmark="4m",
-                align="auto")
+                align="auto", classes=None, model_classes=None)
 
 
 IMAGE = "rgb"  # the folder of the images every prediction is made from
@@ -368,7 +370,7 @@ def run_config(cfg: dict) -> dict:
             "text_tokenizer": cfg["text_tokenizer"], "data": str(cfg["data"]), "split": cfg["split"],
             "num": cfg["num"], "steps": cfg["steps"], "seed": cfg["seed"], "decode_steps": cfg["decode_steps"],
             "decode_scheduler": cfg["decode_scheduler"], "benchmark": cfg.get("benchmark", "4m"),
-            "align": cfg.get("align", "median")}
+            "align": cfg.get("align", "median"), "classes": cfg.get("classes"), "model_classes": cfg.get("model_classes")}
 
 
 def run_oob(cfg: dict, progress: bool = True):

@@ -10,6 +10,11 @@ benchmark, read in its own layout:
 * ``coco``: ``<data>/coco/annotations/instances_<split>2017.json`` and ``<data>/coco/<split>2017/`` (COCO as
   released, also the layout the COCO transfer task reads): boxes from the model's ``det`` sequence, scored by class
   name (box AP, AP50); needs ``text_tokenizer=``.
+* ``ade20k``: ``<data>/ade20k/images/<split>/*.jpg`` and ``annotations/<split>/*.png`` (0 = other, k = class
+  k - 1; split ``validation``): semantic segmentation. COCO's semantic maps come from its panoptic annotations
+  (``panoptic_<split>2017.json`` with its PNG folder; class k = the k-th category by id) when they are there.
+  Classes are matched by name: ``model_classes=<json list>`` names the semseg tokenizer's class ids (``world`` for
+  the synthetic world's), ``classes=<json list>`` the benchmark's when its layout has no ``meta.json``.
 * ``diode``: DIODE as released, ``<data>/diode/<split>/{indoors,outdoor}/scene_*/scan_*/<name>.png`` with
   ``<name>_depth.npy`` (metres), ``<name>_depth_mask.npy`` and ``<name>_normal.npy`` (zero vectors = no normal);
   indoor and outdoor are reported separately (``depth/indoors/delta1``, ``depth/outdoor/delta1``). ``split``: ``val``.
@@ -37,9 +42,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-BENCHMARKS = ("nyuv2", "diode", "coco")
+BENCHMARKS = ("nyuv2", "diode", "coco", "ade20k")
 ALIGNS = ("median", "lstsq", "lstsq_disparity")
-DEFAULT_SPLIT = {"nyuv2": "test", "diode": "val", "coco": "val"}
+DEFAULT_SPLIT = {"nyuv2": "test", "diode": "val", "coco": "val", "ade20k": "validation"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -125,7 +130,57 @@ def square_boxes(boxes: list, height: int, width: int, size: int, min_side: floa
     return out
 
 
-READERS = {"nyuv2": read_nyuv2, "diode": read_diode, "coco": read_coco}
+def read_ade20k(data: Path, split: str) -> list[Sample]:
+    """ADE20K as released (``images/<split>/*.jpg``, ``annotations/<split>/*.png``: 0 = other, k = class k - 1)."""
+    root = data / "ade20k"
+    images = root / "images" / split
+    if not images.is_dir():
+        raise BenchmarkError(f"ade20k: no {images}; expected <data>/ade20k/images/<split>/*.jpg and "
+                             f"annotations/<split>/*.png (split validation)")
+    out = []
+    for p in sorted(images.glob("*.jpg")):
+        label = root / "annotations" / split / f"{p.stem}.png"
+        if label.exists():
+            out.append(Sample(p.stem, p, extra={"labels": label}))
+    return out
+
+
+def coco_panoptic(data: Path, split: str, found: list[Sample]) -> list[str] | None:
+    """Attach each COCO image's panoptic segmentation (``panoptic_<split>2017.json`` and its PNG folder) as a
+    semantic map source; returns the category names (class k = the k-th category by id), None without panoptic."""
+    root = data / "coco" / "annotations"
+    ann = root / f"panoptic_{split}2017.json"
+    if not ann.exists():
+        return None
+    d = json.loads(ann.read_text())
+    cats = sorted(d["categories"], key=lambda c: c["id"])
+    index = {c["id"]: k for k, c in enumerate(cats)}
+    by_stem = {Path(a["file_name"]).stem: a for a in d["annotations"]}
+    for s in found:
+        a = by_stem.get(s.name)
+        if a is not None:
+            s.extra["panoptic"] = (root / f"panoptic_{split}2017" / a["file_name"],
+                                   {seg["id"]: index[seg["category_id"]] for seg in a["segments_info"]})
+    return [c["name"] for c in cats]
+
+
+def load_labels(s: Sample) -> np.ndarray:
+    """Benchmark class ids ``[H, W]`` (int64), 255 where unlabelled."""
+    if "panoptic" in s.extra:
+        png, segments = s.extra["panoptic"]
+        with Image.open(png) as im:
+            rgb = np.asarray(im.convert("RGB")).astype(np.int64)
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+        out = np.full(ids.shape, 255, dtype=np.int64)
+        for seg, k in segments.items():
+            out[ids == seg] = k
+        return out
+    with Image.open(s.extra["labels"]) as im:
+        raw = np.asarray(im).astype(np.int64)
+    return np.where(raw == 0, 255, raw - 1)  # ADE20K: 0 is "other", k is class k - 1
+
+
+READERS = {"nyuv2": read_nyuv2, "diode": read_diode, "coco": read_coco, "ade20k": read_ade20k}
 
 
 def samples(benchmark: str, data: str | Path, split: str | None = None) -> list[Sample]:
@@ -239,12 +294,27 @@ def evaluate(gen, cfg: dict, out_dir: str | Path | None = None, progress: bool =
     if align not in ALIGNS:
         raise BenchmarkError(f"align={align!r}: choose one of {list(ALIGNS)}")
     split = cfg.get("split") or DEFAULT_SPLIT[benchmark]
-    if benchmark == "nyuv2" and split == "val":
-        split = "test"  # NYUv2's evaluation split is called test
+    if split == "val":
+        split = DEFAULT_SPLIT[benchmark]  # NYUv2 calls its evaluation split test, ADE20K validation
     found = samples(benchmark, cfg["data"], split)
     found = found[: cfg.get("num")] if cfg.get("num") else found
-    if benchmark == "coco":
-        return evaluate_detection(gen, cfg, found, progress)
+    if benchmark in ("coco", "ade20k"):
+        metrics: dict[str, float] = {"num_images": len(found)}
+        names = (coco_panoptic(Path(cfg["data"]), split, found) if benchmark == "coco" else
+                 benchmark_classes(Path(cfg["data"]) / "ade20k", cfg.get("classes")))
+        can_segment = "tok_semseg@224" in gen.model.decoder_embeddings and gen.detok.can_decode("tok_semseg@224")
+        if names is not None and can_segment:  # the class names first: nothing is generated for a config that fails
+            model_class_names(cfg, int(gen.detok.tokenizers["tok_semseg@224"].config.num_classes))
+        if benchmark == "coco" and "det" in gen.model.decoder_embeddings and gen.text_tokenizer is not None:
+            metrics.update(evaluate_detection(gen, cfg, found, progress))
+        if names is not None and can_segment:
+            metrics.update(evaluate_semseg(gen, cfg, [s for s in found if "panoptic" in s.extra or "labels" in s.extra],
+                                           names, out_dir, progress))
+        if len(metrics) == 1:
+            raise BenchmarkError(f"{benchmark}: nothing to score: the model predicts no det (with text_tokenizer=) "
+                                 f"nor semseg (with tokenizers.semseg=), or the benchmark has no labels for them"
+                                 + (" (COCO semseg needs panoptic_<split>2017.json)" if benchmark == "coco" else ""))
+        return metrics
     model = gen.model
     targets = {t: spec(t).task for t in ("tok_depth@224", "tok_normal@224")
                if t in model.decoder_embeddings and gen.detok.can_decode(t)}
@@ -320,8 +390,6 @@ def evaluate_detection(gen, cfg: dict, found: list[Sample], progress: bool = Tru
     from fourm.generation.detokenize import sequence_text
     from fourm.generation.oob import box_ap
 
-    if "det" not in gen.model.decoder_embeddings or gen.text_tokenizer is None:
-        raise BenchmarkError("coco: the model predicts no det sequence, or no text_tokenizer= was given")
     size = gen.image_size
     g = copy.copy(gen)
     g.cfg = {**gen.cfg, "targets": ["det"]}
@@ -334,7 +402,103 @@ def evaluate_detection(gen, cfg: dict, found: list[Sample], progress: bool = Tru
     ceiling = [text_to_boxes(sequence_text(tok.encode(boxes_to_text(x, size, bins)).ids, tok), size, bins) for x in gt]
     counts = collections.Counter(x[4] for boxes in gt for x in boxes)
     baseline = [[(0.0, 0.0, float(size), float(size), counts.most_common(1)[0][0])] if counts else [] for _ in gt]
-    metrics: dict[str, float] = {"num_images": len(found)}
+    metrics: dict[str, float] = {}
     for suffix, p in (("", pred), (".ceiling", ceiling), (".baseline", baseline)):
         metrics.update({f"det/{k}{suffix}": v for k, v in box_ap(gt, p, size).items()})
+    return metrics
+
+
+def benchmark_classes(root: Path, given: str | None) -> list[str]:
+    """A benchmark's class names: ``classes=<json list file>``, else its layout's ``meta.json`` ``classes``."""
+    if given:
+        return list(json.loads(Path(given).read_text()))
+    meta = root / "meta.json"
+    if meta.exists() and json.loads(meta.read_text()).get("classes"):
+        return list(json.loads(meta.read_text())["classes"])
+    raise BenchmarkError(f"{root.name}: its class names are needed to match the model's classes by name; pass "
+                         f"classes=<a JSON file with the {root.name} class list, in label order>")
+
+
+def model_class_names(cfg: dict, num_classes: int) -> list[str]:
+    """The names of the semseg tokenizer's class ids: ``model_classes=<json list file>`` (``model_classes=world``:
+    the synthetic world's classes)."""
+    given = cfg.get("model_classes")
+    if not given:
+        raise BenchmarkError("semseg zero-shot matches classes by name: pass model_classes=<a JSON file listing the "
+                             "semseg tokenizer's class names in id order> (model_classes=world for the world's)")
+    if given == "world":
+        from fourm.data.world import SEMSEG_CLASSES
+
+        names = list(SEMSEG_CLASSES)
+    else:
+        names = list(json.loads(Path(given).read_text()))
+    if len(names) > num_classes:
+        raise BenchmarkError(f"model_classes: {len(names)} names for a tokenizer of {num_classes} classes")
+    return names
+
+
+def evaluate_semseg(gen, cfg: dict, found: list[Sample], names: list[str], out_dir=None,
+                    progress: bool = True) -> dict[str, float]:
+    """Semantic segmentation from RGB alone, scored over the benchmark classes whose name is also a class of the
+    model's semseg tokenizer (``semseg/classes_matched``): the prediction is mapped to benchmark ids by name, pixels
+    of unmatched benchmark classes are ignored. ``semseg/miou`` (x100) and ``pixel_acc`` with ``.ceiling`` (the labels
+    through the tokenizer) and ``.baseline`` (the benchmark's most frequent matched class everywhere); per-image
+    intersections and unions in ``per_sample.npz`` give ``semseg/miou.ci95``."""
+    import copy
+
+    from fourm.per_sample import write_per_sample
+
+    vq = gen.detok.tokenizers["tok_semseg@224"]
+    model_names = model_class_names(cfg, int(vq.config.num_classes))
+    k = len(names)
+    to_bench = torch.full((int(vq.config.num_classes),), 255, dtype=torch.long)
+    to_model = torch.zeros(k + 1, dtype=torch.long)  # unmatched benchmark classes (and 255) -> model class 0
+    matched = torch.zeros(k, dtype=torch.bool)
+    for i, n in enumerate(names):
+        if n in model_names:
+            to_bench[model_names.index(n)], to_model[i], matched[i] = i, model_names.index(n), True
+    if not matched.any():
+        raise BenchmarkError(f"semseg: no benchmark class name is a model class name ({names[:5]}... vs "
+                             f"{model_names[:5]}...); check model_classes= and classes=")
+    size, out_size = gen.image_size, int(vq.config.image_size)
+    g = copy.copy(gen)
+    g.cfg = {**gen.cfg, "targets": ["tok_semseg@224"]}
+    gts = []
+    for s in found:
+        lab = map_at(load_labels(s), out_size)[0].long()
+        lab[(lab >= k) | ~matched[lab.clamp(0, k - 1)]] = 255  # unmatched classes are not scored
+        gts.append(lab)
+    counts = torch.bincount(torch.cat([x[x != 255] for x in gts]), minlength=k)
+    majority = int(counts.argmax())
+    inter = {sfx: np.zeros((len(found), k)) for sfx in ("", ".ceiling", ".baseline")}
+    union = {sfx: np.zeros((len(found), k)) for sfx in ("", ".ceiling", ".baseline")}
+    correct = {sfx: [0, 0] for sfx in ("", ".ceiling", ".baseline")}
+    for b in tqdm(range(0, len(found), cfg["batch"]), desc="oob semseg", unit="batch", disable=not progress):
+        gt = torch.stack(gts[b:b + cfg["batch"]])
+        images = torch.stack([load_rgb(s.image, size) for s in found[b:b + cfg["batch"]]])
+        pred = to_bench[torch.stack(g.detok.decode("tok_semseg@224", g.generate(images, cfg["seed"] + b)["tok_semseg@224"])).long()]
+        ceiling = to_bench[vq.reconstruct(to_model[gt.clamp(max=k)]).long()]
+        baseline = torch.full_like(gt, majority)
+        for sfx, p in (("", pred), (".ceiling", ceiling), (".baseline", baseline)):
+            p = F.interpolate(p[:, None].float(), size=gt.shape[-2:], mode="nearest")[:, 0].long()
+            for i in range(len(gt)):
+                valid = gt[i] != 255
+                t, q = gt[i][valid], p[i][valid]
+                hit = q == t
+                area_t = torch.bincount(t, minlength=k)[:k]
+                area_p = torch.bincount(q[q != 255], minlength=k)[:k]
+                area_i = torch.bincount(t[hit], minlength=k)[:k]
+                inter[sfx][b + i] = area_i.numpy()
+                union[sfx][b + i] = (area_t + area_p - area_i).numpy()
+                correct[sfx][0] += int(hit.sum())
+                correct[sfx][1] += int(valid.sum())
+    from fourm.per_sample import value
+
+    spec_ = {"kind": "ratio", "num": "intersect", "den": "union", "scale": 100.0}
+    metrics: dict[str, float] = {"semseg/classes_matched": int(matched.sum())}
+    for sfx in inter:
+        metrics[f"semseg/miou{sfx}"] = value({"intersect": inter[sfx], "union": union[sfx]}, spec_)
+        metrics[f"semseg/pixel_acc{sfx}"] = 100.0 * correct[sfx][0] / max(correct[sfx][1], 1)
+    if out_dir is not None:
+        metrics.update(write_per_sample(out_dir, {"intersect": inter[""], "union": union[""]}, {"semseg/miou": spec_}))
     return metrics

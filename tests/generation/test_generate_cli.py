@@ -242,3 +242,43 @@ def test_oob_on_the_coco_layout_scores_boxes_by_class_name(tiny, tmp_path):
     # a landscape image's boxes in its centred square at 100 px: shifted, clipped, scaled, the outside one dropped
     boxes = [(10, 0, 30, 20, "a"), (0, 0, 5, 5, "b"), (50, 10, 65, 30, "c")]
     assert square_boxes(boxes, 40, 80, 100) == [(0.0, 0.0, 25.0, 50.0, "a"), (75.0, 25.0, 100.0, 75.0, "c")]
+
+
+def _panoptic_from_world(world_val, coco):
+    """COCO panoptic annotations for the world's COCO layout: one segment per semantic class, categories by name."""
+    from fourm.data.world import SEMSEG_CLASSES
+
+    folder = coco / "annotations" / "panoptic_val2017"
+    folder.mkdir(parents=True)
+    cats = [{"id": c, "name": n, "isthing": 0} for c, n in enumerate(SEMSEG_CLASSES) if c]
+    anns = []
+    for p in sorted((world_val / "semseg").glob("*.png")):
+        sem = np.asarray(Image.open(p)).astype(np.uint8)
+        rgb = np.zeros((*sem.shape, 3), np.uint8)
+        rgb[..., 0] = sem  # segment id = class id (< 256): R carries it
+        Image.fromarray(rgb).save(folder / p.name)
+        anns.append({"file_name": p.name, "image_id": int(p.stem) + 1,
+                     "segments_info": [{"id": int(c), "category_id": int(c), "iscrowd": 0} for c in np.unique(sem) if c]})
+    (coco / "annotations" / "panoptic_val2017.json").write_text(json.dumps({"annotations": anns, "categories": cats}))
+
+
+@pytest.mark.parametrize("benchmark", ["ade20k", "coco"])
+def test_oob_semseg_matches_classes_by_name(tiny, tmp_path, benchmark):
+    from fourm.data.layouts import write_layouts
+    from fourm.per_sample import read_per_sample, value
+
+    data = write_layouts(tiny["root"] / "world", tmp_path / "layouts", which=(benchmark,))
+    if benchmark == "coco":
+        _panoptic_from_world(tiny["root"] / "world" / "val", data / "coco")
+    args = [f"checkpoint={tiny['ckpt']}", *tiny["toks"], f"text_tokenizer={tiny['text']}", f"data={data}",
+            f"benchmark={benchmark}", f"runs_root={tmp_path / 'runs'}", "steps=2"]
+    assert oob.cli(args) == 2  # without the model's class names there is nothing to match
+    run = oob.run_oob(oob.parse_args(args + ["model_classes=world"]), progress=False)
+    m = run.metrics
+    assert m["semseg/classes_matched"] == 14  # every world class but void
+    for key in ("semseg/miou", "semseg/pixel_acc"):
+        assert {key, f"{key}.ceiling", f"{key}.baseline"} <= set(m) and 0 <= m[key] <= 100
+    assert 0 < m["semseg/miou.baseline"] < m["semseg/pixel_acc.baseline"]  # one class everywhere: 1 of 14 IoUs
+    arrays, spec_ = read_per_sample(run.path)
+    assert value(arrays, spec_["semseg/miou"]) == pytest.approx(m["semseg/miou"]) and "semseg/miou.ci95" in m
+    assert ("det/ap" in m) == (benchmark == "coco")  # COCO scores the boxes too when a text tokenizer is given
