@@ -36,7 +36,7 @@ import yaml
 GRIDS_DIR = Path(__file__).with_name("grids")
 KINDS = ("pretrain", "transfer")
 _TOP_KEYS = {"name", "description", "kind", "params", "base", "evaluate", "grid"}
-_EVAL_KEYS = {"profile", "tasks", "seeds", "overrides"}
+_EVAL_KEYS = {"profile", "tasks", "seeds", "protocols", "overrides"}
 _PARAM = re.compile(r"\$\{params\.([A-Za-z0-9_.-]+)\}")
 _PLAIN = re.compile(r"^[A-Za-z0-9_@./:+\-*%$?]+$")  # hydra accepts these characters unquoted
 
@@ -68,6 +68,7 @@ class Grid:
     profile: str = "paper"
     tasks: list = field(default_factory=list)
     seeds: list = field(default_factory=lambda: [0])
+    protocols: list = field(default_factory=list)  # transfer.protocol values to evaluate each point with ([]: the recipe's)
     eval_overrides: dict = field(default_factory=dict)
     tree: Any = None
     only: dict = field(default_factory=dict)  # axis -> allowed labels
@@ -191,6 +192,7 @@ def load_grid(name_or_path: str | Path, sets: list[str] = ()) -> Grid:
                 base=_override_dict(raw.get("base"), f"{where}: base"), profile=str(ev.get("profile", "paper")),
                 tasks=_as_list(ev.get("tasks", []), f"{where}: evaluate.tasks"),
                 seeds=_as_list(ev.get("seeds", [0]), f"{where}: evaluate.seeds"),
+                protocols=_as_list(ev.get("protocols", []), f"{where}: evaluate.protocols"),
                 eval_overrides=_override_dict(ev.get("overrides"), f"{where}: evaluate.overrides"),
                 tree=raw.get("grid"))
     if kind == "transfer" and not grid.tasks:
@@ -212,7 +214,8 @@ def apply_sets(grid: Grid, sets: list[str]) -> None:
 
     * ``params.NAME=V``   a grid parameter (``${params.NAME}`` in the spec);
     * ``only.AXIS=a,b``   keep only these labels of an axis;
-    * ``evaluate.tasks=[in1k,coco]``, ``evaluate.seeds=[0,1]``, ``evaluate.profile=tiny``; any other
+    * ``evaluate.tasks=[in1k,coco]``, ``evaluate.seeds=[0,1]``, ``evaluate.profile=tiny``,
+      ``protocol=[linear,knn]`` (or ``evaluate.protocols=``: each evaluation once per transfer protocol); any other
       ``evaluate.KEY=V`` becomes a transfer override of every evaluation;
     * anything else: an override of every point (it wins over the point's own value).
     """
@@ -230,6 +233,8 @@ def apply_sets(grid: Grid, sets: list[str]) -> None:
             grid.tasks = _as_list(parsed, f"--set {key}")
         elif key == "evaluate.seeds":
             grid.seeds = _as_list(parsed, f"--set {key}")
+        elif key in ("evaluate.protocols", "evaluate.protocol", "protocol"):
+            grid.protocols = [str(v) for v in _as_list(parsed, f"--set {key}")]
         elif key == "evaluate.profile":
             grid.profile = str(parsed)
         elif key.startswith("evaluate."):

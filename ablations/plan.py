@@ -148,7 +148,8 @@ def plan(grid: Grid, runs_root: str | Path, progress: bool = True) -> list[Plann
     pretrain, transfer, owner = [], [], {}
 
     def add_transfer(point: Point, task: str, seed, overrides: dict, init: str, model: str, after=()):
-        where = grid.where(point) + f", evaluate {task} seed {seed}"
+        where = grid.where(point) + f", evaluate {task} seed {seed}" + \
+            (f" protocol {overrides['protocol']}" if overrides.get("protocol") else "")
         if task not in TASKS:
             raise GridError(f"{where}: key task: {task!r} is not a transfer task; known: {sorted(TASKS)}")
         ovr = {**overrides, "seed": seed, "runs_root": str(runs_root / "transfer")}
@@ -163,7 +164,7 @@ def plan(grid: Grid, runs_root: str | Path, progress: bool = True) -> list[Plann
         rid = run_id(cfg)
         if rid in owner:
             raise GridError(f"{where}: resolves to the same transfer run as {owner[rid]}; make the points differ")
-        owner[rid] = f"point {point.name} ({task}, seed {seed})"
+        owner[rid] = f"point {point.name} ({task}, seed {seed}{', ' + overrides['protocol'] if overrides.get('protocol') else ''})"
         transfer.append(PlannedRun("transfer", point.name, rid, str(runs_root / "transfer" / rid), cfg, tuple(after),
                                    cfg["transfer"].get("model", ""), task=task, profile=grid.profile))
 
@@ -181,7 +182,9 @@ def plan(grid: Grid, runs_root: str | Path, progress: bool = True) -> list[Plann
             model = str(ovr.pop("model", ""))
             for t in ([task] if task else grid.tasks):
                 for seed in grid.seeds:
-                    add_transfer(point, t, seed, {**eval_overrides(grid, point), **ovr}, init, model)
+                    for protocol in grid.protocols or [None]:
+                        extra = {"protocol": protocol} if protocol else {}
+                        add_transfer(point, t, seed, {**eval_overrides(grid, point), **ovr, **extra}, init, model)
             continue
         try:
             cfg = resolver({k: hydra_value(v) for k, v in ovr.items()})
@@ -203,6 +206,8 @@ def plan(grid: Grid, runs_root: str | Path, progress: bool = True) -> list[Plann
                                    tokens=total_steps(cfg) * tokens_per_step(cfg)))
         for task in grid.tasks:
             for seed in grid.seeds:
-                add_transfer(point, task, seed, eval_overrides(grid, point), str(final_checkpoint(run_dir, cfg)),
-                             cfg["model"]["name"], after=(rid,))
+                for protocol in grid.protocols or [None]:
+                    extra = {"protocol": protocol} if protocol else {}
+                    add_transfer(point, task, seed, {**eval_overrides(grid, point), **extra},
+                                 str(final_checkpoint(run_dir, cfg)), cfg["model"]["name"], after=(rid,))
     return pretrain + transfer

@@ -347,6 +347,14 @@ def _norm(s: str) -> str:
 
 
 def _our_label(run: Mapping[str, Any], method_key: str | None) -> str:
+    """The row label of a run: its method (or init), with its transfer protocol when it is not fine-tuning (a
+    linear probe is not the published fine-tuned number: its row gets no Δ row)."""
+    label = _method_label(run, method_key)
+    protocol = run.get("transfer.protocol")
+    return label if _blank(protocol) or protocol == "finetune" else f"{label}, {protocol}"
+
+
+def _method_label(run: Mapping[str, Any], method_key: str | None) -> str:
     keys = [method_key] if method_key else list(METHOD_KEYS)
     for k in keys:
         if k in run and not _blank(run[k]):

@@ -164,3 +164,12 @@ def test_unset_params_and_unknown_grids(tmp_path):
         load_grid("nonexistent_grid")
     with pytest.raises(GridError, match="no such parameter"):
         load_grid("tiny", ["params.nope=1"])
+
+
+def test_protocols_multiply_the_evaluations(tmp_path):
+    sets = sets_for("paper_transfer") + ["protocol=[linear,lora]"]
+    runs = plan(load_grid("paper_transfer", sets), tmp_path, progress=False)
+    assert len(runs) == 16 and sorted({r.config["transfer"]["protocol"] for r in runs}) == ["linear", "lora"]
+    assert all(("lora" in r.config) == (r.config["transfer"]["protocol"] == "lora") for r in runs)
+    with pytest.raises(GridError, match="protocol knn.*takes protocol=finetune\\|linear\\|lora"):
+        plan(load_grid("paper_transfer", sets_for("paper_transfer") + ["protocol=[knn]"]), tmp_path, progress=False)

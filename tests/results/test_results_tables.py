@@ -216,3 +216,14 @@ def test_oob_rows_at_chance_are_not_bold_whatever_the_float_rounding():
     assert tbl.frame["beats_baseline"].tolist() == [False, True]
     assert "| m | caption → image retrieval R@5 (CLIP tokens) | 5.2 | – | 5.2 |" in tbl.markdown
     assert "| m | RGB → image retrieval R@5 (DINOv2 global tokens) | **67.7** | 95.8 | 5.2 |" in tbl.markdown
+
+
+def test_probe_rows_are_apart_from_fine_tuning_and_get_no_delta(tmp_path):
+    finished(tmp_path, transfer_config("4M-L", "L", "in1k", 0), {"top1": 86.0})
+    finished(tmp_path, transfer_config("4M-L", "L", "in1k", 0, transfer={"task": "in1k", "protocol": "linear",
+                                                                         "init": "/ckpt/4M-L-L.safetensors", "epochs": 1}),
+             {"top1": 70.0})
+    lines = transfer_table(collect(tmp_path).table).markdown.splitlines()
+    assert "| 4M-L (ours) | L | 86.0 | – | – | – | – |" in lines
+    assert "| 4M-L, linear (ours) | L | 70.0 | – | – | – | – |" in lines
+    assert sum(line.startswith("| Δ vs published") and "| L |" in line for line in lines) == 1
