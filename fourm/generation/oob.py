@@ -49,7 +49,8 @@ from tqdm import tqdm
 
 from fourm.data.text import boxes_to_text, text_to_boxes
 from fourm.generation.cli import parse_key_values
-from fourm.generation.generator import GenerateError, Generator, load_image
+from fourm.generation.generator import GenerateError, Generator
+from fourm.generation.zero_shot import load_rgb
 from fourm.generation.detokenize import sequence_text
 from fourm.runs import open_run, run_id
 from fourm.modalities import spec, specs
@@ -203,7 +204,8 @@ def evaluate(cfg: dict, progress: bool = True, out_dir=None) -> dict[str, float]
     bar = tqdm(total=len(stems) * len(tasks), desc="oob", unit="gen", disable=not progress)
     for b in range(0, len(stems), cfg["batch"]):
         chunk = stems[b: b + cfg["batch"]]
-        images = torch.stack([load_image(spec(IMAGE).path(root, s), size)[0] for s in chunk])
+        # the centred square, as the ground truth is cut (_ground_truth): a non-square image keeps its aspect
+        images = torch.stack([load_rgb(spec(IMAGE).path(root, s), size) for s in chunk])
         for t, g in gens.items():
             out = g.generate(images, cfg["seed"] + b)
             preds[t] += g.detok.decode(t, out[t])
@@ -244,7 +246,7 @@ def _conditions(gen: Generator, root: Path, chunk: list[str], size: int, with_ca
     from fourm.generation.modality_dicts import full_sequence_input, init_full_input_modality
 
     info = gen.model.modality_info
-    images = torch.stack([load_image(spec(IMAGE).path(root, s), size)[0] for s in chunk])
+    images = torch.stack([load_rgb(spec(IMAGE).path(root, s), size) for s in chunk])
     mod = {"rgb@224": {"tensor": images}}
     init_full_input_modality(mod, info, "rgb@224", "cpu")
     out = {"rgb@224": mod}

@@ -45,7 +45,6 @@ from tqdm import tqdm
 BENCHMARKS = ("nyuv2", "diode", "coco", "ade20k")
 ALIGNS = ("median", "lstsq", "lstsq_disparity")
 DEFAULT_SPLIT = {"nyuv2": "test", "diode": "val", "coco": "val", "ade20k": "validation"}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -218,18 +217,22 @@ def load_normal(s: Sample) -> np.ndarray:
 
 
 def square(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape[:2]
-    s = min(h, w)
-    return a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    """The largest centred square of an ``[H, W, ...]`` array (the crop the ground truth of a 4M split gets)."""
+    from fourm.tokenizers.modality_io import center_box
+
+    top, left, h, w = center_box(*a.shape[:2])
+    return a[top:top + h, left:left + w]
 
 
 def load_rgb(path: Path, size: int) -> torch.Tensor:
     """The centred square of an image, resized (bicubic) to ``size``, ImageNet-normalised ``[3, size, size]``."""
+    from fourm.pretrain.data import IMAGENET_MEAN, IMAGENET_STD
+
     with Image.open(path) as im:
         a = square(np.asarray(im.convert("RGB")))
     a = np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC))
     x = torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255.0)
-    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    return (x - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
 
 
 def map_at(a: np.ndarray, size: int) -> torch.Tensor:
