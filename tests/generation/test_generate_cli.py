@@ -282,3 +282,14 @@ def test_oob_semseg_matches_classes_by_name(tiny, tmp_path, benchmark):
     arrays, spec_ = read_per_sample(run.path)
     assert value(arrays, spec_["semseg/miou"]) == pytest.approx(m["semseg/miou"]) and "semseg/miou.ci95" in m
     assert ("det/ap" in m) == (benchmark == "coco")  # COCO scores the boxes too when a text tokenizer is given
+
+
+def test_benchmark_images_and_maps_share_the_centred_square(tmp_path):
+    from fourm.generation.zero_shot import load_rgb, map_at
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "wide.png")
+    Image.fromarray(rgb[:, 20:60]).save(tmp_path / "square.png")
+    assert torch.equal(load_rgb(tmp_path / "wide.png", 32), load_rgb(tmp_path / "square.png", 32))
+    depth = np.arange(40 * 80, dtype=np.float32).reshape(40, 80)
+    assert torch.equal(map_at(depth, 40)[0], torch.from_numpy(depth[:, 20:60]))
