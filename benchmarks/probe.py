@@ -47,10 +47,11 @@ def main(argv: list[str]) -> int:
             for protocol, extra in runs:
                 if not shared:
                     shutil.rmtree(root / "_features", ignore_errors=True)
+                linear = {"probe.blocks": blocks, "probe.epochs": "2"} if protocol == "linear" else {}
                 cfg = resolve("in1k", "paper", {"init": "random", "model": model_name(args.model), "data_root": str(data),
                                                 "runs_root": str(root), "protocol": protocol, "data.num_classes": "null",
-                                                "train.image_size": str(args.size), "probe.blocks": blocks,
-                                                "probe.epochs": "2", "_runtime.num_workers": "0", **extra})
+                                                "train.image_size": str(args.size), "_runtime.num_workers": "0",
+                                                **linear, **extra})
                 run_transfer(cfg)
             return time.perf_counter() - t0
 

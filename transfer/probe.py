@@ -1,7 +1,7 @@
 """Frozen-feature classification protocols (``protocol=linear | knn``): encode once, then train/evaluate from a cache.
 
 Every image is encoded once per (encoder, preprocessing, dataset): the cache holds, per split, the mean of the patch
-tokens of each of the last ``max(probe.blocks)`` blocks, each block's tokens through the encoder's final norm first
+tokens of each of the last 4 blocks (``CACHE_BLOCKS``; all of them for a shallower encoder), each block's tokens through the encoder's final norm first
 (dinov2's ``get_intermediate_layers(norm=True)`` with average pooling; the 4M encoder has no class token). It lives
 under ``<runs_root>/_features/<key>/`` (key: hash of the encoder file's bytes, or the model and seed of a random
 init, the eval preprocessing and the split's file list), so a second probe of the same encoder (kNN after linear,
@@ -34,6 +34,7 @@ from fourm.files import atomic_write_json
 from transfer.configs import ConfigError
 
 FEATURES_DIR = "_features"
+CACHE_BLOCKS = 4  # dinov2's deepest pooling (the last 4 blocks): what every probe of an encoder can read
 SAMPLES_FILE = "train_samples.txt"
 
 
@@ -61,6 +62,7 @@ def split_listing(dataset) -> list[tuple[str, int]]:
 
 
 def cache_key(config: dict, encoder: dict, blocks: int, listings: dict[str, list]) -> str:
+    """What makes two probe runs' features the same: the encoder, the cached depth, the eval preprocessing, the data."""
     train = config["train"]
     ident = {"encoder": encoder, "blocks": blocks, "image_size": train["image_size"], "crop_pct": train["crop_pct"],
              "interpolation": train["interpolation"], "mean": config["data"]["mean"], "std": config["data"]["std"],
@@ -104,7 +106,10 @@ def features(config: dict, run, datasets: dict, device: torch.device, show: bool
     by this call)."""
     from transfer.adapter import build_encoder
 
-    blocks = max(config["probe"]["blocks"])
+    from transfer.adapter import encoder_config
+
+    # every probe of an encoder shares one cache: the last CACHE_BLOCKS blocks (fewer if the encoder has fewer)
+    blocks = min(CACHE_BLOCKS, int(encoder_config(config["transfer"]["init"], config["transfer"]["model"])["encoder_depth"]))
     listings = {split: split_listing(ds) for split, ds in datasets.items()}
     ident = encoder_identity(config)
     key = cache_key(config, ident, blocks, listings)
@@ -117,8 +122,6 @@ def features(config: dict, run, datasets: dict, device: torch.device, show: bool
         t = config["transfer"]
         encoder = build_encoder(t["init"], t["model"], ("rgb@224",), image_size=config["train"]["image_size"])
         encoder = encoder.to(device).eval()
-        if encoder.depth < blocks:
-            raise ConfigError(f"probe.blocks={config['probe']['blocks']}: the encoder has only {encoder.depth} blocks")
         workers = int((config.get("_runtime") or {}).get("num_workers", 0))
         for split in todo:
             batch = int((config.get("_runtime") or {}).get("encode_batch_size", 64))
@@ -256,7 +259,7 @@ def knn(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y
 # --- the run ------------------------------------------------------------------------------------------
 def run(config: dict, run, datasets: dict, classes: list[str], device: torch.device) -> dict:
     """A linear or kNN probe run from the feature cache; returns its metrics (and writes the per-sample hits)."""
-    protocol, probe = config["transfer"]["protocol"], config["probe"]
+    protocol = config["transfer"]["protocol"]
     cache, encoded = features(config, run, datasets, device)
     train_f, train_y = load_split(cache, "train")
     val_f, val_y = load_split(cache, "val")
@@ -266,7 +269,7 @@ def run(config: dict, run, datasets: dict, classes: list[str], device: torch.dev
     write_samples(run, split_listing(datasets["train"]), kept)
     train_y = torch.from_numpy(train_y[kept])
     val_y_t = torch.from_numpy(val_y)
-    blocks = sorted(set(probe["blocks"])) if protocol == "linear" else [1]
+    blocks = sorted(set(config["probe"]["blocks"])) if protocol == "linear" else [1]
     mean_std = {}
     train_x, val_x = {}, {}
     for b in blocks:
@@ -280,10 +283,10 @@ def run(config: dict, run, datasets: dict, classes: list[str], device: torch.dev
     metrics = {"encoded_images": encoded, "train_images": int(len(kept)), "val_images": int(len(val_y)),
                "feature_cache": str(cache)}
     if protocol == "linear":
-        out = train_linear(train_x, train_y, val_x, val_y_t, len(classes), probe, config["seed"], run)
+        out = train_linear(train_x, train_y, val_x, val_y_t, len(classes), config["probe"], config["seed"], run)
         grid, hits = out["grid"], out["hits"]
     else:
-        found = knn(train_x[1], train_y, val_x[1], val_y_t, len(classes), probe["knn_k"], probe["knn_temperature"])
+        found = knn(train_x[1], train_y, val_x[1], val_y_t, len(classes), config["knn"]["k"], config["knn"]["temperature"])
         grid = {k: {m: v for m, v in r.items() if m != "hits"} for k, r in found.items()}
         hits = {k: r["hits"] for k, r in found.items()}
     best = max(grid, key=lambda k: (grid[k]["top1"], grid[k]["top5"]))

@@ -60,7 +60,7 @@ def test_linear_grid_reports_every_head_and_the_best(probe_runs):
 def test_knn_reports_each_k_clipped_to_the_training_set(probe_runs):
     m = probe_runs["knn"].metrics
     n = m["train_images"]
-    assert set(m["grid"]) == {f"k{min(k, n)}" for k in (10, 20, 100)}
+    assert set(m["grid"]) == {f"k{min(k, n)}" for k in (10, 20, 100, 200)}
     assert m["top1"] == max(r["top1"] for r in m["grid"].values())
 
 
@@ -164,10 +164,14 @@ def test_protocol_sections_follow_the_protocol(tmp_path):
     assert lo["lora"]["rank"] == 4 and "probe" not in lo
     li = resolve("ade20k", "tiny", {"init": "random", "data_root": str(tmp_path), "protocol": "linear"})
     assert "probe" not in li  # a dense linear probe trains the task's head on the frozen encoder
+    kn = resolve("in1k", "tiny", {"init": "random", "data_root": str(tmp_path), "protocol": "knn", "knn.k": "[5]"})
+    assert kn["knn"] == {"k": [5], "temperature": 0.07} and "probe" not in kn  # the linear grid is not its identity
+    with pytest.raises(ConfigError, match="does not read probe"):
+        resolve("in1k", "tiny", {"init": "random", "data_root": str(tmp_path), "protocol": "knn", "probe.lrs": "[0.1]"})
     from fourm.runs import run_id
 
-    ids = {run_id(c) for c in (ft, lo, li)}
-    assert len(ids) == 3  # the protocol is part of the run's identity
+    ids = {run_id(c) for c in (ft, lo, li, kn)}
+    assert len(ids) == 4  # the protocol is part of the run's identity
 
 
 def test_wandb_offline_mirrors_the_scalars(tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ SHORTCUTS = {
 PROTOCOLS_FILE = CONFIG_DIR / "protocols.yaml"
 # the shared section of transfer/configs/protocols.yaml each protocol reads; only a chosen protocol's section is
 # part of a run's config (``probe`` only on tasks that take knn: the frozen-feature classification probes)
-PROTOCOL_SECTIONS = {"lora": ("lora",), "probe": ("linear", "knn")}
+PROTOCOL_SECTIONS = {"lora": ("lora",), "probe": ("linear",), "knn": ("knn",)}
 DEFAULT_RUNS_ROOT = "runs/transfer"
 _MODEL_SIZE = re.compile(r"^fm_(?P<size>[a-z]+)_")
 
@@ -94,7 +94,8 @@ def model_size(model: str) -> str | None:
 
 def protocol_sections(cfg: dict, task: str, path: Path, pairs: list[tuple[str, str]]) -> None:
     """Check ``transfer.protocol`` against the task and add the chosen protocol's section of protocols.yaml (with
-    its ``lora.*`` / ``probe.*`` overrides) to ``cfg``; an override of a section the protocol does not read is refused."""
+    its ``lora.*`` / ``probe.*`` / ``knn.*`` overrides) to ``cfg``; an override of a section the protocol does not
+    read is refused."""
     import yaml
 
     from transfer.tasks import get_task
@@ -141,7 +142,8 @@ def protocol_sections(cfg: dict, task: str, path: Path, pairs: list[tuple[str, s
 
 
 def check_probe_blocks(cfg: dict, path: Path) -> None:
-    """``probe.blocks`` within the encoder's depth (read from the checkpoint's metadata, else the model's config)."""
+    """``probe.blocks`` within the encoder's depth (read from the checkpoint's metadata, else the model's config) and
+    the blocks the feature cache keeps."""
     from fourm.models import config_for
 
     blocks = cfg["probe"].get("blocks") or []
@@ -155,9 +157,11 @@ def check_probe_blocks(cfg: dict, path: Path) -> None:
         depth = int(config_for(model)["encoder_depth"])
     except (KeyError, ValueError):
         return  # an unknown model is reported where the encoder is built
-    if max(blocks) > depth:
-        raise ConfigError(f"{path}: probe.blocks={blocks}: the encoder ({model}) has {depth} blocks; "
-                          f"use counts up to {depth}")
+    from transfer.probe import CACHE_BLOCKS
+
+    if max(blocks) > min(depth, CACHE_BLOCKS):
+        raise ConfigError(f"{path}: probe.blocks={blocks}: the encoder ({model}) has {depth} blocks and the feature "
+                          f"cache keeps the last {CACHE_BLOCKS}; use counts up to {min(depth, CACHE_BLOCKS)}")
 
 
 def check_low_shot(cfg: dict, path: Path) -> None:
