@@ -104,9 +104,7 @@ def load_split(cache: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 def features(config: dict, run, datasets: dict, device: torch.device, show: bool = True) -> tuple[Path, int]:
     """The feature cache of this config's encoder and data (encoding what is missing); returns (folder, images encoded
     by this call)."""
-    from transfer.adapter import build_encoder
-
-    from transfer.adapter import encoder_config
+    from transfer.adapter import build_encoder, encoder_config
 
     # every probe of an encoder shares one cache: the last CACHE_BLOCKS blocks (fewer if the encoder has fewer)
     blocks = min(CACHE_BLOCKS, int(encoder_config(config["transfer"]["init"], config["transfer"]["model"])["encoder_depth"]))
@@ -123,8 +121,8 @@ def features(config: dict, run, datasets: dict, device: torch.device, show: bool
         encoder = build_encoder(t["init"], t["model"], ("rgb@224",), image_size=config["train"]["image_size"])
         encoder = encoder.to(device).eval()
         workers = int((config.get("_runtime") or {}).get("num_workers", 0))
+        batch = int((config.get("_runtime") or {}).get("encode_batch_size", 64))
         for split in todo:
-            batch = int((config.get("_runtime") or {}).get("encode_batch_size", 64))
             loader = torch.utils.data.DataLoader(datasets[split], batch_size=batch, shuffle=False, num_workers=workers)
             encode_split(encoder, loader, cache, split, blocks, device, len(datasets[split]), show)
             encoded += len(datasets[split])
@@ -168,8 +166,37 @@ def write_samples(run, listing: list[tuple[str, int]], kept: np.ndarray) -> None
 
 # --- linear heads -------------------------------------------------------------------------------------
 def pooled(feats: np.ndarray, blocks: int) -> np.ndarray:
-    """``[N, B, D]`` cached features -> ``[N, blocks * D]`` of the last ``blocks`` blocks (float32)."""
-    return np.ascontiguousarray(feats[:, feats.shape[1] - blocks:, :], dtype=np.float32).reshape(len(feats), -1)
+    """``[N, B, D]`` cached features -> ``[N, blocks * D]`` of the last ``blocks`` blocks, float16 as cached (a
+    float32 copy of ImageNet's last 4 ViT-B blocks would be 16 GB; batches are cast when they are used)."""
+    return np.ascontiguousarray(feats[:, feats.shape[1] - blocks:, :]).reshape(len(feats), -1)
+
+
+class Standardised:
+    """float16 features read as float32, standardised with the training rows' per-dimension mean and std (so one
+    grid of learning rates fits every encoder), one batch at a time."""
+
+    def __init__(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+        self.x, self.mean, self.std = x, mean, std
+        self.shape = x.shape
+
+    @classmethod
+    def fit(cls, train: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+        total = torch.zeros(train.shape[1], dtype=torch.float64)
+        square = torch.zeros_like(total)
+        for i in range(0, len(train), chunk):
+            x = train[i:i + chunk].double()
+            total += x.sum(0)
+            square += (x * x).sum(0)
+        n = len(train)
+        mean = total / n
+        var = (square - n * mean * mean) / max(n - 1, 1)
+        return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return (self.x[idx].float() - self.mean) / self.std
 
 
 def head_name(blocks: int, lr: float) -> str:
@@ -210,8 +237,9 @@ def train_linear(train_x: dict[int, torch.Tensor], train_y: torch.Tensor, val_x:
         for s in range(steps_per_epoch):
             idx = order[s * batch:(s + 1) * batch]
             y = train_y[idx]
+            x = {b: train_x[b][idx] for b in train_x}  # one read of each pooling's batch for all its heads
             for h, ((blocks, head), opt, sched) in enumerate(zip(heads, opts, scheds)):
-                loss = nn.functional.cross_entropy(head(train_x[blocks][idx]), y)
+                loss = nn.functional.cross_entropy(head(x[blocks]), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -223,7 +251,8 @@ def train_linear(train_x: dict[int, torch.Tensor], train_y: torch.Tensor, val_x:
     results, hits = {}, {}
     with torch.no_grad():
         for name, (blocks, head) in zip(names, heads):
-            h1, h5 = topk_correct(head(val_x[blocks]), val_y)
+            logits = torch.cat([head(val_x[blocks][i:i + 4096]) for i in range(0, len(val_y), 4096)])
+            h1, h5 = topk_correct(logits, val_y)
             results[name] = {"top1": 100.0 * float(h1.float().mean()), "top5": 100.0 * float(h5.float().mean())}
             hits[name] = h1
     return {"grid": results, "hits": hits}
@@ -270,15 +299,14 @@ def run(config: dict, run, datasets: dict, classes: list[str], device: torch.dev
     train_y = torch.from_numpy(train_y[kept])
     val_y_t = torch.from_numpy(val_y)
     blocks = sorted(set(config["probe"]["blocks"])) if protocol == "linear" else [1]
-    mean_std = {}
     train_x, val_x = {}, {}
     for b in blocks:
-        tx = torch.from_numpy(pooled(train_f[kept], b))
-        vx = torch.from_numpy(pooled(val_f, b))
-        if protocol == "linear":  # standardised with the training images' statistics (the heads' lr grid is then
-            mean, std = tx.mean(0), tx.std(0).clamp_min(1e-6)  # comparable across encoders)
-            tx, vx = (tx - mean) / std, (vx - mean) / std
-            mean_std[b] = (mean, std)
+        tx, vx = torch.from_numpy(pooled(train_f[kept], b)), torch.from_numpy(pooled(val_f, b))
+        if protocol == "linear":
+            mean, std = Standardised.fit(tx)
+            tx, vx = Standardised(tx, mean, std), Standardised(vx, mean, std)
+        else:
+            tx, vx = tx.float(), vx.float()
         train_x[b], val_x[b] = tx, vx
     metrics = {"encoded_images": encoded, "train_images": int(len(kept)), "val_images": int(len(val_y)),
                "feature_cache": str(cache)}
