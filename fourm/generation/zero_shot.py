@@ -244,18 +244,18 @@ def map_at(a: np.ndarray, size: int) -> torch.Tensor:
 
 # --- alignment and metrics -------------------------------------------------------------------------------------
 def align_depth(pred: torch.Tensor, gt: torch.Tensor, how: str) -> torch.Tensor:
-    """One predicted depth map aligned to the ground truth's valid pixels (see the module docstring)."""
+    """One predicted depth map ``[1, H, W]`` aligned to the ground truth's valid pixels (see the module docstring)."""
+    from fourm.modalities.metrics import median_scaled, scale_shift_aligned
+
     valid = gt > 0
     if valid.sum() < 2:
         return pred
-    p, t = pred[valid].double(), gt[valid].double()
     if how == "median":
-        return pred * (t.median() / p.median().clamp_min(1e-6)).float()
+        return median_scaled(pred[None], gt[None])[0]
     if how == "lstsq":
-        a = torch.stack([p, torch.ones_like(p)], dim=1)
-        s, b = torch.linalg.lstsq(a, t[:, None]).solution[:, 0]
-        return (pred.double() * s + b).clamp_min(1e-3).float()
+        return scale_shift_aligned(pred[None], gt[None])[0]
     if how == "lstsq_disparity":
+        p, t = pred[valid].double(), gt[valid].double()
         dp = 1.0 / p.clamp_min(1e-6)
         a = torch.stack([dp, torch.ones_like(dp)], dim=1)
         s, b = torch.linalg.lstsq(a, (1.0 / t)[:, None]).solution[:, 0]
@@ -275,11 +275,11 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
 
 
 def normal_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
-    valid = gt.abs().sum(0) > 0
-    if not valid.any():
+    from fourm.generation.oob import normal_errors
+
+    err = normal_errors(pred[None], gt[None])
+    if not err.numel():
         return {k: float("nan") for k in ("angle_mean", "angle_median", "within_11deg", "within_22deg", "within_30deg")}
-    cos = F.cosine_similarity(pred.double(), gt.double(), dim=0, eps=1e-8)[valid].clamp(-1, 1)
-    err = torch.rad2deg(torch.acos(cos))
     return {"angle_mean": float(err.mean()), "angle_median": float(err.median()),
             "within_11deg": 100.0 * float((err < 11.25).double().mean()),
             "within_22deg": 100.0 * float((err < 22.5).double().mean()),
