@@ -31,6 +31,26 @@ def build_encoder(init: str, model: str = "fm_base_12e_12d_swiglu_nobias", modal
     return load_encoder(init, modality=list(modalities), **overrides)
 
 
+def protocol_encoder_args(config: dict) -> dict:
+    """What a transfer config's protocol asks of the encoder: ``frozen`` (``linear``) and ``lora`` (``lora``: its
+    section of the config), as the backbones' keyword arguments."""
+    protocol = config["transfer"].get("protocol", "finetune")
+    return {"frozen": protocol == "linear", "lora": config.get("lora") if protocol == "lora" else None}
+
+
+def adapt_encoder(encoder: FourMEncoder, frozen: bool = False, lora: dict | None = None) -> FourMEncoder:
+    """Apply a protocol to a built encoder: ``frozen`` turns its gradients off and puts it in eval mode (keep it
+    there in the owner's ``train()``); ``lora`` freezes its weights and adds adapters (:func:`transfer.lora.add_lora`)."""
+    if frozen:
+        encoder.requires_grad_(False)
+        encoder.eval()
+    if lora:
+        from transfer.lora import add_lora
+
+        add_lora(encoder, **lora)
+    return encoder
+
+
 def encoder_config(init: str, model: str = "fm_base_12e_12d_swiglu_nobias") -> dict:
     """The 4M config of the encoder :func:`build_encoder` gives for ``init`` (a checkpoint's own config wins over
     ``model``), read from the safetensors metadata without loading weights: what heads need (``dim``, ``patch_size``)."""

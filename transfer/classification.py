@@ -32,7 +32,7 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from fourm import distributed as D
-from transfer.adapter import build_encoder, layer_decay_param_groups
+from transfer.adapter import adapt_encoder, build_encoder, layer_decay_param_groups, protocol_encoder_args
 from transfer.configs import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
@@ -268,10 +268,7 @@ def build_model(config: dict, num_classes: int) -> Classifier:
     t = config["transfer"]
     encoder = build_encoder(t["init"], t["model"], (MODALITY,), image_size=config["train"]["image_size"],
                             drop_path_rate=config["train"]["drop_path"])
-    if t.get("protocol") == "lora":
-        from transfer.lora import add_lora
-
-        add_lora(encoder, **config["lora"])
+    adapt_encoder(encoder, lora=protocol_encoder_args(config)["lora"])  # linear / knn never build this model
     return Classifier(encoder, num_classes, head_init_std=config["train"]["head_init_std"],
                       global_pool=config["train"].get("global_pool", True))
 

@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from transfer.adapter import encoder_config
+from transfer.adapter import encoder_config, protocol_encoder_args
 from transfer.mm_runner import (RunStoreHook, dist_backend, formatted_once_config, launcher, model_wrapper, rank_batch,
                                 runner_context)
 
@@ -126,8 +126,7 @@ def _model(config: dict, num_classes: int) -> dict:
         backbone=dict(type="FourMViTDet", init=str(t["init"]), model=t["model"], image_size=size,
                       drop_path_rate=float(train["drop_path"]), window_size=mm["backbone"]["window_size"],
                       global_blocks=list(mm["backbone"]["global_blocks"]),
-                      frozen=t.get("protocol", "finetune") == "linear",
-                      lora=config.get("lora") if t.get("protocol") == "lora" else None),
+                      **protocol_encoder_args(config)),
         neck=dict(type="FourMSimpleFPN", in_channels=dim, out_channels=ch, scales=list(mm["neck"]["scales"]),
                   num_outs=mm["neck"]["num_outs"], norm_cfg=norm),
         rpn_head=dict(

@@ -25,7 +25,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
 from fourm.models.blocks import additive_mask
-from transfer.adapter import build_encoder
+from transfer.adapter import adapt_encoder, build_encoder
 
 
 @ROOT_MODELS.register_module(force=True)
@@ -102,13 +102,7 @@ class FourMViTDet(BaseModule):
         super().__init__(init_cfg)
         self.encoder_model = build_encoder(init, model, (modality,), image_size, drop_path_rate)
         self.frozen = bool(frozen)
-        if self.frozen:
-            self.encoder_model.requires_grad_(False)
-            self.encoder_model.eval()
-        if lora:
-            from transfer.lora import add_lora
-
-            add_lora(self.encoder_model, **lora)
+        adapt_encoder(self.encoder_model, self.frozen, lora)
         depth = self.encoder_model.depth
         bad = [i for i in global_blocks if not 0 <= int(i) < depth]
         if bad:

@@ -36,7 +36,7 @@ from torch import nn
 
 from fourm.modalities import spec
 from fourm.modalities.codecs import decode_depth
-from transfer.adapter import build_encoder
+from transfer.adapter import adapt_encoder, build_encoder
 
 RGB = "rgb@224"
 DEPTH_TOKENS = "tok_depth@224"
@@ -74,13 +74,7 @@ class FourMBackbone(BaseModule):
         self.modalities = modalities
         self.encoder_model = build_encoder(init, model, modalities, image_size, drop_path_rate)
         self.frozen = bool(frozen)
-        if self.frozen:
-            self.encoder_model.requires_grad_(False)
-            self.encoder_model.eval()
-        if lora:
-            from transfer.lora import add_lora
-
-            add_lora(self.encoder_model, **lora)
+        adapt_encoder(self.encoder_model, self.frozen, lora)
         self.dim = self.encoder_model.dim
         self.patch_size = self.encoder_model.patch_size
         depth = self.encoder_model.depth

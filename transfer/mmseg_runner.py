@@ -19,7 +19,7 @@ from mmengine.registry import DefaultScope
 
 import transfer.layer_decay  # noqa: F401  (registers FourMLayerDecayOptimizerConstructor)
 import transfer.mmseg_modules  # noqa: F401  (registers the backbone, heads, transforms, metrics)
-from transfer.adapter import encoder_config
+from transfer.adapter import encoder_config, protocol_encoder_args
 from fourm import distributed as D
 from transfer.mm_runner import (RunStoreHook, checkpoint_globals, dist_backend, launcher, model_wrapper, rank_batch,
                                 runner_context)
@@ -190,11 +190,10 @@ def backbone(config: dict, modalities=("rgb@224",), depth_tokenizer: str | None 
     """The ``FourMBackbone`` config of a transfer config (init, model, crop size, drop path, out_indices of a 12-block
     base, and the protocol: ``linear`` freezes the encoder, ``lora`` freezes it and adds ``lora:`` adapters)."""
     t, train, mm = config["transfer"], config["train"], config.get("mm", {})
-    protocol = t.get("protocol", "finetune")
     return dict(type="FourMBackbone", init=str(t["init"]), model=t["model"], modalities=list(modalities),
                 image_size=int(train["image_size"]), drop_path_rate=float(train.get("drop_path", 0.0)),
                 base_out_indices=list(mm.get("out_indices", (3, 5, 7, 11))), depth_tokenizer=depth_tokenizer,
-                frozen=protocol == "linear", lora=config.get("lora") if protocol == "lora" else None)
+                **protocol_encoder_args(config))
 
 
 def pair(v) -> tuple[int, int]:

@@ -244,6 +244,25 @@ def test_official_fixture_loads_into_the_backbone_with_every_encoder_key(officia
     assert feat.shape == (1, 8, 4, 4) and torch.isfinite(feat).all()
 
 
+def test_protocols_set_up_the_vitdet_backbone(official_fixture_dir, tmp_path):
+    """protocol=linear freezes the windowed encoder (eval mode, no gradients); protocol=lora trains adapters only."""
+    from transfer.adapter import protocol_encoder_args
+    from transfer.mmdet_modules import FourMViTDet
+
+    FIXTURE = str(official_fixture_dir / "tiny_4m7.safetensors")
+    for protocol in ("linear", "lora"):
+        cfg = resolve("coco", "tiny", {"init": FIXTURE, "data_root": str(tmp_path), "protocol": protocol})
+        bb = FourMViTDet(init=FIXTURE, image_size=64, window_size=2, global_blocks=[1], **protocol_encoder_args(cfg))
+        bb.train()
+        trained = [n for n, p in bb.named_parameters() if p.requires_grad]
+        if protocol == "linear":
+            assert not trained and not bb.encoder_model.training
+        else:
+            assert trained and all(".lora_A." in n or ".lora_B." in n for n in trained) and bb.encoder_model.training
+        (feat,) = bb(torch.randn(1, 3, 64, 64))
+        assert feat.shape == (1, 8, 4, 4) and feat.requires_grad == (protocol == "lora")
+
+
 @needs_mm
 def test_roi_features_are_the_neck_maps_roi_aligned(world_coco, tmp_path):
     """mmdet's RoI extractor (mmcv's compiled RoIAlign) on our neck's maps equals torchvision's RoIAlign on them.
