@@ -1,16 +1,12 @@
-"""The 4M encoder as an mmdet backbone (ViTDet style) and ViTDet's simple feature pyramid, registered in mmdet.
+"""The 4M encoder as an mmdet backbone (ViTDet style), registered in mmdet, beside ViTDet's neck.
 
 * ``FourMViTDet``: the 4M encoder on a detection-size image with window attention in most blocks and global attention
   in a few (ViTDet). Windowing is weight-free: a windowed block is the *same* block run on groups of tokens, so any
   4M checkpoint loads unchanged. Padded tokens (grid not divisible by the window) are masked out of attention.
   Output: the stride-16 map after the encoder's final norm (the norm is part of the pretrained encoder; using it keeps
   every checkpoint weight in play).
-* ``FourMSimpleFPN``: stride 4 (two 2x deconvs, LayerNorm2d + GELU between), 8 (one deconv), 16 (identity), 32
-  (max-pool), each then 1x1 and 3x3 convs with LayerNorm2d; extra levels by stride-2 subsampling (P6 for the RPN).
-* ``FourMLayerNorm2d``: LayerNorm over channels of an NCHW map, registered as a norm layer for ConvModule
-  (``norm_cfg=dict(type="FourMLayerNorm2d")``); mmdet ships LN2d only inside its projects/ folder.
-
-Importing this module registers the three names; it needs mmdet (the mm boundary lives in transfer/ only).
+* ``FourMSimpleFPN`` and ``FourMLayerNorm2d`` (ViTDet's neck and its norm) live in :mod:`fourm.data.vitdet_modules`,
+  which the ViTDet box labeller shares; importing this module registers all three names (it needs mmdet).
 """
 from __future__ import annotations
 
@@ -18,33 +14,13 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
-from mmcv.cnn import ConvModule
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.model import BaseModule
-from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
+from fourm.data.vitdet_modules import FourMLayerNorm2d, FourMSimpleFPN  # noqa: F401  (registered there)
 from fourm.models.blocks import additive_mask
 from transfer.adapter import adapt_encoder, build_encoder
-
-
-@ROOT_MODELS.register_module(force=True)
-class FourMLayerNorm2d(nn.Module):
-    """LayerNorm over the channel dim of [B, C, H, W] (ViTDet's LN for conv features)."""
-
-    _abbr_ = "ln"
-
-    def __init__(self, num_channels: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
-        # contiguous NCHW, not a permuted view: mmcv's compiled ops (RoIAlign) read the raw buffer as NCHW and return
-        # scrambled features for a channels-last-strided map, silently (the neck's outputs end in this norm)
-        return x.permute(0, 3, 1, 2).contiguous()
 
 
 def window_partition(x: torch.Tensor, grid: tuple[int, int], window: int):
@@ -130,43 +106,3 @@ class FourMViTDet(BaseModule):
             tokens = enc.encoder_norm(tokens)
         B, _, C = tokens.shape
         return (tokens.transpose(1, 2).reshape(B, C, *grid).contiguous(),)  # NCHW in memory too (see FourMLayerNorm2d)
-
-
-@MMDET_MODELS.register_module(force=True)
-class FourMSimpleFPN(BaseModule):
-    """ViTDet's simple feature pyramid from the last (stride-16) backbone map; ``num_outs`` levels, finest first."""
-
-    def __init__(self, in_channels: int, out_channels: int = 256, scales=(4.0, 2.0, 1.0, 0.5), num_outs: int = 5,
-                 norm_cfg: dict | None = None, init_cfg=None):
-        super().__init__(init_cfg)
-        norm_cfg = dict(norm_cfg or dict(type="FourMLayerNorm2d", eps=1e-6))
-        if num_outs < len(scales):
-            raise ValueError(f"FourMSimpleFPN: num_outs={num_outs} < {len(scales)} scales {list(scales)}")
-        c = in_channels
-        self.scales = [float(s) for s in scales]
-        self.num_outs = num_outs
-        self.stages = nn.ModuleList()
-        for s in self.scales:
-            if s == 4.0:
-                resample = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 2, 2), FourMLayerNorm2d(c // 2), nn.GELU(),
-                                         nn.ConvTranspose2d(c // 2, c // 4, 2, 2))
-                ch = c // 4
-            elif s == 2.0:
-                resample, ch = nn.ConvTranspose2d(c, c // 2, 2, 2), c // 2
-            elif s == 1.0:
-                resample, ch = nn.Identity(), c
-            elif s == 0.5:
-                resample, ch = nn.MaxPool2d(2, 2), c
-            else:
-                raise ValueError(f"FourMSimpleFPN: scale {s} not supported; use 4.0, 2.0, 1.0, 0.5")
-            self.stages.append(nn.Sequential(
-                resample,
-                ConvModule(ch, out_channels, 1, norm_cfg=norm_cfg, act_cfg=None),
-                ConvModule(out_channels, out_channels, 3, padding=1, norm_cfg=norm_cfg, act_cfg=None)))
-
-    def forward(self, inputs) -> tuple[torch.Tensor, ...]:
-        x = inputs[-1]
-        outs = [stage(x) for stage in self.stages]
-        while len(outs) < self.num_outs:  # ViTDet's LastLevelMaxPool: P6 = P5 subsampled by 2
-            outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
-        return tuple(outs)

@@ -23,6 +23,7 @@ the world (it has no people): :class:`HumanPoseSource` is the interface a pose e
 from __future__ import annotations
 
 import abc
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +32,7 @@ import torch
 
 from fourm.data.labeler import Labeler, register_labeler
 from fourm.data.layouts import FOURM_MODALITIES, folder_modality
+from fourm.data.weights import load_strict, read_state_dict
 from fourm.modalities import ModalitySpec, has_spec, register_spec
 from fourm.modalities.codecs import read_png
 from fourm.modalities.specs import feature_map
@@ -314,11 +316,20 @@ class VitFeatures(Labeler):
 
         torch.manual_seed(seed)
         kw = {"img_size": image_size, "num_classes": project_dim if project else 0}
+        self.net = timm.create_model(model, pretrained=False, **kw)
+        self.weights = "random (seeded)"
         if checkpoint:
-            kw["pretrained_cfg_overlay"] = {"file": str(checkpoint)}
             if not Path(checkpoint).is_file():
                 raise FileNotFoundError(f"checkpoint {checkpoint}: no such weights file for {model}")
-        self.net = timm.create_model(model, pretrained=bool(checkpoint), **kw).eval().to(device)
+            self.weights = str(checkpoint)
+            state = read_state_dict(checkpoint)
+            # timm's own converter of the model family (OpenAI / open_clip CLIP, DINOv2 layouts -> timm names)
+            convert = getattr(sys.modules[type(self.net).__module__], "checkpoint_filter_fn", None)
+            state = convert(state, self.net) if convert else state
+            if not project:  # a feature map needs no classifier / projection
+                state = {k: v for k, v in state.items() if not k.startswith("head.")}
+            load_strict(self.net, state, str(checkpoint), f"timm {model}")
+        self.net.eval().to(device)
         cfg = self.net.pretrained_cfg
         self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
@@ -353,6 +364,14 @@ def _vit_features(in_dir: Path, **options) -> Labeler:
 @register_labeler("vit_global")
 def _vit_global(in_dir: Path, **options) -> Labeler:
     return VitFeatures(global_=True, **options)
+
+
+@register_labeler("clip_features")
+def _clip_features(in_dir: Path, **options) -> Labeler:
+    """CLIP-B/16 patch tokens through CLIP's image projection at 224 px: ``clip/<stem>.npy`` float16 [512, 14, 14],
+    the feature maps the official CLIP tokenizer takes. ``checkpoint``: OpenAI's or open_clip's CLIP-B/16 weights
+    (safetensors, converted to timm's names by timm)."""
+    return VitFeatures(model="vit_base_patch16_clip_224", folder="clip", project=True, **options)
 
 
 # --- T5 caption embeddings --------------------------------------------------------------------------------------------

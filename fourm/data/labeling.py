@@ -5,13 +5,19 @@ normals, CLIP features... for images that only have RGB).
 
 Labelers are registered by name. Built in: ``world_gt_<modality>`` (copies the world's ground truth, a perfect
 labeler for tests and upper bounds), ``timm_features`` (feature maps of a randomly initialised timm model, saved as
-.npy), and the 4M-21 labelers of :mod:`fourm.data.labelers21` (Canny and SAM edges, SAM instances, colour palettes,
-metadata, DINOv2/ImageBind/CLIP maps and global embeddings). Runs are batched and resumable.
+.npy), the labellers of the official 4M-7 data on real images (``dpt_depth`` / ``dpt_normal``: Omnidata DPT-Hybrid,
+:mod:`fourm.data.dpt`; ``mask2former_semseg``: Mask2Former Swin-B COCO panoptic, :mod:`fourm.data.mask2former`;
+``vitdet_boxes``: ViTDet Cascade Mask R-CNN, :mod:`fourm.data.vitdet`; ``clip_features``: CLIP-B/16 maps), and the
+4M-21 labelers of :mod:`fourm.data.labelers21` (Canny and SAM edges, SAM instances, colour palettes, metadata,
+DINOv2/ImageBind/CLIP maps and global embeddings). Runs are batched, resumable and split into parts (``--part i/n``)
+for SLURM array jobs; weights come from local files (:mod:`fourm.data.weights`), or are seeded random ones.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import time
 import sys
 from pathlib import Path
 
@@ -21,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fourm.configs import parse_cli
-from fourm.data import labelers21  # noqa: F401  (the 4M-21 labelers register themselves)
+from fourm.data import dpt, labelers21, mask2former, vitdet  # noqa: F401  (these labelers register themselves)
 from fourm.data.labeler import LABELERS, Labeler, create_labeler, register_labeler  # noqa: F401  (the labeling API)
 from fourm.data.layouts import FOURM_MODALITIES, folder_modality
 
@@ -83,6 +89,10 @@ def _timm_features(in_dir: Path, model: str = "resnet18", **options) -> Labeler:
 
 
 # --- running a labeler over a folder -----------------------------------------------------------------------------
+BAD_IMAGE = ("skip", "stop")
+LOG_NAME = ".label_log.jsonl"  # one record per run in the output folder (dot files are not modality files)
+
+
 def rgb_folder(in_dir: str | os.PathLike) -> Path:
     """The folder of RGB images: ``in_dir`` itself, or ``in_dir/rgb`` for a 4M split folder."""
     in_dir = Path(in_dir)
@@ -91,7 +101,39 @@ def rgb_folder(in_dir: str | os.PathLike) -> Path:
     return in_dir / "rgb" if (in_dir / "rgb").is_dir() else in_dir
 
 
-def _read_rgb(path: Path) -> torch.Tensor:
+def list_images(rgb_dir: Path) -> list[Path]:
+    """The images of an RGB folder, as relative paths: files directly in it, or one level down (the official
+    hierarchical layout ``rgb/<folder>/<key>.jpg``, whose labels go to ``<modality>/<folder>/``)."""
+    def images_in(d: Path):
+        return sorted(p for p in d.iterdir() if p.suffix in IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
+
+    found = [p.relative_to(rgb_dir) for p in images_in(rgb_dir)]
+    if not found:
+        for sub in sorted(d for d in rgb_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            found += [p.relative_to(rgb_dir) for p in images_in(sub)]
+    return found
+
+
+def parse_part(part: str | None) -> tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> (i, n); None -> (0, 1)."""
+    if not part:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in str(part).split("/"))
+    except ValueError:
+        raise ValueError(f"--part {part!r}: expected i/n, e.g. 3/100 for the 4th of 100 parts") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--part {part!r}: i must be in [0, n)")
+    return i, n
+
+
+def part_of(items: list, part: tuple[int, int]) -> list:
+    """The ``i``-th of ``n`` contiguous, near-equal ranges of ``items`` (a SLURM array task's share)."""
+    i, n = part
+    return items[len(items) * i // n: len(items) * (i + 1) // n]
+
+
+def read_rgb(path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             arr = np.array(im.convert("RGB"))
@@ -100,62 +142,143 @@ def _read_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
 
 
-def label_folder(in_dir: str | os.PathLike, labeler: Labeler, out_dir: str | os.PathLike | None = None,
-                 batch_size: int = 16) -> dict:
-    """Label every image of ``in_dir`` without an output yet; returns {"labelled", "skipped", "out"}.
+_read_rgb = read_rgb
 
-    The default output folder is ``<split>/<labeler.modality>`` next to the rgb folder.
-    """
+
+def label_folder(in_dir: str | os.PathLike, labeler: Labeler, out_dir: str | os.PathLike | None = None,
+                 batch_size: int = 16, part: tuple[int, int] = (0, 1), on_bad_image: str = "skip",
+                 progress: bool = True) -> dict:
+    """Label every image of ``in_dir`` (its ``part``: ``(i, n)``) without an output yet; returns
+    {"labelled", "skipped", "bad", "out"}.
+
+    The default output folder is ``<split>/<labeler.modality>`` next to the rgb folder. An image that cannot be decoded
+    stops the run with its path (``on_bad_image="stop"``) or is skipped and counted (``"skip"``: listed in the run's
+    record in ``<out>/.label_log.jsonl``)."""
+    if on_bad_image not in BAD_IMAGE:
+        raise ValueError(f"on_bad_image={on_bad_image!r}: one of {', '.join(BAD_IMAGE)}")
     rgb_dir = rgb_folder(in_dir)
     out_dir = Path(out_dir) if out_dir is not None else rgb_dir.parent / labeler.modality
-    images = sorted(p for p in rgb_dir.iterdir() if p.suffix in IMAGE_EXTS and not p.name.startswith("."))
+    images = list_images(rgb_dir)
     if not images:
         raise FileNotFoundError(f"{rgb_dir}: no images ({', '.join(IMAGE_EXTS)}) to label")
-    todo = [p for p in images if not labeler.output_path(out_dir, p.stem).exists()]
-    bar = tqdm(total=len(todo), desc=f"label {labeler.name}", unit="img")
+    images = part_of(images, part)
+
+    def target(rel: Path) -> Path:
+        return labeler.output_path(out_dir / rel.parent, rel.stem)
+
+    todo = [p for p in images if not target(p).exists()]
+    bad: list[str] = []
+    started = time.time()
+    bar = tqdm(total=len(todo), desc=f"label {labeler.name}", unit="img", disable=not progress)
     for start in range(0, len(todo), batch_size):
-        chunk = [(p, _read_rgb(p)) for p in todo[start:start + batch_size]]
+        chunk = []
+        for rel in todo[start:start + batch_size]:
+            try:
+                chunk.append((rel, read_rgb(rgb_dir / rel)))
+            except ValueError:
+                if on_bad_image == "stop":
+                    raise
+                bad.append(str(rel))
         # images of different sizes cannot share a tensor: label each size group as its own batch
         by_shape: dict[tuple, list] = {}
-        for p, img in chunk:
-            by_shape.setdefault(tuple(img.shape), []).append((p, img))
+        for rel, img in chunk:
+            by_shape.setdefault(tuple(img.shape), []).append((rel, img))
         for group in by_shape.values():
-            stems = [p.stem for p, _ in group]
-            labels = labeler(torch.stack([img for _, img in group]), stems)
-            if len(labels) != len(stems):
-                raise RuntimeError(f"labeler {labeler.name} returned {len(labels)} labels for {len(stems)} images")
-            for stem, label in zip(stems, labels):
-                labeler.save(labeler.output_path(out_dir, stem), label)
-        bar.update(len(chunk))
+            labels = labeler(torch.stack([img for _, img in group]), [rel.stem for rel, _ in group])
+            if len(labels) != len(group):
+                raise RuntimeError(f"labeler {labeler.name} returned {len(labels)} labels for {len(group)} images")
+            for (rel, _), label in zip(group, labels):
+                labeler.save(target(rel), label)
+        bar.update(len(todo[start:start + batch_size]))
     bar.close()
-    return {"labelled": len(todo), "skipped": len(images) - len(todo), "out": out_dir}
+    result = {"labelled": len(todo) - len(bad), "skipped": len(images) - len(todo), "bad": bad, "out": out_dir}
+    if todo:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"labeler": labeler.name, "weights": getattr(labeler, "weights", None), "part": list(part),
+                  "labelled": result["labelled"], "already_done": result["skipped"], "bad_images": bad,
+                  "seconds": round(time.time() - started, 3)}
+        with open(out_dir / LOG_NAME, "a") as f:  # appends of one short line: concurrent array tasks do not interleave
+            f.write(json.dumps(record) + "\n")
+    return result
+
+
+# which command-line options each labeller takes (the rest are refused, by name)
+CLI_OPTIONS = {
+    "timm_features": ("device", "model"),
+    "vit_features": ("device", "model", "folder", "checkpoint"),
+    "vit_global": ("device", "model", "folder", "checkpoint"),
+    "clip_features": ("device", "checkpoint"),
+    "t5_caption": ("device", "checkpoint"),
+    "dpt_depth": ("device", "checkpoint", "image_size"),
+    "dpt_normal": ("device", "checkpoint", "image_size"),
+    "mask2former_semseg": ("device", "checkpoint", "image_size", "void_below"),
+    "vitdet_boxes": ("device", "checkpoint", "image_size", "score_threshold"),
+}
+
+
+def convert_cli(argv: list[str]) -> int:
+    """``fourm-bench label convert``: a pickled labeller release -> safetensors, without running code from it."""
+    from fourm.data.weights import WeightsError, convert
+
+    p = argparse.ArgumentParser(prog="fourm-bench label convert",
+                                description="convert a pickled weights release (Lightning .ckpt, detectron2 .pkl, "
+                                            "torch .pth) to safetensors; classes in the pickle are never run")
+    p.add_argument("--in", dest="src", required=True, help="the released weights file")
+    p.add_argument("--out", dest="dst", required=True, help="the .safetensors file to write (never overwritten)")
+    p.add_argument("--strip", action="append", default=[], help="a key prefix to drop, e.g. model. (repeatable)")
+    args = parse_cli(p, argv)
+    try:
+        info = convert(args.src, args.dst, strip=tuple(args.strip))
+    except WeightsError as e:
+        print(f"fourm-bench label convert: {e}", file=sys.stderr)
+        return 2
+    print(f"convert: {info['tensors']} tensors, {info['elements']:,} values -> {args.dst}")
+    return 0
 
 
 def cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="fourm-bench label", description=__doc__.splitlines()[0])
+    if argv[:1] == ["convert"]:
+        return convert_cli(argv[1:])
+    p = argparse.ArgumentParser(prog="fourm-bench label", description=__doc__.splitlines()[0],
+                                epilog="fourm-bench label convert --in X.ckpt --out X.safetensors: convert a pickled "
+                                       "weights release first (see `fourm-bench label convert --help`)")
     p.add_argument("--in", dest="in_dir", required=True, help="folder of RGB images, or a split folder with rgb/")
     p.add_argument("--labeler", required=True, help=f"one of: {', '.join(sorted(LABELERS))}")
     p.add_argument("--out", default=None, help="output folder (default: <split>/<labeler modality>)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--part", default=None, help="i/n: label only the i-th of n contiguous ranges of the images "
+                                                "(one SLURM array task's share; outputs already there are kept)")
+    p.add_argument("--on-bad-image", choices=BAD_IMAGE, default="skip",
+                   help="an image that cannot be decoded: skip it and count it in <out>/.label_log.jsonl, or stop")
     p.add_argument("--model", default=None, help="timm_features, vit_features, vit_global: the timm model name")
-    p.add_argument("--name", default=None, help="vit_features, vit_global: the modality folder (e.g. dinov2, clip)")
+    p.add_argument("--name", dest="folder", default=None, help="vit_features, vit_global: the modality folder")
     p.add_argument("--checkpoint", default=None,
-                   help="vit_features, vit_global: a local weights file; t5_caption: a local T5 model folder")
+                   help="a local weights file (safetensors or a tensors-only torch file; dpt_*, vit_*, clip_features, "
+                        "vitdet_boxes) or model folder (mask2former_semseg, t5_caption); none: seeded random weights")
+    p.add_argument("--image-size", dest="image_size", type=int, default=None,
+                   help="dpt_* (shorter side, default 384), mask2former_semseg (800), vitdet_boxes (1024)")
+    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None,
+                   help="vitdet_boxes: keep detections scoring at least this")
+    p.add_argument("--void-below", dest="void_below", type=float, default=None,
+                   help="mask2former_semseg: pixels whose best class score is below this are void (255)")
     p.add_argument("--device", default="cpu")
     args = parse_cli(p, argv)
-    options = {}
-    if args.labeler in ("timm_features", "vit_features", "vit_global"):
-        options = {"device": args.device, **({"model": args.model} if args.model else {})}
-        if args.labeler != "timm_features":
-            options.update({k: v for k, v in (("folder", args.name), ("checkpoint", args.checkpoint)) if v})
-    elif args.labeler == "t5_caption":
-        options = {"device": args.device, **({"checkpoint": args.checkpoint} if args.checkpoint else {})}
+    given = {k: getattr(args, k) for k in ("model", "folder", "checkpoint", "image_size", "score_threshold",
+                                            "void_below") if getattr(args, k) is not None}
+    takes = CLI_OPTIONS.get(args.labeler, ())
+    refused = sorted(k for k in given if k not in takes)
+    if refused:
+        print(f"fourm-bench label: --{refused[0].replace('_', '-')} does not apply to {args.labeler} "
+              f"(it takes: {', '.join('--' + t.replace('_', '-') for t in takes) or 'no options'})", file=sys.stderr)
+        return 2
+    options = {**({"device": args.device} if "device" in takes else {}), **given}
     try:
         labeler = create_labeler(args.labeler, rgb_folder(args.in_dir), **options)
-        result = label_folder(args.in_dir, labeler, args.out, args.batch_size)
+        result = label_folder(args.in_dir, labeler, args.out, args.batch_size, part=parse_part(args.part),
+                              on_bad_image=args.on_bad_image)
     except (KeyError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"fourm-bench label: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    print(f"label {labeler.name}: {result['labelled']} labelled, {result['skipped']} already done -> {result['out']}")
+    bad = f", {len(result['bad'])} unreadable images skipped (listed in {result['out'] / LOG_NAME})" if result["bad"] else ""
+    print(f"label {labeler.name}: {result['labelled']} labelled, {result['skipped']} already done{bad} -> {result['out']}")
     return 0
-

@@ -7,7 +7,7 @@ One :class:`Codec` per storage form; :mod:`fourm.modalities.specs` gives each mo
     png_normal  uint8 HxWx3 PNG of (n + 1) / 2 * 255 (camera frame), decoded to unit vectors
     png_u8      uint8 PNG of ids or a {0, 255} map (semseg, edges)
     png_u16     uint16 PNG of ids (instances)
-    boxes       JSON list of [x0, y0, x1, y1, class_name] in pixels
+    boxes       JSON list of [x0, y0, x1, y1, class_name] in pixels (the official detection JSON is read too)
     text        one line of text
     json        any JSON value (palettes, metadata)
     npy         a numpy array (feature maps, embeddings)
@@ -73,9 +73,14 @@ def decode_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def decode_boxes(path: str | os.PathLike) -> list:
+    """This project's box list, or the official detection JSON (``{"instances": [{"boxes", "class_name", "score"}]}``,
+    what the ViTDet labeller writes) as that list."""
     boxes = json.loads(Path(path).read_text())
+    if isinstance(boxes, dict) and isinstance(boxes.get("instances"), list):
+        boxes = [[*inst["boxes"][:4], inst.get("class_name", inst.get("class_id"))] for inst in boxes["instances"]]
     if not isinstance(boxes, list) or any(not isinstance(b, list) or len(b) != 5 for b in boxes):
-        raise ValueError(f"{path}: boxes must be a JSON list of [x0, y0, x1, y1, class_name]")
+        raise ValueError(f"{path}: boxes must be a JSON list of [x0, y0, x1, y1, class_name] or the official "
+                         f'detection JSON {{"instances": [{{"boxes": [x0, y0, x1, y1], "class_name", "score"}}]}}')
     return boxes
 
 
