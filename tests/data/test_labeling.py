@@ -1,5 +1,6 @@
 """Pseudo-labelling: registry, batched + resumable runs, ground-truth and timm labelers, clear input errors."""
 import filecmp
+import json
 import shutil
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_world_gt_copies_ground_truth_and_resumes(split, tmp_path):
     out = tmp_path / "depth_copy"
     lab = labeling.create_labeler("world_gt_depth", split / "rgb")
     r = labeling.label_folder(split, lab, out, batch_size=3)
-    assert r == {"labelled": 8, "skipped": 0, "out": out}
+    assert r == {"labelled": 8, "skipped": 0, "bad": [], "out": out}
     for p in (split / "depth").iterdir():
         assert filecmp.cmp(p, out / p.name, shallow=False)  # PNG decode + encode round-trips exactly
     (out / "000004.png").unlink()
@@ -65,9 +66,14 @@ def test_unreadable_input_is_named(split, tmp_path, capsys):
     (split / "rgb" / "000002.png").write_bytes(b"\x89PNG broken")
     lab = labeling.create_labeler("world_gt_depth", split / "rgb")
     with pytest.raises(ValueError, match="rgb/000002.png"):
-        labeling.label_folder(split, lab, tmp_path / "o")
-    assert labeling.cli(["--in", str(split), "--labeler", "world_gt_depth", "--out", str(tmp_path / "o")]) == 2
+        labeling.label_folder(split, lab, tmp_path / "o", on_bad_image="stop")
+    assert labeling.cli(["--in", str(split), "--labeler", "world_gt_depth", "--out", str(tmp_path / "o"),
+                         "--on-bad-image", "stop"]) == 2
     assert "000002.png" in capsys.readouterr().err
+    # by default the image is skipped, counted and listed in the run's record
+    assert labeling.cli(["--in", str(split), "--labeler", "world_gt_depth", "--out", str(tmp_path / "o")]) == 0
+    assert "7 labelled, 0 already done, 1 unreadable images skipped" in capsys.readouterr().out
+    assert not (tmp_path / "o" / "000002.png").exists()
     assert labeling.cli(["--in", str(tmp_path / "nope"), "--labeler", "world_gt_depth"]) == 2
     assert "nope" in capsys.readouterr().err
 
@@ -75,4 +81,6 @@ def test_unreadable_input_is_named(split, tmp_path, capsys):
 def test_cli_labels_a_split(split, tmp_path, capsys):
     assert labeling.cli(["--in", str(split), "--labeler", "world_gt_depth", "--out", str(tmp_path / "d"), "--batch-size", "4"]) == 0
     assert "8 labelled" in capsys.readouterr().out
-    assert len(list((tmp_path / "d").iterdir())) == 8
+    assert len(list((tmp_path / "d").glob("*.png"))) == 8
+    record = json.loads((tmp_path / "d" / ".label_log.jsonl").read_text())
+    assert record["labeler"] == "world_gt_depth" and record["labelled"] == 8 and record["bad_images"] == []
