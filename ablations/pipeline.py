@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -77,17 +78,65 @@ def sweep_dir(work: str | Path, launcher: str) -> Path:
     return Path(work).expanduser().resolve() / f"pipeline-{launcher}"
 
 
+ARRAY_TASK = re.compile(r"^(.*) \[(\d+)/(\d+)\]$")  # "labels depth [3/100]": one task of an array
+
+
 def describe(stages: list[PlannedStage]) -> str:
-    """One line per job: kind, name, run folder, what it waits for, and its resources; DONE ones marked."""
-    names = {Path(s.job.run_dir).name: s.name for s in stages}
-    lines = []
-    for i, s in enumerate(stages):
+    """One line per job: kind, name, run folder, what it waits for, and its resources; DONE ones marked. The tasks
+    of an array (``<name> [i/n]``) share one line: ``<name> [array of n, k DONE]``."""
+    names = {}
+    for s in stages:
+        m = ARRAY_TASK.match(s.name)
+        names[Path(s.job.run_dir).name] = f"{m[1]} [array]" if m else s.name
+    lines, seen = [], {}
+    for s in stages:
+        m = ARRAY_TASK.match(s.name)
         done = (Path(s.job.run_dir) / "DONE").exists()
+        if m and m[1] in seen:
+            seen[m[1]]["n"] += 1
+            seen[m[1]]["done"] += done
+            continue
         r = s.job.resources
-        res = f"{r.cpus_per_task} cpu" + (f", {r.gpus_per_node} gpu" if r.gpus_per_node else "")
-        after = ", ".join(names.get(a, a) for a in s.job.after) if len(s.job.after) <= 3 else f"{len(s.job.after)} jobs"
-        lines.append(f"{i + 1:3d}. {'DONE ' if done else '     '}{s.name:50s} {res:12s} after: {after or '-'}")
-    return "\n".join(lines)
+        res = f"{r.cpus_per_task} cpu" + (f", {r.gpus_per_node * r.nodes} gpu" if r.gpus_per_node else "")
+        after = sorted(set(names.get(a, a) for a in s.job.after))
+        after_text = ", ".join(after) if len(after) <= 3 else f"{len(after)} stages ({len(s.job.after)} jobs)"
+        row = {"name": m[1] if m else s.name, "array": bool(m), "n": 1, "done": int(done), "res": res,
+               "after": after_text or "-"}
+        lines.append(row)
+        if m:
+            seen[m[1]] = row
+    out = []
+    for i, row in enumerate(lines):
+        name = row["name"] + (f" [array of {row['n']}" + (f", {row['done']} DONE" if row["done"] else "") + "]"
+                              if row["array"] else "")
+        mark = "DONE " if not row["array"] and row["done"] else "     "
+        out.append(f"{i + 1:3d}. {mark}{name:50s} {row['res']:12s} after: {row['after']}")
+    return "\n".join(out)
+
+
+def gpu_hours(stages: list[PlannedStage]) -> str:
+    """The GPU-hours of the jobs not yet DONE: estimated where a job's config carries ``_cost_s`` (GPU-seconds, e.g.
+    labels and shards from ``gpu_s_per_image`` x images), else the jobs' reservation (GPUs x time limit)."""
+    estimated = reserved = 0.0
+    n_est = n_res = 0
+    for s in stages:
+        r = s.job.resources
+        gpus = r.gpus_per_node * r.nodes
+        if not gpus or (Path(s.job.run_dir) / "DONE").exists():
+            continue
+        cost = s.job.config.get("_cost_s")
+        if cost is not None:
+            estimated, n_est = estimated + float(cost) / 3600, n_est + 1
+        else:
+            reserved, n_res = reserved + gpus * r.timeout_min / 60, n_res + 1
+    if not n_est and not n_res:
+        return "GPU-hours: none (no GPU job left to run)"
+    parts = []
+    if n_est:
+        parts.append(f"{estimated:,.1f} estimated for {n_est} jobs (gpu_s_per_image x images)")
+    if n_res:
+        parts.append(f"at most {reserved:,.0f} reserved by {n_res} other jobs (GPUs x time limit)")
+    return "GPU-hours: " + "; ".join(parts)
 
 
 class PipelineError(RuntimeError):
@@ -158,6 +207,7 @@ def cli(argv: list[str], prog: str = "fourm-bench pipeline", default_recipe: str
         return 0
     print(f"{path.stem}: {len(stages)} jobs, run folders under {Path(work).resolve()}, report in {Path(out).resolve()}")
     print(describe(stages))
+    print(gpu_hours(stages))
     if args.dry_run:
         print("dry run: nothing submitted")
         return 0

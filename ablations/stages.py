@@ -53,7 +53,7 @@ class Plan:
     paths: dict[str, str] = dataclasses.field(default_factory=dict)  # output name -> path ({world}, {tokenizer.depth})
     ids: dict[str, str] = dataclasses.field(default_factory=dict)  # output name -> the run id that makes it
     split_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
-    label_ids: dict[str, str] = dataclasses.field(default_factory=dict)  # modality folder -> labels job
+    label_ids: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # modality folder -> its labels jobs
     token_modality: dict[str, str] = dataclasses.field(default_factory=dict)  # folder -> token modality of its tokenizer
     shard_patterns: dict[str, str] = dataclasses.field(default_factory=dict)
     checkpoints: dict[str, str] = dataclasses.field(default_factory=dict)  # init label -> weights
@@ -97,7 +97,7 @@ class Plan:
         return [self.ids[k] for k in names if k in self.ids]
 
     def data_after(self, mod: str) -> list[str]:
-        return self.after("world") + ([self.label_ids[mod]] if mod in self.label_ids else [])
+        return self.after("world") + self.label_ids.get(mod, [])
 
     def pretrain_configs(self) -> dict[str, tuple[dict, Path]]:
         """model -> (resolved pretraining config, run folder), resolved once for the stages that need them."""
@@ -321,27 +321,43 @@ def text_tokenizer(config: dict, run_dir: str) -> dict:
 
 # --- pseudo labels ----------------------------------------------------------------------------------------------
 def _plan_labels(recipe: dict, p: Plan) -> None:
-    """``labels: {splits: [train, val], labelers: {<folder>: {labeler: <folder>, batch_size: 16, <options>}}}``: one
-    job per labeler over the listed splits of the data."""
-    from fourm.data.labeling import LABELERS
+    """``labels: {splits: [train, val], parts: 1, labelers: {<folder>: {labeler: <folder>, batch_size: 16, parts,
+    gpu_s_per_image: null, on_bad_image: skip, <options>}}}``: per labeler, ``parts`` jobs (one SLURM array) each
+    labelling its contiguous range of every listed split's images; ``gpu_s_per_image`` gives the dry run's GPU-hours
+    estimate (else the jobs' reserved time counts)."""
+    from fourm.data.labeling import BAD_IMAGE, LABELERS
 
     lab = recipe.get("labels") or {}
+    splits = list(lab.get("splits", ["train", "val"]))
     for folder, spec in (lab.get("labelers") or {}).items():
         spec = dict(spec or {})
-        cfg = {"kind": "labels", "data": p.paths["world"], "splits": list(lab.get("splits", ["train", "val"])),
-               "labeler": spec.pop("labeler", folder), "batch_size": int(spec.pop("batch_size", 16)), "options": spec}
+        where = f"{p.source}: labels.labelers.{folder}"
+        parts, per_image = spec.pop("parts", lab.get("parts", 1)), spec.pop("gpu_s_per_image", None)
+        if not isinstance(parts, int) or parts < 1:
+            raise RecipeError(f"{where}.parts={parts!r}: a positive number of array tasks")
+        cfg = {"kind": "labels", "data": p.paths["world"], "splits": splits, "labeler": spec.pop("labeler", folder),
+               "batch_size": int(spec.pop("batch_size", 16)), "on_bad_image": spec.pop("on_bad_image", "skip"),
+               "options": spec}
         if cfg["labeler"] not in LABELERS:
-            raise RecipeError(f"{p.source}: labels.labelers.{folder}: unknown labeler {cfg['labeler']!r} "
-                              f"(known: {', '.join(sorted(LABELERS))})")
-        d = p.add("labels", f"labels {folder}", cfg, after=p.after("world"))
-        p.label_ids[folder] = d.name
+            raise RecipeError(f"{where}: unknown labeler {cfg['labeler']!r} (known: {', '.join(sorted(LABELERS))})")
+        if cfg["on_bad_image"] not in BAD_IMAGE:
+            raise RecipeError(f"{where}.on_bad_image={cfg['on_bad_image']!r}: one of {', '.join(BAD_IMAGE)}")
+        images = sum(p.split_sizes.get(s, 0) for s in splits)
+        p.label_ids[folder] = []
+        for i in range(parts):
+            part = {**cfg, **({"part": [i, parts]} if parts > 1 else {})}
+            if per_image is not None and images:
+                part["_cost_s"] = float(per_image) * images / parts
+            d = p.add("labels", f"labels {folder}" + (f" [{i + 1}/{parts}]" if parts > 1 else ""), part,
+                      after=p.after("world"))
+            p.label_ids[folder].append(d.name)
 
 
 @register_stage("labels", _plan_labels)
 def labels(config: dict, run_dir: str) -> dict:
-    """Run one pseudo labeler (``fourm-bench label``) over ``config["splits"]`` of the dataset ``config["data"]``: it
-    writes ``<data>/<split>/<its modality>/``, the folder the tokenizers and shards read (labels already there are
-    kept, so a restarted job labels only the rest)."""
+    """Run one pseudo labeler (``fourm-bench label``) over ``config["splits"]`` of the dataset ``config["data"]``
+    (``config["part"]``: its array task's range of each split): it writes ``<data>/<split>/<its modality>/``, the
+    folder the tokenizers and shards read (labels already there are kept, so a restarted job labels only the rest)."""
     from fourm.data.labeling import create_labeler, label_folder, rgb_folder
 
     run = _open(config, run_dir, "labels")
@@ -351,8 +367,11 @@ def labels(config: dict, run_dir: str) -> dict:
     for split in config["splits"]:
         split_dir = Path(config["data"]) / split
         labeler = create_labeler(config["labeler"], rgb_folder(split_dir), **config.get("options", {}))
-        result = label_folder(split_dir, labeler, batch_size=config.get("batch_size", 16))
-        out[split] = {"modality": labeler.modality, "labelled": result["labelled"], "skipped": result["skipped"]}
+        result = label_folder(split_dir, labeler, batch_size=config.get("batch_size", 16),
+                              part=tuple(config.get("part", (0, 1))), on_bad_image=config.get("on_bad_image", "stop"),
+                              progress=False)
+        out[split] = {"modality": labeler.modality, "labelled": result["labelled"], "skipped": result["skipped"],
+                      "bad_images": len(result["bad"])}
     return _finish(run, out)
 
 
@@ -450,11 +469,16 @@ def mask_tokenizer(config: dict, run_dir: str) -> dict:
 
 # --- token shards -----------------------------------------------------------------------------------------------
 def _plan_shards(recipe: dict, p: Plan) -> None:
-    """``shards: {splits: [train, val], common: [encode overrides]}`` (required): token shards of each split with
-    every tokenizer above; their file names are fixed by the split sizes."""
+    """``shards: {splits: [train, val], common: [encode overrides], parts: 1, gpu_s_per_image: null}`` (required):
+    token shards of each split with every tokenizer above; their file names are fixed by the split sizes. With
+    ``parts`` > 1, that many jobs (one SLURM array) each encode their range of every split's shards into the shard
+    folder, and the last job, after them, writes the indexes (finding every shard there)."""
     from fourm.tokenizers.train import compose_config
 
     sh = p.get("shards")
+    parts, per_image = sh.get("parts", 1), sh.get("gpu_s_per_image")
+    if not isinstance(parts, int) or parts < 1:
+        raise RecipeError(f"{p.source}: shards.parts={parts!r}: a positive number of array tasks")
     splits, patterns = {}, {}
     for split in sh["splits"]:
         overrides = [f"data={p.paths['world']}", f"split={split}", "out=unused", *sh.get("common", []),
@@ -477,20 +501,38 @@ def _plan_shards(recipe: dict, p: Plan) -> None:
     # what the shard files will be called (bookkeeping, not identity: it follows from the splits)
     cfg["_patterns"] = {k: v.replace("{shards}", str(shards_dir)) for k, v in patterns.items()}
     p.shard_patterns = cfg["_patterns"]
-    p.add("shards", "token shards", cfg, after=[p.ids[f"tokenizer.{m}"] for m in p.token_modality]
-          + list(p.label_ids.values()) + p.after("world"), run_dir=shards_dir)
+    inputs = [p.ids[f"tokenizer.{m}"] for m in p.token_modality] + [i for ids in p.label_ids.values() for i in ids] \
+        + p.after("world")
+    images = sum(min(p.split_sizes[s], splits[s]["max_samples"] or p.split_sizes[s]) for s in splits)
+    part_ids = []
+    for i in range(parts if parts > 1 else 0):
+        part = {"kind": "shards", "splits": splits, "part": [i, parts], "_out": str(shards_dir)}
+        if per_image is not None:
+            part["_cost_s"] = float(per_image) * images / parts
+        part_ids.append(p.add("shards", f"token shards [{i + 1}/{parts}]", part, after=inputs).name)
+    if per_image is not None and parts == 1:
+        cfg["_cost_s"] = float(per_image) * images
+    p.add("shards", "token shards" + (" (indexes)" if parts > 1 else ""), cfg, after=inputs + part_ids,
+          run_dir=shards_dir)
     p.ids["shards"] = shards_dir.name
 
 
 @register_stage("shards", _plan_shards)
 def shards(config: dict, run_dir: str) -> dict:
-    """Encode each split of ``config["splits"]`` (composed encode configs without ``out``) into this run folder."""
+    """Encode each split of ``config["splits"]`` (composed encode configs without ``out``) into this run folder; a
+    part (``config["part"]``, an array task) encodes its range of shards into the shard folder ``config["_out"]``."""
     from fourm.tokenizers.encode import encode_dataset
 
     run = _open(config, run_dir, "shards")
     if run is None:
         return Run(run_dir).metrics
     out = {}
+    if "part" in config:
+        i, n = config["part"]
+        for split, cfg in config["splits"].items():
+            res = encode_dataset({**cfg, "out": config["_out"], "part": f"{i}/{n}"}, progress=False)
+            out[split] = {"samples": res["samples"], "shards": len(res["shards"]), "written": res["shards_written"]}
+        return _finish(run, out)
     for split, cfg in config["splits"].items():
         index = encode_dataset({**cfg, "out": str(run.path)}, progress=False)
         want = config["_patterns"][split]

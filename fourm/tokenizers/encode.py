@@ -27,6 +27,7 @@ from tqdm import tqdm
 from fourm import modalities as registry
 from fourm.data.labelers21 import metadata_bins
 from fourm.data.serialize import lab_bins, metadata_to_chunks, palette_to_text
+from fourm.files import atomic_write_text
 from fourm.runs import atomic_write_json, canonical_json
 from fourm.threads import torch_threads
 from fourm.modalities import spec
@@ -120,7 +121,8 @@ def encode_id(cfg: dict, models: dict[str, VQVAE], stems: list[str]) -> str:
     """Hash of what decides shard contents: the config, the samples encoded and the tokenizers' weights.
 
     The samples count because a split that grew (more world images) would otherwise read as "already encoded"."""
-    h = hashlib.sha256(canonical_json({k: v for k, v in cfg.items() if k not in ("overwrite", "threads", "out", "device")}).encode())
+    h = hashlib.sha256(canonical_json({k: v for k, v in cfg.items()
+                                       if k not in ("overwrite", "threads", "out", "device", "part")}).encode())
     h.update(canonical_json(list(stems)).encode())
     for mod in sorted(models):
         for k, v in models[mod].state_dict().items():
@@ -204,6 +206,11 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     layout_name = cfg.get("layout") or "wds"
     if layout_name not in layout.LAYOUTS:
         raise ValueError(f"layout={layout_name!r}: one of {list(layout.LAYOUTS)}")
+    if cfg.get("part"):  # one SLURM array task: its range of shards, no index (a run without part= writes it)
+        from fourm.data.labeling import parse_part, part_of
+
+        mine = part_of(list(range(len(chunks))), parse_part(cfg["part"]))
+        chunks = [chunk if i in set(mine) else None for i, chunk in enumerate(chunks)]
     if layout_name != "fourm":
         return _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, modalities, eid, out,
                                 index_path, progress)
@@ -211,6 +218,8 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     shards, t0, written = [], time.perf_counter(), 0
     bar = tqdm(total=len(stems), desc=f"encode {cfg['split']}", unit="img", disable=not progress)
     for name, chunk in zip(names, chunks):
+        if chunk is None:  # another part's shard
+            continue
         path = out / name
         if path.exists():
             try:
@@ -231,6 +240,8 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
         shards.append({"file": name, "samples": len(chunk), "bytes": size})
         written += 1
     bar.close()
+    if cfg.get("part"):
+        return _part_result(cfg, shards, written, t0)
 
     index = {
         "encode_id": eid,
@@ -267,11 +278,13 @@ def _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, m
 
         shutil.rmtree(split_out)
         split_out.mkdir(parents=True)
-    marker.write_text(eid)
+    atomic_write_text(marker, eid)  # array tasks of one encode write the same id
     folders = [*modalities, layout.CROP_SETTINGS, *(["rgb"] if cfg["store_rgb"] else []), *text_mods, *emb_mods]
     t0, written, shards = time.perf_counter(), 0, []
-    bar = tqdm(total=sum(map(len, chunks)), desc=f"encode {cfg['split']}", unit="img", disable=not progress)
+    bar = tqdm(total=sum(len(c) for c in chunks if c), desc=f"encode {cfg['split']}", unit="img", disable=not progress)
     for i, chunk in enumerate(chunks):
+        if chunk is None:  # another part's shard
+            continue
         name = layout.shard_name(i)
         if layout.shard_complete(split_out, kind, name, folders):
             shards.append({"file": name, "samples": len(chunk)})
@@ -283,6 +296,8 @@ def _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, m
         shards.append({"file": name, "samples": len(chunk), "bytes": size})
         written += 1
     bar.close()
+    if cfg.get("part"):
+        return _part_result(cfg, shards, written, t0)
     index = {
         "encode_id": eid,
         "layout": kind,
@@ -302,6 +317,13 @@ def _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, m
     }
     atomic_write_json(index_path, index)
     return index
+
+
+def _part_result(cfg: dict, shards: list, written: int, t0: float) -> dict:
+    """What one part (array task) of an encode did; the index is written by the run without ``part``."""
+    return {"part": cfg["part"], "samples": sum(s["samples"] for s in shards), "shards": shards,
+            "bytes": sum(s.get("bytes", 0) for s in shards), "shards_written": written, "crops": cfg["crops"],
+            "seconds": round(time.perf_counter() - t0, 2), "modalities": {}, "pattern": None}
 
 
 def _official_files(sample: dict, modalities: dict, emb_mods: list[str]) -> dict[str, tuple[str, bytes]]:
@@ -455,6 +477,11 @@ def cli(argv: list[str]) -> int:
         return 0
     index = encode_dataset(cfg, progress=os.environ.get("FOURM_NO_PROGRESS") is None)
     mb = index["bytes"] / 2**20
+    if cfg.get("part"):
+        print(f"part {cfg['part']}: {len(index['shards'])} shards ({index['shards_written']} written now, "
+              f"{index['samples']} samples, {mb:.2f} MiB) in {index['seconds']} s; the index is written by the run "
+              "without part= once every part is done")
+        return 0
     print(
         f"{index['samples']} samples x {index['crops']} crops -> {len(index['shards'])} shards, {mb:.2f} MiB "
         f"({index['bytes'] / max(index['samples'], 1) / 1024:.1f} KiB/sample) in {index['seconds']} s\n"

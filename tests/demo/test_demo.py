@@ -108,8 +108,8 @@ def test_a_bad_override_is_refused_before_any_job(tiny_demo):
     with pytest.raises(RecipeError, match=r"demo_tiny.yaml: key pretrain is missing|pretrain"):
         expand({k: v for k, v in load_recipe("demo_tiny")[1].items() if k != "pretrain"}, work, out,
                Path("demo_tiny.yaml"))
-    with pytest.raises(RecipeError, match=r"paper.yaml: data\.clip_checkpoint, data\.layouts, data\.root, data\.splits\.train, "
-                                          r"data\.splits\.val not set; pass --set data\.clip_checkpoint=<value>"):
+    with pytest.raises(RecipeError, match=r"paper.yaml: data\.layouts, data\.root, data\.splits\.train, "
+                                          r"data\.splits\.val, weights\.clip, .* not set; pass --set data\.layouts=<value>"):
         load_recipe("paper")
 
 
@@ -181,20 +181,44 @@ def test_paper_recipe_expands_on_given_data_paths(tmp_path, capsys):
     from ablations.pipeline import cli
 
     sets = ["data.root=/datasets/cc12m_4m", "data.layouts=/datasets", "data.splits.train=1000", "data.splits.val=100",
-            "data.clip_checkpoint=/weights/clip_b16.safetensors"]
+            "weights.dpt_depth=/w/dpt_depth.safetensors", "weights.dpt_normal=/w/dpt_normal.safetensors",
+            "weights.mask2former=/w/mask2former", "weights.vitdet=/w/vitdet_h.safetensors",
+            "weights.clip=/w/clip_b16.safetensors", "labels.parts=4", "shards.parts=2"]
     path, cfg = load_recipe("paper", sets)
     stages = expand(cfg, tmp_path / "work", tmp_path / "out", path)
     assert [s.kind for s in stages].count("tokenizer") == 5 and "world" not in [s.kind for s in stages]
-    labels = next(s for s in stages if s.kind == "labels")  # CLIP maps, projected, from the given weights
-    assert labels.job.config["options"] == {"model": "vit_base_patch16_clip_224", "folder": "clip", "project": True,
-                                            "checkpoint": "/weights/clip_b16.safetensors"}
+    labels = [s for s in stages if s.kind == "labels"]
+    # the official 4M-7 labellers, each an array of 4 tasks over both splits, with the given weights
+    by_labeler = {}
+    for s in labels:
+        by_labeler.setdefault(s.job.config["labeler"], []).append(s.job.config)
+    assert sorted(by_labeler) == ["clip_features", "dpt_depth", "dpt_normal", "mask2former_semseg", "vitdet_boxes"]
+    assert all([c["part"] for c in cs] == [[i, 4] for i in range(4)] for cs in by_labeler.values())
+    assert by_labeler["vitdet_boxes"][0]["options"] == {"checkpoint": "/w/vitdet_h.safetensors"}
+    assert by_labeler["vitdet_boxes"][0]["_cost_s"] == pytest.approx(0.063 * 1100 / 4)
+    assert {s.job.resources.gpus_per_node for s in labels} == {1}
+    # each tokenizer waits for every task of its modality's labeller
     clip_tok = next(s for s in stages if s.name == "tokenizer clip")
-    assert labels.job.run_dir.endswith(clip_tok.job.after[-1]) and clip_tok.job.config["modality"]["feature_dim"] == 512
+    clip_parts = {Path(s.job.run_dir).name for s in labels if s.job.config["labeler"] == "clip_features"}
+    assert clip_parts <= set(clip_tok.job.after) and clip_tok.job.config["modality"]["feature_dim"] == 512
+    # token shards: 2 encode tasks, then the job that writes the indexes after both
+    shards = [s for s in stages if s.kind == "shards"]
+    assert [s.job.config.get("part") for s in shards] == [[0, 2], [1, 2], None]
+    assert {Path(s.job.run_dir).name for s in shards[:2]} <= set(shards[2].job.after)
+    assert all(s.job.config["_out"] == shards[2].job.run_dir for s in shards[:2])
     pretrain = next(s for s in stages if s.kind == "pretrain")
     assert "tok_clip@224" in pretrain.job.config["model"]["domains_in"] and "tok_clip@224" in pretrain.job.config["model"]["domains_out"]
     assert pretrain.job.resources.gpus_per_node == 8 and pretrain.job.config["budget"]["num_input_tokens"] == 128
+    assert Path(shards[2].job.run_dir).name in pretrain.job.after
     # the split's folder of per-modality shards, named before it exists
     assert pretrain.job.config["data"]["train"].endswith("/train") and "/shards/" in pretrain.job.config["data"]["train"]
     assert {s.job.config["data_root"] for s in stages if s.kind == "transfer"} == {"/datasets"}
     assert cli(["paper", "--dry-run", *[a for s in sets for a in ("--set", s)], "--work", str(tmp_path / "w")]) == 0
-    assert "19 jobs" in capsys.readouterr().out and not (tmp_path / "w").exists()
+    printed = capsys.readouterr().out
+    assert "40 jobs" in printed and not (tmp_path / "w").exists()
+    assert "labels det [array of 4]" in printed and "token shards [array of 2]" in printed
+    # GPU-hours: labels and shards from gpu_s_per_image x images, the rest by their reservations
+    est = 1100 * (2 * 0.0026 + 0.0087 + 0.063 + 0.0004 + 0.01) / 3600
+    assert f"GPU-hours: {est:,.1f} estimated for 22 jobs" in printed
+    reserved = 6 * 2880 / 60 + 64 * 4320 / 60 + 8 * 8 * 4320 / 60  # 5 tokenizers and the shard indexes: 1 GPU
+    assert f"at most {reserved:,.0f} reserved by 15 other jobs" in printed

@@ -50,6 +50,15 @@ def test_the_model_holds_every_modality_the_world_can_label(world21):
     assert sorted(cfg["model"]["domains_out"]) == sorted(TARGETS)
 
 
+def test_an_array_labeller_splits_every_split_between_its_tasks(world21):
+    work, by_kind = world21
+    canny = [Run(d) for d in by_kind["labels"] if yaml.safe_load((d / "config.yaml").read_text())["labeler"] == "canny_edge"]
+    # two array tasks (recipe: parts 2), each labelling its half of every split: 24 / 8 / 32 images in all
+    assert len(canny) == 2
+    assert [{s: r.metrics[s]["labelled"] for s in ("train", "val", "pretrain")} for r in canny] == \
+        [{"train": 12, "val": 4, "pretrain": 16}] * 2
+
+
 def test_shards_hold_4m21_tokens_and_text_in_the_official_formats(world21):
     work, by_kind = world21
     index = json.loads((by_kind["shards"][0] / "val.json").read_text())

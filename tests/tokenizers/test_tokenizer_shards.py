@@ -271,3 +271,24 @@ def _official(tiny_world, tokenizers, out, *extra):
     cfg = compose_config("encode", [f"data={tiny_world}", "split=val", f"out={out}", "crops=3", "samples_per_shard=3",
                                     *[f"tokenizers.{m}={p}" for m, p in tokenizers.items()], *extra])
     return encode_dataset(cfg, progress=False)
+
+
+def test_array_tasks_encode_their_shard_ranges_and_the_last_run_writes_the_index(tiny_world, tokenizers, tmp_path):
+    """``part=i/n`` (one SLURM array task each) writes its contiguous range of shards and no index; the run without
+    part finds every shard and writes the index; the files equal a one-shot encode's."""
+    out = tmp_path / "parts"
+    first = _official(tiny_world, tokenizers, out, "part=0/2")
+    assert [s["file"] for s in first["shards"]] == ["shard-00000"] and not (out / "val.json").exists()
+    second = _official(tiny_world, tokenizers, out, "part=1/2")
+    assert [s["file"] for s in second["shards"]] == ["shard-00001", "shard-00002"] and second["shards_written"] == 2
+    index = _official(tiny_world, tokenizers, out)
+    assert index["shards_written"] == 0 and index["samples"] == 8  # 3 shards of 3, 3, 2 samples
+    whole = _official(tiny_world, tokenizers, tmp_path / "whole")
+    assert index["encode_id"] == whole["encode_id"]
+    for folder in ("tok_depth@224", "crop_settings", "det"):
+        for name in ("shard-00000", "shard-00002"):
+            with tarfile.open(out / "val" / folder / f"{name}.tar") as a, \
+                    tarfile.open(tmp_path / "whole" / "val" / folder / f"{name}.tar") as b:
+                assert [(m.name, a.extractfile(m).read()) for m in a] == [(m.name, b.extractfile(m).read()) for m in b]
+    with pytest.raises(ValueError, match="part '2/2'"):
+        _official(tiny_world, tokenizers, tmp_path / "bad", "part=2/2")
