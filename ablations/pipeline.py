@@ -133,7 +133,8 @@ def gpu_hours(stages: list[PlannedStage]) -> str:
         return "GPU-hours: none (no GPU job left to run)"
     parts = []
     if n_est:
-        parts.append(f"{estimated:,.1f} estimated for {n_est} jobs (gpu_s_per_image x images)")
+        shown = f"{estimated:,.1f}" if estimated >= 1 else f"{estimated:.2g}"
+        parts.append(f"{shown} estimated for {n_est} jobs (gpu_s_per_image x images)")
     if n_res:
         parts.append(f"at most {reserved:,.0f} reserved by {n_res} other jobs (GPUs x time limit)")
     return "GPU-hours: " + "; ".join(parts)

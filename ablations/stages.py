@@ -367,7 +367,7 @@ def labels(config: dict, run_dir: str) -> dict:
     for split in config["splits"]:
         split_dir = Path(config["data"]) / split
         labeler = create_labeler(config["labeler"], rgb_folder(split_dir), **config.get("options", {}))
-        result = label_folder(split_dir, labeler, batch_size=config.get("batch_size", 16),
+        result = label_folder(split_dir, labeler, config.get("out"), batch_size=config.get("batch_size", 16),
                               part=tuple(config.get("part", (0, 1))), on_bad_image=config.get("on_bad_image", "stop"),
                               progress=False)
         out[split] = {"modality": labeler.modality, "labelled": result["labelled"], "skipped": result["skipped"],
@@ -519,25 +519,28 @@ def _plan_shards(recipe: dict, p: Plan) -> None:
 
 @register_stage("shards", _plan_shards)
 def shards(config: dict, run_dir: str) -> dict:
-    """Encode each split of ``config["splits"]`` (composed encode configs without ``out``) into this run folder; a
-    part (``config["part"]``, an array task) encodes its range of shards into the shard folder ``config["_out"]``."""
+    """Encode each split of ``config["splits"]`` (composed encode configs without ``out``) into this run folder (or
+    ``config["out"]``, the array command's); a part (``config["part"]``, an array task) encodes its range of shards
+    into that shard folder (a pipeline's: ``config["_out"]``) and writes no index."""
     from fourm.tokenizers.encode import encode_dataset
 
     run = _open(config, run_dir, "shards")
     if run is None:
         return Run(run_dir).metrics
     out = {}
+    # the shard folder: this run's own (a pipeline's), or the one named by the array command (out)
+    shard_dir = config.get("out") or config.get("_out") or str(run.path)
     if "part" in config:
         i, n = config["part"]
         for split, cfg in config["splits"].items():
-            res = encode_dataset({**cfg, "out": config["_out"], "part": f"{i}/{n}"}, progress=False)
+            res = encode_dataset({**cfg, "out": shard_dir, "part": f"{i}/{n}"}, progress=False)
             out[split] = {"samples": res["samples"], "shards": len(res["shards"]), "written": res["shards_written"]}
         return _finish(run, out)
     for split, cfg in config["splits"].items():
-        index = encode_dataset({**cfg, "out": str(run.path)}, progress=False)
-        want = config["_patterns"][split]
+        index = encode_dataset({**cfg, "out": shard_dir}, progress=False)
+        want = config.get("_patterns", {}).get(split)
         got = index.get("root", index["pattern"])
-        if got != want and Path(got).resolve() != Path(want).resolve():
+        if want and got != want and Path(got).resolve() != Path(want).resolve():
             raise RuntimeError(f"{run.path}/{split}.json: the shards are {got}, not {want} as the "
                                "pipeline planned (samples_per_shard or the split's size changed)")
         out[split] = {"samples": index["samples"], "shards": len(index["shards"]), "bytes": index["bytes"]}

@@ -12,7 +12,7 @@ COMMANDS = {
     "info": ("fourm.info:cli", "versions of torch/mmcv/mmdet/mmseg/timm, mmcv ops, CUDA"),
     "parity": ("fourm.models.parity:cli", "check this implementation against the official 4M fixture"),
     "world": ("fourm.data.world:cli", "render the synthetic multimodal world (and dataset layouts)"),
-    "label": ("fourm.data.labeling:cli", "pseudo-label an RGB folder into a modality folder"),
+    "label": ("ablations.arrays:label_cli", "pseudo-label an RGB folder into a modality folder (--parts: a job array)"),
     "tokenize": ("fourm.tokenizers.cli:cli", "train VQ-VAEs, encode shards, decode tokens"),
     "pretrain": ("fourm.pretrain.loop:cli", "pretrain a 4M model on token shards"),
     "transfer": ("transfer.run:cli", "fine-tune the 4M encoder on IN1K / ADE20K / NYUv2 / COCO"),
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fourm-bench: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     target, _ = COMMANDS[name]
+    if name == "tokenize" and rest[:1] == ["encode"]:  # encode as a job array (or in-process) decides there
+        name, target, rest = "tokenize encode", "ablations.arrays:encode_cli", rest[1:]
     module_name, func_name = target.split(":")
     try:
         module = importlib.import_module(module_name)

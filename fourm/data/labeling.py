@@ -236,10 +236,8 @@ def convert_cli(argv: list[str]) -> int:
     return 0
 
 
-def cli(argv: list[str]) -> int:
-    if argv[:1] == ["convert"]:
-        return convert_cli(argv[1:])
-    p = argparse.ArgumentParser(prog="fourm-bench label", description=__doc__.splitlines()[0],
+def build_parser(prog: str = "fourm-bench label") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
                                 epilog="fourm-bench label convert --in X.ckpt --out X.safetensors: convert a pickled "
                                        "weights release first (see `fourm-bench label convert --help`)")
     p.add_argument("--in", dest="in_dir", required=True, help="folder of RGB images, or a split folder with rgb/")
@@ -262,17 +260,29 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--void-below", dest="void_below", type=float, default=None,
                    help="mask2former_semseg: pixels whose best class score is below this are void (255)")
     p.add_argument("--device", default="cpu")
-    args = parse_cli(p, argv)
+    return p
+
+
+def labeler_options(args: argparse.Namespace) -> dict:
+    """The labeller's options from parsed arguments; an option it does not take is a ValueError naming it."""
     given = {k: getattr(args, k) for k in ("model", "folder", "checkpoint", "image_size", "score_threshold",
                                             "void_below") if getattr(args, k) is not None}
     takes = CLI_OPTIONS.get(args.labeler, ())
     refused = sorted(k for k in given if k not in takes)
     if refused:
-        print(f"fourm-bench label: --{refused[0].replace('_', '-')} does not apply to {args.labeler} "
-              f"(it takes: {', '.join('--' + t.replace('_', '-') for t in takes) or 'no options'})", file=sys.stderr)
-        return 2
-    options = {**({"device": args.device} if "device" in takes else {}), **given}
+        raise ValueError(f"--{refused[0].replace('_', '-')} does not apply to {args.labeler} "
+                         f"(it takes: {', '.join('--' + t.replace('_', '-') for t in takes) or 'no options'})")
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file or folder")
+    return {**({"device": args.device} if "device" in takes else {}), **given}
+
+
+def cli(argv: list[str]) -> int:
+    if argv[:1] == ["convert"]:
+        return convert_cli(argv[1:])
+    args = parse_cli(build_parser(), argv)
     try:
+        options = labeler_options(args)
         labeler = create_labeler(args.labeler, rgb_folder(args.in_dir), **options)
         result = label_folder(args.in_dir, labeler, args.out, args.batch_size, part=parse_part(args.part),
                               on_bad_image=args.on_bad_image)

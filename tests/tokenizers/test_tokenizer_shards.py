@@ -292,3 +292,21 @@ def test_array_tasks_encode_their_shard_ranges_and_the_last_run_writes_the_index
                 assert [(m.name, a.extractfile(m).read()) for m in a] == [(m.name, b.extractfile(m).read()) for m in b]
     with pytest.raises(ValueError, match="part '2/2'"):
         _official(tiny_world, tokenizers, tmp_path / "bad", "part=2/2")
+
+
+def test_encode_as_a_job_array_from_the_command_line(tiny_world, tokenizers, tmp_path, capsys):
+    from fourm.cli import main
+
+    args = ["tokenize", "encode", f"data={tiny_world}", "split=val", f"out={tmp_path / 'arr'}", "crops=3",
+            "samples_per_shard=3", *[f"tokenizers.{m}={p}" for m, p in tokenizers.items()]]
+    assert main([*args, "--parts", "2", "--dry-run", "--launcher", "slurm", "--gpus", "1",
+                 "--gpu-s-per-image", "0.5", "--work", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert "encode val [array of 2]" in out and "encode val (index)" in out
+    assert "GPU-hours: 0.0011 estimated for 2 jobs" in out and "at most 1 reserved by 1 other jobs" in out
+    assert not (tmp_path / "w").exists() and not (tmp_path / "arr").exists()
+    assert main([*args, "--parts", "2", "--work", str(tmp_path / "w")]) == 0
+    index = json.loads((tmp_path / "arr" / "val.json").read_text())
+    assert index["shards_written"] == 0 and len(index["shards"]) == 3  # the two tasks wrote them all
+    assert index["encode_id"] == _official(tiny_world, tokenizers, tmp_path / "once")["encode_id"]
+    assert main([*args, "--parts", "2", "--bogus"]) == 2

@@ -1,0 +1,59 @@
+"""`fourm-bench label` as a job array: one task per range of images, a failed task run again alone, the same tasks
+on the real SLURM cluster as one array."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from fourm.cli import main
+from fourm.data import world
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arrays")
+    world.generate(str(root), num=6, size=32, seed=0, split="train")
+    return root / "train"
+
+
+def test_a_failed_task_is_run_again_alone(images, tmp_path, capsys):
+    split = tmp_path / "train"
+    shutil.copytree(images / "rgb", split / "rgb")
+    (split / "rgb" / "000005.png").write_bytes(b"\x89PNG broken")  # in the second of two ranges
+    cmd = ["label", "--in", str(split), "--labeler", "canny_edge", "--parts", "2", "--work", str(tmp_path / "w"),
+           "--on-bad-image", "stop"]
+    assert main([*cmd, "--dry-run", "--gpus", "1", "--timeout-min", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "label canny_edge [array of 2]" in out and "GPU-hours: at most 1 reserved by 2 other jobs" in out
+    assert not (tmp_path / "w").exists()
+    assert main(cmd) == 1
+    assert "1 tasks did not finish (label canny_edge [2/2])" in capsys.readouterr().err
+    assert sorted(p.name for p in (split / "canny_edge").glob("*.png")) == ["000000.png", "000001.png", "000002.png"]
+    first = (split / "canny_edge" / "000000.png").stat().st_mtime_ns
+    (split / "rgb" / "000005.png").unlink()
+    assert main(cmd) == 0
+    assert "every task DONE (1 run now)" in capsys.readouterr().out
+    assert len(list((split / "canny_edge").glob("*.png"))) == 5
+    assert (split / "canny_edge" / "000000.png").stat().st_mtime_ns == first
+    # errors a task would hit are refused before any job: an option the labeller does not take, a missing checkpoint
+    assert main([*cmd, "--score-threshold", "0.3"]) == 2
+    assert "--score-threshold does not apply to canny_edge" in capsys.readouterr().err
+    assert main(["label", "--in", str(split), "--labeler", "dpt_depth", "--checkpoint", str(tmp_path / "no.safetensors"),
+                 "--parts", "2", "--work", str(tmp_path / "w2")]) == 2
+    assert "no.safetensors: no such file" in capsys.readouterr().err and not (tmp_path / "w2").exists()
+
+
+@pytest.mark.slurm
+def test_label_tasks_run_as_one_slurm_array(images, slurm_cluster, job_dir, capsys):
+    split = job_dir / "train"
+    shutil.copytree(images / "rgb", split / "rgb")
+    assert main(["label", "--in", str(split), "--labeler", "canny_edge", "--parts", "3", "--launcher", "slurm",
+                 "--wait", "--mem-gb", "0.5", "--timeout-min", "20", "--work", str(job_dir / "w")]) == 0
+    manifest = json.loads((job_dir / "w" / "label-slurm" / "manifest.json").read_text())["runs"]
+    jobs = sorted(e["jobs"][-1]["job_id"] for e in manifest.values())
+    assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1  # <array id>_<task>
+    assert len(list((split / "canny_edge").glob("*.png"))) == 6
+    records = [json.loads(line) for line in (split / "canny_edge" / ".label_log.jsonl").read_text().splitlines()]
+    assert sorted(r["part"] for r in records) == [[0, 3], [1, 3], [2, 3]] and sum(r["labelled"] for r in records) == 6
