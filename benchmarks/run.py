@@ -21,6 +21,7 @@ BENCHMARKS = {
     "data": ("benchmarks.data:main", "streaming reader samples/s by workers; memory and first step at two dataset sizes 16x apart"),
     "precision": ("benchmarks.precision:main", "bf16 autocast vs fp32 train steps on this CPU: speed and loss drift"),
     "probe": ("benchmarks.probe:main", "four frozen-feature probes from one feature cache vs each encoding its own; bootstrap time"),
+    "labels": ("benchmarks.labels:main", "the 4M-7 labellers: img/s at the released size; output vs the world's ground truth and a baseline"),
     "steering": ("benchmarks.steering:main", "4M-21: RGB generated from metadata / a palette vs the world's spread"),
 }
 

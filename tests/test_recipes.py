@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
-ROW = re.compile(r"^\| (?P<recipe>(pretrain|transfer) [^|]+?) \| (?P<key>[\w.]+) \| (?P<value>[^|]+?) \| (?P<source>[^|]+) \|$")
+ROW = re.compile(r"^\| (?P<recipe>(pretrain|transfer|label) [^|]+?) \| (?P<key>[\w.]+) \| (?P<value>[^|]+?) \| (?P<source>[^|]+) \|$")
 
 
 def rows() -> list[dict]:
@@ -18,9 +18,38 @@ def rows() -> list[dict]:
     return found
 
 
+def labeller_recipe(name: str) -> dict:
+    """A labeller's settings: its constructor's defaults and the architecture constants it builds with."""
+    import inspect
+
+    from fourm.data import dpt, labelers21, mask2former, vitdet, vitdet_modules
+
+    cls = {"dpt_depth": dpt.DPTLabeler, "dpt_normal": dpt.DPTLabeler, "mask2former_semseg": mask2former.Mask2FormerSemseg,
+           "vitdet_boxes": vitdet.ViTDetBoxes, "clip_features": labelers21.VitFeatures}[name]
+    out = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+           if p.default is not inspect.Parameter.empty}
+    if name.startswith("dpt_"):
+        with __import__("torch").device("meta"):
+            net = dpt.DPTHybrid(1 if name == "dpt_depth" else 3)
+        out.update(backbone=net.pretrained.model.default_cfg["architecture"], features=dpt.FEATURES,
+                   hooks=list(net.hooks), out_channels=net.scratch.output_conv[4].out_channels,
+                   input_mean=dpt.DEPTH_INPUT_MEAN)
+    if name == "mask2former_semseg":
+        cfg = mask2former.released_config()
+        out.update(num_queries=cfg.num_queries, window_size=cfg.backbone_config.window_size)
+    if name == "vitdet_boxes":
+        cfg = vitdet_modules.cascade_rcnn(80, vitdet_modules.VITDET_H)
+        out.update(global_blocks=list(vitdet_modules.VITDET_H["global_blocks"]),
+                   window_size=vitdet_modules.VITDET_H["window_size"], test_score_thr=vitdet.TEST_SCORE_THR)
+        assert cfg["test_cfg"]["rpn"]["max_per_img"] == out["proposals"]
+    return out
+
+
 @lru_cache(maxsize=None)
 def resolved(recipe: str) -> dict:
     words = recipe.split()
+    if words[0] == "label":
+        return labeller_recipe(words[1])
     if words[0] == "pretrain":
         from fourm.pretrain.loop import resolve
 

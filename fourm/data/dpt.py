@@ -29,6 +29,7 @@ from fourm.modalities import codecs
 
 FEATURES = 256                    # DPT's fusion width
 STAGE_FEATURES = (256, 512, 768, 768)  # channels of the four levels fed to the fusion blocks (DPT-Hybrid)
+DEPTH_INPUT_MEAN = DEPTH_INPUT_STD = 0.5  # Omnidata normalises the depth model's input; the normal model takes [0, 1]
 
 
 class _Readout(nn.Module):
@@ -177,7 +178,7 @@ class DPTLabeler(Labeler):
         x = F.interpolate(images.to(self.device), size=self.input_size(h, w), mode="bicubic", align_corners=False,
                           antialias=True).clamp(0, 1)
         if self.kind == "depth":
-            x = (x - 0.5) / 0.5  # Omnidata's depth input normalisation; its normal model takes [0, 1]
+            x = (x - DEPTH_INPUT_MEAN) / DEPTH_INPUT_STD
         y = self.net(x).clamp(0, 1)
         return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1).cpu()
 

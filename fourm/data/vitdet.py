@@ -29,6 +29,7 @@ from fourm.modalities import codecs
 COCO_THING_CLASSES = COCO_PANOPTIC_CLASSES[:80]  # detectron2's contiguous COCO ids 0-79
 D2_PIXEL_MEAN = (123.675, 116.28, 103.53)  # detectron2 ViTDet configs, RGB, 0-255
 D2_PIXEL_STD = (58.395, 57.12, 57.375)
+TEST_SCORE_THR = 0.05  # ViTDet's box predictors at test time; score_threshold then picks what det/ keeps
 
 
 def build_detector(backbone: dict | None = None, image_size: int = 1024, score_thr: float = 0.05,
@@ -57,7 +58,7 @@ class ViTDetBoxes(Labeler):
         from fourm.data import vitdet_modules
 
         torch.manual_seed(seed)
-        self.net = build_detector(backbone, image_size=image_size, score_thr=min(0.05, score_threshold),
+        self.net = build_detector(backbone, image_size=image_size, score_thr=min(TEST_SCORE_THR, score_threshold),
                                   proposals=proposals)
         self.weights = "random (seeded)"
         if checkpoint:
