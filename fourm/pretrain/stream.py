@@ -27,6 +27,7 @@ from fourm.data.masking import UnifiedMasking, trim_sequence_padding
 from fourm.pretrain.data import alphas_spec, collate, slice_rows, text_tokenizer
 from fourm.distributed import DistEnv
 from fourm.pretrain.seeds import step_seed
+from fourm.threads import torch_threads
 from fourm.tokenizers import layout
 
 STREAMS_PER_GPU = 8  # data.streams: auto gives each of the recipe's GPUs this many streams (a DataLoader worker each)
@@ -149,7 +150,9 @@ class StreamingData:
         workers = int(cfg.get("num_workers") or 0)
         n_plans = max(1, min(workers, len(self.my_streams)))
         self.workers = min(workers, len(self.my_streams))
-        self.plan = [self.my_streams[w::n_plans] for w in range(n_plans)]
+        # contiguous streams per worker: the workers' rows arrive in order and need no reordering in the main process
+        k = len(self.my_streams)
+        self.plan = [self.my_streams[w * k // n_plans:(w + 1) * k // n_plans] for w in range(n_plans)]
         self.keys = [(s, name) for s in self.my_streams for name, _, _ in self.sources]
         self.state = {k: (0, 0, 0) for k in self.keys}
         self.skipped = 0
@@ -201,11 +204,14 @@ class StreamingData:
             order += item["rows"]
             parts.append(item["batch"])
         self._next = m + 1
-        batch = cat_rows(parts) if len(parts) > 1 else parts[0]
-        if order != sorted(order):  # workers hold interleaved streams: rows back in their global order
-            perm = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
-            batch = {mod: {k: v[perm] for k, v in d.items()} for mod, d in batch.items()}
-        return self._trim(batch)
+        # joining the workers' parts on one thread: an idle OpenMP team spinning after a parallel copy would take
+        # the cores the workers decode on
+        with torch_threads(1 if self.workers else None):
+            batch = cat_rows(parts) if len(parts) > 1 else parts[0]
+            if order != sorted(order):  # rows back in their global order
+                perm = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
+                batch = {mod: {k: v[perm] for k, v in d.items()} for mod, d in batch.items()}
+            return self._trim(batch)
 
     def _produce(self, streams: list[int], start_micro: int, states: dict):
         iters = {(s, name): Stream(src, s, self.streams, self.seed, self.window, self.modalities, states[(s, name)],

@@ -263,7 +263,36 @@ def _read_folder_unit(src: Source, unit: str, wanted: dict[str, str]) -> Iterato
 
 
 # --- decoding one sample -----------------------------------------------------------------------------------------
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+
+
 def _npy(data: bytes) -> np.ndarray:
+    """A ``.npy`` file's array. The files of one modality share one header, so each distinct header is parsed once
+    (by numpy) and the array is read straight from the bytes: ``np.load`` costs ~5x more, for 7 token files a
+    sample."""
+    if data[:6] == b"\x93NUMPY" and len(data) >= 10:
+        if data[6] == 1:
+            end = 10 + int.from_bytes(data[8:10], "little")
+        else:
+            end = 12 + int.from_bytes(data[8:12], "little")
+        header = data[:end]
+        info = _NPY_HEADERS.get(header)
+        if info is None:
+            f = io.BytesIO(data)
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)  # numpy's own header parser
+            if dtype.hasobject:
+                raise ValueError("a .npy of Python objects (allow_pickle is off)")
+            info = (dtype, tuple(shape), fortran, f.tell())
+            if len(_NPY_HEADERS) < 1024:
+                _NPY_HEADERS[header] = info
+        dtype, shape, fortran, offset = info
+        count = int(np.prod(shape)) if shape else 1
+        if len(data) - offset < count * dtype.itemsize:
+            raise ValueError(f"a truncated .npy ({len(data) - offset} bytes of data for shape {shape} {dtype})")
+        arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+        return arr.reshape(shape, order="F" if fortran else "C").copy(order="K")  # writable, as np.load's
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
@@ -400,14 +429,17 @@ class SampleDecoder:
         from fourm.tokenizers.modality_io import center_box, crop_resize_flip
 
         size = self.image_size or int(m.partition("@")[2] or 224)
-        img = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
-        x = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+        with Image.open(io.BytesIO(data)) as im:
+            img = np.asarray(im.convert("RGB"))
         if crops is None:
-            box, flip = center_box(*x.shape[-2:]), False
+            box, flip = center_box(*img.shape[:2]), False
         else:
             box, flip = tuple(int(v) for v in crops[c][:4]), bool(crops[c][4])
-        y = crop_resize_flip("rgb", x, box, size, flip)
-        return (y * 255).round().clamp(0, 255).to(torch.uint8)
+        # the crop cut from the uint8 image first: only its pixels become floats (crop_resize_flip cuts the same box)
+        top, left, h, w = box
+        x = torch.from_numpy(np.ascontiguousarray(img[top:top + h, left:left + w])).permute(2, 0, 1).float().div_(255.0)
+        y = crop_resize_flip("rgb", x, (0, 0, x.shape[1], x.shape[2]), size, flip)
+        return y.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
     @staticmethod
     def _boxes(value, crops, size, c, raw) -> list:
