@@ -437,7 +437,7 @@ class SampleDecoder:
             box, flip = tuple(int(v) for v in crops[c][:4]), bool(crops[c][4])
         # the crop cut from the uint8 image first: only its pixels become floats (crop_resize_flip cuts the same box)
         top, left, h, w = box
-        x = torch.from_numpy(np.ascontiguousarray(img[top:top + h, left:left + w])).permute(2, 0, 1).float().div_(255.0)
+        x = torch.from_numpy(np.array(img[top:top + h, left:left + w])).permute(2, 0, 1).float().div_(255.0)
         y = crop_resize_flip("rgb", x, (0, 0, x.shape[1], x.shape[2]), size, flip)
         return y.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
