@@ -79,6 +79,23 @@ def _launch(kind: str, stages: list[PlannedStage], args, prog: str) -> int:
     return 0
 
 
+def _shard_units(path: str) -> list[str]:
+    from fourm.data import official_layout as ol
+
+    try:
+        return list(ol.parse(path).units)
+    except ol.DataError as e:
+        raise FileNotFoundError(str(e)) from None
+
+
+def _images_in(path: str, unit: str) -> int:
+    """Samples in one RGB shard (the first: the dry run's estimate takes every shard to hold as many)."""
+    from fourm.data import official_layout as ol
+
+    src = ol.parse(path, check=False)
+    return sum(1 for _ in ol.read_unit(src, unit, ["rgb"]))
+
+
 def label_cli(argv: list[str]) -> int:
     """``fourm-bench label``: in this process, or as an array with ``--parts`` / ``--launcher`` / ``--dry-run``."""
     from fourm.data import labeling
@@ -100,23 +117,32 @@ def label_cli(argv: list[str]) -> int:
         options = labeling.labeler_options(args)
         if args.labeler not in labeling.LABELERS:
             raise KeyError(f"unknown labeler {args.labeler!r}; registered: {sorted(labeling.LABELERS)}")
-        rgb = labeling.rgb_folder(args.in_dir)
-        images = labeling.list_images(rgb)
-        if not images:
-            raise FileNotFoundError(f"{rgb}: no images ({', '.join(labeling.IMAGE_EXTS)}) to label")
+        if labeling.is_shard_path(args.in_dir):  # per-modality RGB shards: tasks over ranges of shards
+            units = _shard_units(args.in_dir)
+            per_shard = _images_in(args.in_dir, units[0])
+            items, count = units, (lambda part: per_shard * len(part))
+        else:
+            rgb = labeling.rgb_folder(args.in_dir)
+            items, count = labeling.list_images(rgb), len
+            if not items:
+                raise FileNotFoundError(f"{rgb}: no images ({', '.join(labeling.IMAGE_EXTS)}) to label")
     except (KeyError, FileNotFoundError, ValueError) as e:
         print(f"{prog}: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    split = Path(args.in_dir).expanduser().resolve()
     work = Path(args.work or "runs/label").expanduser().resolve()
-    base = {"kind": "labels", "data": str(split.parent), "splits": [split.name], "labeler": args.labeler,
+    if labeling.is_shard_path(args.in_dir):
+        where = {"shards": args.in_dir}
+    else:
+        split = Path(args.in_dir).expanduser().resolve()
+        where = {"data": str(split.parent), "splits": [split.name]}
+    base = {"kind": "labels", **where, "labeler": args.labeler,
             "batch_size": args.batch_size, "on_bad_image": args.on_bad_image, "options": options,
             **({"out": str(Path(args.out).expanduser().resolve())} if args.out else {})}
     stages = []
     for i in range(args.parts):
         cfg = {**base, **({"part": [i, args.parts]} if args.parts > 1 else {})}
         if args.gpu_s_per_image is not None:
-            cfg["_cost_s"] = args.gpu_s_per_image * len(labeling.part_of(images, (i, args.parts)))
+            cfg["_cost_s"] = args.gpu_s_per_image * count(labeling.part_of(items, (i, args.parts)))
         name = f"label {args.labeler}" + (f" [{i + 1}/{args.parts}]" if args.parts > 1 else "")
         job = Job(str(work / "labels" / run_id(cfg)), cfg, "ablations.stages:labels", resources=_resources(args),
                   name=name)

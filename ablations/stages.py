@@ -364,6 +364,15 @@ def labels(config: dict, run_dir: str) -> dict:
     if run is None:
         return Run(run_dir).metrics
     out = {}
+    if "shards" in config:  # per-modality RGB shards: this task's range of them, one label shard each
+        from fourm.data.labeling import label_shards
+
+        labeler = create_labeler(config["labeler"], Path(config["shards"]), **config.get("options", {}))
+        result = label_shards(config["shards"], labeler, config.get("out"), batch_size=config.get("batch_size", 16),
+                              part=tuple(config.get("part", (0, 1))), on_bad_image=config.get("on_bad_image", "stop"),
+                              progress=False)
+        return _finish(run, {"shards": {"modality": labeler.modality, "labelled": result["labelled"],
+                                        "skipped": result["skipped"], "bad_images": len(result["bad"])}})
     for split in config["splits"]:
         split_dir = Path(config["data"]) / split
         labeler = create_labeler(config["labeler"], rgb_folder(split_dir), **config.get("options", {}))

@@ -188,8 +188,8 @@ class DPTLabeler(Labeler):
             return [np.round(d[0].numpy().astype(np.float64) * 65535).astype(np.uint16) for d in y]
         return [np.round(n.permute(1, 2, 0).numpy().astype(np.float64) * 255).astype(np.uint8) for n in y]
 
-    def save(self, path, label):
-        codecs.atomic_write_bytes(path, codecs.png_bytes(label))
+    def encode(self, label) -> bytes:
+        return codecs.png_bytes(label)
 
 
 @register_labeler("dpt_depth")

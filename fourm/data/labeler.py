@@ -32,9 +32,15 @@ class Labeler(abc.ABC):
     def output_path(self, out_dir: str | os.PathLike, stem: str) -> Path:
         return Path(out_dir) / f"{stem}{self.codec.ext}"
 
+    def encode(self, label: Any) -> bytes:
+        """A label as its file's bytes (a folder's file, or a shard member)."""
+        return self.codec.encode(label)
+
     def save(self, path: str | os.PathLike, label: Any) -> None:
         """Atomic: a crash never leaves a half-written label that a resumed run would skip."""
-        self.codec.write(path, label)
+        from fourm.modalities import codecs
+
+        codecs.atomic_write_bytes(path, self.encode(label))
 
 
 LABELERS: dict[str, Callable[..., Labeler]] = {}

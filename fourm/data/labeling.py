@@ -15,6 +15,7 @@ for SLURM array jobs; weights come from local files (:mod:`fourm.data.weights`),
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import time
@@ -145,6 +146,91 @@ def read_rgb(path: Path) -> torch.Tensor:
 _read_rgb = read_rgb
 
 
+def rgb_from_bytes(data: bytes, where: str) -> torch.Tensor:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.array(im.convert("RGB"))
+    except Exception as e:  # as read_rgb: every PIL failure means an unreadable image
+        raise ValueError(f"{where}: cannot read this image ({type(e).__name__}: {e})") from e
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
+
+
+def is_shard_path(path: str | os.PathLike) -> bool:
+    """A per-modality webdataset data path (``/data/cc12m/[rgb]/shard-{00000..00099}.tar``), not a folder."""
+    return "[" in str(path) and "]" in str(path)
+
+
+def label_shards(path: str, labeler: Labeler, out_root: str | os.PathLike | None = None, batch_size: int = 16,
+                 part: tuple[int, int] = (0, 1), on_bad_image: str = "skip", progress: bool = True) -> dict:
+    """Label the RGB shards of a per-modality webdataset data path (its brackets name ``rgb``): per input shard one
+    output shard ``<root>/<labeler.modality>/<shard>.tar`` (written whole or not at all; kept when there), members
+    ``<key>.<ext>`` with the input's keys in its order. ``part``: this task's contiguous range of the shards. An image
+    that cannot be decoded stops the run (``on_bad_image="stop"``) or is left out of the output shard and counted."""
+    from fourm.data import official_layout as ol
+
+    if on_bad_image not in BAD_IMAGE:
+        raise ValueError(f"on_bad_image={on_bad_image!r}: one of {', '.join(BAD_IMAGE)}")
+    try:
+        src = ol.parse(path)
+    except ol.DataError as e:
+        raise FileNotFoundError(str(e)) from None
+    if src.layout != "wds" or "rgb" not in src.folders:
+        raise ValueError(f"--in {path}: a shard path names its RGB folder in brackets, e.g. /data/cc12m/[rgb]/shard-"
+                         "{00000..00099}.tar")
+    out_root = Path(out_root) if out_root is not None else Path(src.prefix)
+    if ol.is_remote(str(out_root)):
+        raise ValueError(f"{out_root}: labels are written to a local folder; pass --out <local folder>")
+    ext = labeler.codec.ext.lstrip(".")
+    units = part_of(list(src.units), part)
+    labelled = already = 0
+    bad: list[str] = []
+    started = time.time()
+    bar = tqdm(total=len(units), desc=f"label {labeler.name}", unit="shard", disable=not progress)
+    for unit in units:
+        name = unit.strip("/").removesuffix(".tar")
+        if (out_root / labeler.modality / f"{name}.tar").exists():
+            already += 1
+            bar.update(1)
+            continue
+        members: list[tuple[str, dict]] = []
+        pending: list[tuple[str, torch.Tensor]] = []
+
+        def flush():
+            by_shape: dict[tuple, list] = {}
+            for key, img in pending:
+                by_shape.setdefault(tuple(img.shape), []).append((key, img))
+            done = {}
+            for group in by_shape.values():
+                labels = labeler(torch.stack([img for _, img in group]), [k for k, _ in group])
+                done.update({k: labeler.encode(lab) for (k, _), lab in zip(group, labels)})
+            members.extend((k, {labeler.modality: (ext, done[k])}) for k, _ in pending)  # the input's order
+            pending.clear()
+
+        for raw in ol.read_unit(src, unit, ["rgb"]):
+            try:
+                pending.append((raw.key, rgb_from_bytes(raw.files["rgb"][1], f"{raw.where}: {raw.key}")))
+            except ValueError:
+                if on_bad_image == "stop":
+                    raise
+                bad.append(f"{name}/{raw.key}")
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        ol.write_sample_files(out_root, "wds", name, members)
+        labelled += len(members)
+        bar.update(1)
+    bar.close()
+    out_dir = out_root / labeler.modality
+    if units and labelled + len(bad):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"labeler": labeler.name, "weights": getattr(labeler, "weights", None), "part": list(part),
+                  "labelled": labelled, "already_done_shards": already, "bad_images": bad,
+                  "seconds": round(time.time() - started, 3)}
+        with open(out_dir / LOG_NAME, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return {"labelled": labelled, "skipped": already, "bad": bad, "out": out_dir}
+
+
 def label_folder(in_dir: str | os.PathLike, labeler: Labeler, out_dir: str | os.PathLike | None = None,
                  batch_size: int = 16, part: tuple[int, int] = (0, 1), on_bad_image: str = "skip",
                  progress: bool = True) -> dict:
@@ -240,9 +326,12 @@ def build_parser(prog: str = "fourm-bench label") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
                                 epilog="fourm-bench label convert --in X.ckpt --out X.safetensors: convert a pickled "
                                        "weights release first (see `fourm-bench label convert --help`)")
-    p.add_argument("--in", dest="in_dir", required=True, help="folder of RGB images, or a split folder with rgb/")
+    p.add_argument("--in", dest="in_dir", required=True,
+                   help="folder of RGB images, a split folder with rgb/ (or rgb/<folder>/), or per-modality RGB shards "
+                        "/data/[rgb]/shard-{00000..00099}.tar")
     p.add_argument("--labeler", required=True, help=f"one of: {', '.join(sorted(LABELERS))}")
-    p.add_argument("--out", default=None, help="output folder (default: <split>/<labeler modality>)")
+    p.add_argument("--out", default=None, help="output folder (default: <split>/<labeler modality>; for shards the "
+                                               "data root, which gets <modality>/<shard>.tar)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--part", default=None, help="i/n: label only the i-th of n contiguous ranges of the images "
                                                 "(one SLURM array task's share; outputs already there are kept)")
@@ -283,9 +372,11 @@ def cli(argv: list[str]) -> int:
     args = parse_cli(build_parser(), argv)
     try:
         options = labeler_options(args)
-        labeler = create_labeler(args.labeler, rgb_folder(args.in_dir), **options)
-        result = label_folder(args.in_dir, labeler, args.out, args.batch_size, part=parse_part(args.part),
-                              on_bad_image=args.on_bad_image)
+        shards = is_shard_path(args.in_dir)
+        labeler = create_labeler(args.labeler, Path(args.in_dir) if shards else rgb_folder(args.in_dir), **options)
+        run = label_shards if shards else label_folder
+        result = run(args.in_dir, labeler, args.out, args.batch_size, part=parse_part(args.part),
+                     on_bad_image=args.on_bad_image)
     except (KeyError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"fourm-bench label: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

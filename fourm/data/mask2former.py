@@ -120,8 +120,8 @@ class Mask2FormerSemseg(Labeler):
         sem[best < self.void_below] = VOID
         return [m.cpu().numpy().astype(np.uint8) for m in sem]
 
-    def save(self, path, label):
-        codecs.atomic_write_bytes(path, codecs.png_bytes(np.asarray(label, dtype=np.uint8)))
+    def encode(self, label) -> bytes:
+        return codecs.png_bytes(np.asarray(label, dtype=np.uint8))
 
 
 @register_labeler("mask2former_semseg")

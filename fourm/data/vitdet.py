@@ -24,7 +24,6 @@ from fourm.data.labeler import Labeler, register_labeler
 from fourm.data.layouts import FOURM_MODALITIES
 from fourm.data.mask2former import COCO_PANOPTIC_CLASSES
 from fourm.data.weights import load_strict, read_state_dict
-from fourm.modalities import codecs
 
 COCO_THING_CLASSES = COCO_PANOPTIC_CLASSES[:80]  # detectron2's contiguous COCO ids 0-79
 D2_PIXEL_MEAN = (123.675, 116.28, 103.53)  # detectron2 ViTDet configs, RGB, 0-255
@@ -99,8 +98,8 @@ class ViTDetBoxes(Labeler):
                  "class_id": int(labels[i]), "class_name": COCO_THING_CLASSES[int(labels[i])]} for i in order.tolist()]})
         return out
 
-    def save(self, path, label):
-        codecs.atomic_write_bytes(path, (json.dumps(label) + "\n").encode())
+    def encode(self, label) -> bytes:
+        return (json.dumps(label) + "\n").encode()
 
 
 @register_labeler("vitdet_boxes")

@@ -282,3 +282,42 @@ def test_hierarchical_rgb_folders_label_into_the_same_folders(images, tmp_path):
     got = sorted(str(p.relative_to(root / "depth")) for p in (root / "depth").rglob("*.png"))
     want = sorted(str(p.relative_to(root / "rgb")) for p in (root / "rgb").rglob("*.png"))
     assert got == want
+
+
+def _rgb_shards(images, root, broken: str | None = None) -> str:
+    """The images as the official per-modality RGB shards (2 shards), with captions beside them."""
+    from fourm.data import official_layout as ol
+
+    stems = _stems(images)
+    for i, chunk in enumerate([stems[:2], stems[2:]]):
+        samples = [(s, {"rgb": ("png", b"\x89PNG broken" if s == broken else (images / "rgb" / f"{s}.png").read_bytes()),
+                        "caption": ("txt", b"a scene")}) for s in chunk]
+        ol.write_sample_files(root, "wds", ol.shard_name(i), samples)
+    return f"{root}/[rgb]/shard-{{00000..00001}}.tar"
+
+
+def test_rgb_shards_are_labelled_into_aligned_label_shards(images, tmp_path, capsys):
+    from fourm.tokenizers import layout
+
+    path = _rgb_shards(images, tmp_path / "data", broken=_stems(images)[3])
+    lab = DPTLabeler("depth", **SMALL_DPT)
+    r = labeling.label_shards(path, lab, part=(0, 2), progress=False)
+    assert r["labelled"] == 2 and r["out"] == tmp_path / "data" / "depth"
+    assert sorted(p.name for p in (tmp_path / "data" / "depth").glob("*.tar")) == ["shard-00000.tar"]
+    r = labeling.label_shards(path, lab, part=(1, 2), progress=False)
+    assert r["labelled"] == 1 and r["bad"] == [f"shard-00001/{_stems(images)[3]}"]
+    assert labeling.label_shards(path, lab, progress=False)["skipped"] == 2  # both shards there: nothing redone
+    # the label shards read back beside the RGB ones, key by key, and equal the labeller's own output
+    src = layout.parse(f"{tmp_path / 'data'}/[rgb,depth]/shard-00000.tar")
+    sample = next(layout.read_unit(src, src.units[0], ["rgb", "depth"]))
+    assert sample.key == _stems(images)[0] and sample.files["depth"][0] == "png"
+    got = np.asarray(Image.open(__import__("io").BytesIO(sample.files["depth"][1])))
+    want = lab(labeling.read_rgb(images / "rgb" / f"{sample.key}.png")[None], [sample.key])[0]
+    assert np.array_equal(got, want)
+    # the command line takes the shard path; a path without rgb in its brackets is one clear error
+    assert labeling.cli(["--in", path, "--labeler", "canny_edge", "--out", str(tmp_path / "edges")]) == 0
+    assert "3 labelled, 0 already done, 1 unreadable images skipped" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "edges" / "canny_edge").glob("*.tar")) == ["shard-00000.tar",
+                                                                                         "shard-00001.tar"]
+    assert labeling.cli(["--in", f"{tmp_path / 'data'}/[caption]/shard-00000.tar", "--labeler", "canny_edge"]) == 2
+    assert "names its RGB folder in brackets" in capsys.readouterr().err

@@ -57,3 +57,23 @@ def test_label_tasks_run_as_one_slurm_array(images, slurm_cluster, job_dir, caps
     assert len(list((split / "canny_edge").glob("*.png"))) == 6
     records = [json.loads(line) for line in (split / "canny_edge" / ".label_log.jsonl").read_text().splitlines()]
     assert sorted(r["part"] for r in records) == [[0, 3], [1, 3], [2, 3]] and sum(r["labelled"] for r in records) == 6
+
+
+def test_rgb_shards_label_as_an_array_over_shard_ranges(images, tmp_path, capsys):
+    from fourm.data import official_layout as ol
+
+    stems = sorted(p.stem for p in (images / "rgb").glob("*.png"))
+    for i in range(3):  # 3 shards of 2 images
+        ol.write_sample_files(tmp_path / "data", "wds", ol.shard_name(i),
+                              [(s, {"rgb": ("png", (images / "rgb" / f"{s}.png").read_bytes())})
+                               for s in stems[2 * i:2 * i + 2]])
+    path = f"{tmp_path / 'data'}/[rgb]/shard-{{00000..00002}}.tar"
+    cmd = ["label", "--in", path, "--labeler", "canny_edge", "--parts", "2", "--work", str(tmp_path / "w")]
+    assert main([*cmd, "--dry-run", "--gpus", "1", "--gpu-s-per-image", "1800"]) == 0
+    # the estimate takes every shard to hold the first one's 2 images: 3 shards x 2 x 1800 s = 3 GPU-hours
+    assert "GPU-hours: 3.0 estimated for 2 jobs" in capsys.readouterr().out
+    assert main(cmd) == 0
+    assert sorted(p.name for p in (tmp_path / "data" / "canny_edge").glob("*.tar")) == \
+        [f"{ol.shard_name(i)}.tar" for i in range(3)]
+    src = ol.parse(f"{tmp_path / 'data'}/[rgb,canny_edge]/shard-{{00000..00002}}.tar")
+    assert [s.key for u in src.units for s in ol.read_unit(src, u, ["rgb", "canny_edge"])] == stems
