@@ -166,6 +166,13 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     stems = list_stems(root, [*models, *(["rgb"] if cfg["store_rgb"] else [])])
     if cfg.get("max_samples"):
         stems = stems[: cfg["max_samples"]]
+    keys = [s.rpartition("/")[2] for s in stems]
+    if len(set(keys)) != len(keys):
+        from collections import Counter
+
+        twice = sorted(k for k, n in Counter(keys).items() if n > 1)[:3]
+        raise ValueError(f"{root}: the keys {twice} appear in more than one folder; a sample's key must be unique "
+                         "across the dataset's folders (the shards are keyed by it)")
     sizes = [m.config.image_size for m in _spatial(models).values() if not _is_feature_map(m)]
     rgb_size = cfg.get("rgb_size") or max(sizes, default=224)
     eid = encode_id(cfg, models, stems)
@@ -383,8 +390,10 @@ def _encode_chunk(root, stems, models, text_mods, emb_mods, cfg, rgb_size, bar, 
         for mod, x in pixels.items():
             if x.shape[-2:] != (h, w):
                 raise ValueError(f"{root}/{mod}/{stem}: size {tuple(x.shape[-2:])} differs from {(h, w)} of the other modalities")
-        plan = crop_plan(stem, h, w, cfg)
-        sample = {"__key__": stem, "crops.json": {"size": [int(h), int(w)], "crops": [list(p) for p in plan]}}
+        # a hierarchical stem <folder>/<key> is stored, and its crops seeded, by its key (unique across the folders)
+        key = stem.rpartition("/")[2]
+        plan = crop_plan(key, h, w, cfg)
+        sample = {"__key__": key, "crops.json": {"size": [int(h), int(w)], "crops": [list(p) for p in plan]}}
         for mod, x in raws.items():
             size = spatial[mod].config.image_size
             boxes = [scale_box(p[:4], (h, w), tuple(x.shape[-2:])) if _is_feature_map(spatial[mod]) else p[:4] for p in plan]
@@ -400,7 +409,7 @@ def _encode_chunk(root, stems, models, text_mods, emb_mods, cfg, rgb_size, bar, 
             crops = torch.stack([crop_resize_flip("rgb", rgb, p[:4], rgb_size, p[4]) for p in plan])
             sample[f"{RGB_NAME}.npy"] = (crops.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
         if ids is not None:
-            sample[SEQUENCE_FILES["sam_instance"][0]] = [_sam_text(ids, p, stem, c, models["sam_instance"], cfg)
+            sample[SEQUENCE_FILES["sam_instance"][0]] = [_sam_text(ids, p, key, c, models["sam_instance"], cfg)
                                            for c, p in enumerate(plan)]
         if "caption" in text_mods:
             sample[SEQUENCE_FILES["caption"][0]] = read_raw(root, "caption", stem)

@@ -31,16 +31,28 @@ def split_root(data: str | os.PathLike, split: str | None) -> Path:
     )
 
 
+def _stems_in(folder: Path, ext: str) -> set[str]:
+    """The stems of a modality folder: its files, or those one folder down (the official hierarchical layout
+    ``<modality>/<folder>/<key>.<ext>``, stems ``<folder>/<key>``)."""
+    found = {p.name[: -len(ext)] for p in folder.iterdir() if p.name.endswith(ext) and not p.name.startswith(".")}
+    if found:
+        return found
+    for sub in (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        found |= {f"{sub.name}/{p.name[: -len(ext)]}" for p in sub.iterdir()
+                  if p.name.endswith(ext) and not p.name.startswith(".")}
+    return found
+
+
 def list_stems(root: str | os.PathLike, modalities: list[str] | tuple[str, ...]) -> list[str]:
-    """Sorted stems present in every given modality folder of a split; a missing folder is one clear error."""
+    """Sorted stems present in every given modality folder of a split (``<folder>/<key>`` in the official
+    hierarchical layout); a missing folder is one clear error."""
     root = Path(root)
     stems = None
     for m in modalities:
         folder = root / m
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: modality folder missing (needed for {m}); found {sorted(p.name for p in root.iterdir() if p.is_dir())}")
-        ext = folder_modality(m).ext
-        found = {p.name[: -len(ext)] for p in folder.iterdir() if p.name.endswith(ext) and not p.name.startswith(".")}
+        found = _stems_in(folder, folder_modality(m).ext)
         stems = found if stems is None else stems & found
     if not stems:
         raise FileNotFoundError(f"{root}: no sample has all of {list(modalities)}")

@@ -310,3 +310,31 @@ def test_encode_as_a_job_array_from_the_command_line(tiny_world, tokenizers, tmp
     assert index["shards_written"] == 0 and len(index["shards"]) == 3  # the two tasks wrote them all
     assert index["encode_id"] == _official(tiny_world, tokenizers, tmp_path / "once")["encode_id"]
     assert main([*args, "--parts", "2", "--bogus"]) == 2
+
+
+def test_the_official_hierarchical_layout_encodes_as_the_flat_one(tiny_world, tokenizers, tmp_path):
+    """``<modality>/<folder>/<key>.<ext>`` (labels written beside such RGB folders): the same samples, keys and tokens
+    as the same files in one folder per modality."""
+    split = tmp_path / "hier" / "val"
+    for folder in (tiny_world / "val").iterdir():
+        if not folder.is_dir():
+            continue
+        for i, f in enumerate(sorted(folder.iterdir())):
+            dest = split / folder.name / f"shard-{i % 2:05d}" / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(f.read_bytes())
+    hier = _official(tmp_path / "hier", tokenizers, tmp_path / "out_hier")
+    flat = _official(tiny_world, tokenizers, tmp_path / "out_flat")
+    assert hier["samples"] == flat["samples"] == 8
+    a = list(TokenShardDataset(hier["pattern"], ["tok_depth@224", "det"], crop=1, shuffle=False))
+    b = list(TokenShardDataset(flat["pattern"], ["tok_depth@224", "det"], crop=1, shuffle=False))
+    assert sorted(s["__key__"] for s in a) == sorted(s["__key__"] for s in b)
+    by_key = {s["__key__"]: s for s in b}
+    assert all(torch.equal(s["tok_depth@224"], by_key[s["__key__"]]["tok_depth@224"]) for s in a)
+    # a key in two folders cannot be told apart in the shards: one clear error
+    (split / "depth" / "shard-00001" / "000000.png").write_bytes((split / "depth" / "shard-00000" / "000000.png").read_bytes())
+    for m in ("rgb", "semseg"):
+        src = next((split / m / "shard-00000").glob("000000.*"))
+        (split / m / "shard-00001" / src.name).write_bytes(src.read_bytes())
+    with pytest.raises(ValueError, match=r"keys \['000000'\] appear in more than one folder"):
+        _official(tmp_path / "hier", tokenizers, tmp_path / "out_dup")
