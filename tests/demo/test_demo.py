@@ -219,6 +219,6 @@ def test_paper_recipe_expands_on_given_data_paths(tmp_path, capsys):
     assert "labels det [array of 4]" in printed and "token shards [array of 2]" in printed
     # GPU-hours: labels and shards from gpu_s_per_image x images, the rest by their reservations
     est = 1100 * (2 * 0.0026 + 0.0087 + 0.063 + 0.0004 + 0.01) / 3600
-    assert f"GPU-hours: {est:,.1f} estimated for 22 jobs" in printed
+    assert f"GPU-hours: {est:.2g} estimated for 22 jobs" in printed  # under one hour: two significant digits
     reserved = 6 * 2880 / 60 + 64 * 4320 / 60 + 8 * 8 * 4320 / 60  # 5 tokenizers and the shard indexes: 1 GPU
     assert f"at most {reserved:,.0f} reserved by 15 other jobs" in printed
