@@ -117,6 +117,7 @@ def label_cli(argv: list[str]) -> int:
         options = labeling.labeler_options(args)
         if args.labeler not in labeling.LABELERS:
             raise KeyError(f"unknown labeler {args.labeler!r}; registered: {sorted(labeling.LABELERS)}")
+        labeling.check_weights(args.labeler, options.get("checkpoint"))  # a wrong file fails here, not in 256 tasks
         if labeling.is_shard_path(args.in_dir):  # per-modality RGB shards: tasks over ranges of shards
             units = _shard_units(args.in_dir)
             per_shard = _images_in(args.in_dir, units[0])

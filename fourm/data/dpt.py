@@ -192,6 +192,13 @@ class DPTLabeler(Labeler):
         return codecs.png_bytes(label)
 
 
+def released_shapes(kind: str) -> dict[str, tuple]:
+    """Key -> shape of the released Omnidata DPT-Hybrid ``kind`` model (built on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        net = DPTHybrid(out_channels=1 if kind == "depth" else 3)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
 @register_labeler("dpt_depth")
 def _dpt_depth(in_dir: Path, **options) -> Labeler:
     return DPTLabeler("depth", **options)

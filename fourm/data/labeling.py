@@ -322,6 +322,39 @@ def convert_cli(argv: list[str]) -> int:
     return 0
 
 
+def check_weights(name: str, checkpoint: str | None) -> None:
+    """Before any job runs: a labeller's weights against its released architecture, from the file's header alone
+    (safetensors; other files are checked when loaded). A mismatch is one WeightsError naming the keys."""
+    from fourm.data.weights import WeightsError, mismatch, read_shapes, strip_prefix
+
+    if not checkpoint:
+        return
+    path = Path(checkpoint)
+    if name == "mask2former_semseg":
+        if not (path / "config.json").is_file():
+            raise WeightsError(f"{path}: a mask2former_semseg checkpoint is a transformers model folder (config.json "
+                               "+ model.safetensors)")
+        return
+    if name not in ("dpt_depth", "dpt_normal", "vitdet_boxes"):
+        return
+    found = read_shapes(path)
+    if found is None:
+        return
+    if name == "vitdet_boxes":
+        from fourm.data.vitdet import released_shapes
+        from fourm.data.vitdet_modules import from_detectron2
+
+        own, found, what = released_shapes(), from_detectron2(found), "ViTDet-H Cascade R-CNN (detectron2 layout)"
+    else:
+        from fourm.data.dpt import released_shapes
+
+        kind = name.partition("_")[2]
+        own, found, what = released_shapes(kind), strip_prefix(found, ("model.",)), f"Omnidata DPT-Hybrid {kind}"
+    msg = mismatch(own, found)
+    if msg:
+        raise WeightsError(f"{path}: not the weights of {what}: {msg}")
+
+
 def build_parser(prog: str = "fourm-bench label") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
                                 epilog="fourm-bench label convert --in X.ckpt --out X.safetensors: convert a pickled "

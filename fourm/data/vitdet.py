@@ -102,6 +102,13 @@ class ViTDetBoxes(Labeler):
         return (json.dumps(label) + "\n").encode()
 
 
+def released_shapes() -> dict[str, tuple]:
+    """Key -> shape of ViTDet-H Cascade R-CNN as built here (on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        net = build_detector()
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
 @register_labeler("vitdet_boxes")
 def _vitdet_boxes(in_dir: Path, **options) -> Labeler:
     return ViTDetBoxes(**options)

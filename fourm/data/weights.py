@@ -74,22 +74,44 @@ def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> d
     return state
 
 
+def mismatch(own: Mapping[str, tuple], given: Mapping[str, tuple]) -> str | None:
+    """What keeps ``given`` (key -> shape) from loading strictly into ``own``, in one line; None when it fits."""
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    shapes = sorted(k for k in set(own) & set(given) if tuple(own[k]) != tuple(given[k]))
+    if not (missing or unexpected or shapes):
+        return None
+
+    def few(keys):
+        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
+             "shapes differ: " + few([f"{k} {tuple(given[k])} vs {tuple(own[k])}" for k in shapes]) if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
     """``model.load_state_dict(state)``, strict, with a one-line error naming the keys that do not fit."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or shapes:
-        def few(keys):
-            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-
-        parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
-                 f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
-                 "shapes differ: " + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes])
-                 if shapes else ""]
-        raise WeightsError(f"{source}: not the weights of {what}: " + "; ".join(p for p in parts if p))
+    msg = mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                   {k: tuple(v.shape) for k, v in state.items()})
+    if msg:
+        raise WeightsError(f"{source}: not the weights of {what}: {msg}")
     model.load_state_dict(state, strict=True)
+
+
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple] | None:
+    """Key -> shape of a safetensors file from its header alone (nothing loaded); None for other formats."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # a damaged header: the same one line as any unreadable weights
+        raise WeightsError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
 
 # --- converting a pickled release to safetensors, without running its code -------------------------------------------

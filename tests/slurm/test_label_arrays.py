@@ -43,6 +43,19 @@ def test_a_failed_task_is_run_again_alone(images, tmp_path, capsys):
     assert main(["label", "--in", str(split), "--labeler", "dpt_depth", "--checkpoint", str(tmp_path / "no.safetensors"),
                  "--parts", "2", "--work", str(tmp_path / "w2")]) == 2
     assert "no.safetensors: no such file" in capsys.readouterr().err and not (tmp_path / "w2").exists()
+    # weights of another architecture: named from the file's header alone, before any job
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"model.blocks.0.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    assert main(["label", "--in", str(split), "--labeler", "dpt_depth", "--checkpoint", str(tmp_path / "other.safetensors"),
+                 "--parts", "2", "--work", str(tmp_path / "w2")]) == 2
+    err = capsys.readouterr().err
+    assert "not the weights of Omnidata DPT-Hybrid depth: 368 missing" in err and "1 unexpected (blocks.0.weight)" in err
+    (tmp_path / "m2f").mkdir()
+    assert main(["label", "--in", str(split), "--labeler", "mask2former_semseg", "--checkpoint", str(tmp_path / "m2f"),
+                 "--parts", "2", "--work", str(tmp_path / "w2")]) == 2
+    assert "a transformers model folder" in capsys.readouterr().err and not (tmp_path / "w2").exists()
 
 
 @pytest.mark.slurm
