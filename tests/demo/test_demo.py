@@ -194,7 +194,7 @@ def test_paper_recipe_expands_on_given_data_paths(tmp_path, capsys):
         by_labeler.setdefault(s.job.config["labeler"], []).append(s.job.config)
     assert sorted(by_labeler) == ["clip_features", "dpt_depth", "dpt_normal", "mask2former_semseg", "vitdet_boxes"]
     assert all([c["part"] for c in cs] == [[i, 4] for i in range(4)] for cs in by_labeler.values())
-    assert by_labeler["vitdet_boxes"][0]["options"] == {"checkpoint": "/w/vitdet_h.safetensors"}
+    assert by_labeler["vitdet_boxes"][0]["options"] == {"device": "cuda", "checkpoint": "/w/vitdet_h.safetensors"}
     assert by_labeler["vitdet_boxes"][0]["_cost_s"] == pytest.approx(0.063 * 1100 / 4)
     assert {s.job.resources.gpus_per_node for s in labels} == {1}
     # each tokenizer waits for every task of its modality's labeller
