@@ -18,8 +18,8 @@ import argparse
 import io
 import json
 import os
-import time
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,25 +134,35 @@ def part_of(items: list, part: tuple[int, int]) -> list:
     return items[len(items) * i // n: len(items) * (i + 1) // n]
 
 
-def read_rgb(path: Path) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
-            arr = np.array(im.convert("RGB"))
-    except Exception as e:  # PIL raises several types for bad files; all mean the same to the user
-        raise ValueError(f"{path}: cannot read this image ({type(e).__name__}: {e}); replace or delete it and re-run") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
-
-
-_read_rgb = read_rgb
-
-
 def rgb_from_bytes(data: bytes, where: str) -> torch.Tensor:
+    """An encoded image -> float [3, H, W] in [0, 1]; an undecodable one is a ValueError naming ``where``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             arr = np.array(im.convert("RGB"))
-    except Exception as e:  # as read_rgb: every PIL failure means an unreadable image
-        raise ValueError(f"{where}: cannot read this image ({type(e).__name__}: {e})") from e
+    except Exception as e:  # PIL raises several types for bad files; all mean the same to the user
+        raise ValueError(f"{where}: cannot read this image ({type(e).__name__}: {e}); replace or delete it and "
+                         "re-run") from e
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    return rgb_from_bytes(Path(path).read_bytes(), str(path))
+
+
+def label_in_size_groups(labeler: Labeler, items: list[tuple[str, torch.Tensor]]) -> list:
+    """The labels of ``(stem, image)`` items, in their order: images of one size share a batch (images of different
+    sizes cannot share a tensor)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, img) in enumerate(items):
+        groups.setdefault(tuple(img.shape), []).append(i)
+    out: list = [None] * len(items)
+    for idx in groups.values():
+        labels = labeler(torch.stack([items[i][1] for i in idx]), [items[i][0] for i in idx])
+        if len(labels) != len(idx):
+            raise RuntimeError(f"labeler {labeler.name} returned {len(labels)} labels for {len(idx)} images")
+        for i, label in zip(idx, labels):
+            out[i] = label
+    return out
 
 
 def is_shard_path(path: str | os.PathLike) -> bool:
@@ -196,14 +206,8 @@ def label_shards(path: str, labeler: Labeler, out_root: str | os.PathLike | None
         pending: list[tuple[str, torch.Tensor]] = []
 
         def flush():
-            by_shape: dict[tuple, list] = {}
-            for key, img in pending:
-                by_shape.setdefault(tuple(img.shape), []).append((key, img))
-            done = {}
-            for group in by_shape.values():
-                labels = labeler(torch.stack([img for _, img in group]), [k for k, _ in group])
-                done.update({k: labeler.encode(lab) for (k, _), lab in zip(group, labels)})
-            members.extend((k, {labeler.modality: (ext, done[k])}) for k, _ in pending)  # the input's order
+            labels = label_in_size_groups(labeler, pending)
+            members.extend((k, {labeler.modality: (ext, labeler.encode(lab))}) for (k, _), lab in zip(pending, labels))
             pending.clear()
 
         for raw in ol.read_unit(src, unit, ["rgb"]):
@@ -265,16 +269,9 @@ def label_folder(in_dir: str | os.PathLike, labeler: Labeler, out_dir: str | os.
                 if on_bad_image == "stop":
                     raise
                 bad.append(str(rel))
-        # images of different sizes cannot share a tensor: label each size group as its own batch
-        by_shape: dict[tuple, list] = {}
-        for rel, img in chunk:
-            by_shape.setdefault(tuple(img.shape), []).append((rel, img))
-        for group in by_shape.values():
-            labels = labeler(torch.stack([img for _, img in group]), [rel.stem for rel, _ in group])
-            if len(labels) != len(group):
-                raise RuntimeError(f"labeler {labeler.name} returned {len(labels)} labels for {len(group)} images")
-            for (rel, _), label in zip(group, labels):
-                labeler.save(target(rel), label)
+        labels = label_in_size_groups(labeler, [(rel.stem, img) for rel, img in chunk])
+        for (rel, _), label in zip(chunk, labels):
+            labeler.save(target(rel), label)
         bar.update(len(todo[start:start + batch_size]))
     bar.close()
     result = {"labelled": len(todo) - len(bad), "skipped": len(images) - len(todo), "bad": bad, "out": out_dir}

@@ -54,7 +54,7 @@ def test_timm_features_are_batched_deterministic_and_loadable(split):
     assert f.dtype == np.float16 and f.shape == (256, 4, 4)  # resnet18 stage 3: stride 16
     # batch composition does not change a label, and weights are seeded: one image alone gives the same features
     lab2 = labeling.create_labeler("timm_features", split / "rgb")
-    img = labeling._read_rgb(split / "rgb" / "000003.png")[None]
+    img = labeling.read_rgb(split / "rgb" / "000003.png")[None]
     np.testing.assert_allclose(lab2(img, ["000003"])[0].astype(np.float32), f.astype(np.float32), rtol=1e-2, atol=1e-3)
     other = np.load(split / "feat_resnet18" / "000004.npy")
     assert not np.allclose(f, other)
