@@ -7,11 +7,11 @@
 
 Each task is one run of the pipeline's ``labels`` / ``shards`` stage (:mod:`ablations.stages`) over its contiguous
 range of images (labels) or shards (encode), with its own run folder under ``--work``; outputs are written per file
-(labels) or per shard (encode) and kept when already there, so a task that failed is resubmitted alone
-(``fourm-bench status <work>/<kind>-<launcher> --resubmit``, or the same command again). An encode array ends with one
-job, after every task, that writes the index. ``--dry-run`` prints the tasks and the GPU-hours: ``--gpu-s-per-image``
-x images where given, else the reservation (GPUs x time limit). Without ``--parts`` / ``--launcher`` / ``--dry-run``
-both commands run in this process as before.
+(labels) or per shard (encode) and kept when already there; the same command again submits only the tasks neither
+DONE nor queued, so a task that failed runs again alone (``fourm-bench status <work>/<kind>-<launcher>`` shows them).
+An encode array ends with one job, after every task, that writes the index. ``--dry-run`` prints the tasks and the
+GPU-hours: ``--gpu-s-per-image`` x images where given, else the reservation (GPUs x time limit). Without ``--parts`` /
+``--launcher`` / ``--dry-run`` both commands run in this process.
 """
 from __future__ import annotations
 
