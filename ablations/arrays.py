@@ -88,12 +88,20 @@ def _shard_units(path: str) -> list[str]:
         raise FileNotFoundError(str(e)) from None
 
 
-def _images_in(path: str, unit: str) -> int:
-    """Samples in one RGB shard (the first: the dry run's estimate takes every shard to hold as many)."""
+def _images_in(path: str, unit: str, folder: str = "rgb") -> int:
+    """Samples in one shard of a modality folder (the first: the dry run's estimate takes every shard to hold as
+    many)."""
     from fourm.data import official_layout as ol
 
     src = ol.parse(path, check=False)
-    return sum(1 for _ in ol.read_unit(src, unit, ["rgb"]))
+    return sum(1 for _ in ol.read_unit(src, unit, [folder]))
+
+
+def _input_shards(path: str) -> list[str]:
+    """The shards of a per-modality shard path; [] for a folder."""
+    from fourm.data.official_layout import is_shard_path
+
+    return _shard_units(path) if is_shard_path(path) else []
 
 
 def label_cli(argv: list[str]) -> int:
@@ -176,18 +184,23 @@ def encode_cli(argv: list[str]) -> int:
         if args.parts < 1:
             raise ValueError(f"--parts {args.parts}: at least 1")
         out = str(Path(cfg.pop("out")).expanduser().resolve())
-        cfg["data"] = str(Path(cfg["data"]).expanduser().resolve())
+        shards = _input_shards(cfg["data"])
+        if not shards:
+            cfg["data"] = str(Path(cfg["data"]).expanduser().resolve())
         # local tokenizer paths absolute (a task may start elsewhere); Hugging Face ids as they are
         cfg["tokenizers"] = {k: (str(Path(v).resolve()) if v is not None and Path(v).exists() else v)
                              for k, v in cfg["tokenizers"].items()}
         encode.load_tokenizers(cfg["tokenizers"], cfg.get("official_image_size") or 224)  # bad tokenizers fail here
-        from fourm.tokenizers.modality_io import list_stems, split_root
+        if shards:  # per-modality input shards: every shard taken to hold as many samples as the first
+            n = len(shards) * _images_in(cfg["data"], shards[0], folder=[m for m, v in cfg["tokenizers"].items() if v][0])
+        else:
+            from fourm.tokenizers.modality_io import list_stems, split_root
 
-        stems = list_stems(split_root(cfg["data"], cfg["split"]), [m for m, v in cfg["tokenizers"].items() if v])
+            stems = list_stems(split_root(cfg["data"], cfg["split"]), [m for m, v in cfg["tokenizers"].items() if v])
+            n = min(len(stems), cfg["max_samples"] or len(stems))
     except Exception as e:  # hydra, tokenizer and data errors all name what is wrong
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    n = min(len(stems), cfg["max_samples"] or len(stems))
     splits = {cfg["split"]: cfg}
     work = Path(args.work or "runs/encode").expanduser().resolve()
     stages, parts = [], []

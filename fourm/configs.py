@@ -11,9 +11,11 @@ class ComposeError(ValueError):
 
 
 def quote_braces(override: str) -> str:
-    """``shards=a-{000..003}.tar`` -> ``shards='a-{000..003}.tar'``: hydra's grammar reads bare braces as a dict."""
+    """``shards=a-{000..003}.tar`` -> ``shards='a-{000..003}.tar'``: hydra's grammar reads bare braces as a dict, and
+    brackets inside a value (``data=/d/[rgb,depth]/shard-00000.tar``) as a list; a value that is a list stays one."""
     key, eq, value = override.partition("=")
-    if eq and "{" in value and "$" not in value and value[:1] not in ("'", '"'):
+    inner_brackets = "[" in value and value[:1] != "["
+    if eq and ("{" in value or inner_brackets) and "$" not in value and value[:1] not in ("'", '"'):
         return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return override
 

@@ -31,6 +31,7 @@ from fourm.configs import parse_cli
 from fourm.data import dpt, labelers21, mask2former, vitdet  # noqa: F401  (these labelers register themselves)
 from fourm.data.labeler import LABELERS, Labeler, create_labeler, register_labeler  # noqa: F401  (the labeling API)
 from fourm.data.layouts import FOURM_MODALITIES, folder_modality
+from fourm.data.official_layout import is_shard_path
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".JPEG", ".webp")
 
@@ -163,11 +164,6 @@ def label_in_size_groups(labeler: Labeler, items: list[tuple[str, torch.Tensor]]
         for i, label in zip(idx, labels):
             out[i] = label
     return out
-
-
-def is_shard_path(path: str | os.PathLike) -> bool:
-    """A per-modality webdataset data path (``/data/cc12m/[rgb]/shard-{00000..00099}.tar``), not a folder."""
-    return "[" in str(path) and "]" in str(path)
 
 
 def label_shards(path: str, labeler: Labeler, out_root: str | os.PathLike | None = None, batch_size: int = 16,

@@ -44,6 +44,11 @@ class Source:
 BRACKETS = re.compile(r"^(?P<prefix>.*)\[(?P<folders>[^\[\]]+)\](?P<rest>.*)$")
 
 
+def is_shard_path(path: str | os.PathLike) -> bool:
+    """A per-modality webdataset data path (``/data/cc12m/[rgb,depth]/shard-{00000..00099}.tar``), not a folder."""
+    return BRACKETS.match(str(path)) is not None
+
+
 def is_remote(path: str) -> bool:
     return path.startswith("pipe:") or "://" in path
 

@@ -1,7 +1,9 @@
 """Pretokenize a 4M-layout dataset into token shards.
 
 ``fourm-bench tokenize encode data=<dataset> split=train out=<folder> tokenizers.depth=<run> tokenizers.semseg=<run>
-crops=4`` writes the official per-modality shards ``<out>/<split>/<modality>/shard-00000.tar ...``
+crops=4`` reads a 4M split folder, the official hierarchical layout, or official per-modality shards
+(``data=/data/[rgb,depth,semseg,caption,det]/shard-{00000..00099}.tar``: each encoded into the output shard of its
+name) and writes the official per-modality shards ``<out>/<split>/<modality>/shard-00000.tar ...``
 (:mod:`fourm.tokenizers.layout`; ``layout=folders`` the official folder layout, ``layout=fourm`` the project's
 single tars of :mod:`fourm.tokenizers.shards`) and, last, the index ``<out>/<split>.json`` (shards, sample counts,
 bytes, modalities, ``pattern``: the data path to pretrain on, ``root``: the split's folder).
@@ -141,8 +143,17 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     cfg = dict(cfg)
     if cfg["crops"] < 1:
         raise ValueError(f"crops={cfg['crops']}: need at least 1 (crop 0 is the full image)")
-    cfg["data"] = str(Path(cfg["data"]).resolve())
-    root = split_root(cfg["data"], cfg["split"])
+    src = None
+    if layout.is_shard_path(cfg["data"]):  # the official per-modality shards of a labelled dataset
+        src = layout.parse(cfg["data"])
+        if src.layout != "wds":
+            raise ValueError(f"data={cfg['data']}: a shard path names its modality folders in brackets, e.g. "
+                             "/data/cc12m/[rgb,depth,caption,det]/shard-{00000..00099}.tar")
+        root, present = None, set(src.folders)
+    else:
+        cfg["data"] = str(Path(cfg["data"]).resolve())
+        root = split_root(cfg["data"], cfg["split"])
+        present = {p.name for p in root.iterdir() if p.is_dir()}
     # local paths made absolute (the shards' header names them); Hugging Face ids kept as they are
     spec = {k: (str(Path(v).resolve()) if v is not None and Path(v).exists() else v) for k, v in cfg["tokenizers"].items()}
     cfg["tokenizers"] = spec
@@ -157,22 +168,34 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     unknown = [m for m in cfg["text"] if m not in TEXT_MODALITIES]
     if unknown:
         raise ValueError(f"text={list(cfg['text'])}: no shard format for {unknown}; text modalities are {TEXT_MODALITIES}")
-    text_mods = [m for m in cfg["text"] if (root / m).is_dir()]
+    text_mods = [m for m in cfg["text"] if m in present]
     for m in cfg.get("embeddings", []):
         if registry.get(m).kind != "embedding_sequence":
             raise ValueError(f"embeddings={list(cfg['embeddings'])}: {m!r} is a {registry.get(m).kind} modality, not an "
                              "embedding sequence (e.g. t5_caption)")
-    emb_mods = [m for m in cfg.get("embeddings", []) if (root / m).is_dir()]
-    stems = list_stems(root, [*models, *(["rgb"] if cfg["store_rgb"] else [])])
-    if cfg.get("max_samples"):
-        stems = stems[: cfg["max_samples"]]
-    keys = [s.rpartition("/")[2] for s in stems]
-    if len(set(keys)) != len(keys):
-        from collections import Counter
+    emb_mods = [m for m in cfg.get("embeddings", []) if m in present]
+    needed = [*models, *(["rgb"] if cfg["store_rgb"] else [])]
+    if src is not None:  # encoded shard by shard: the input's shards are the output's
+        missing = [m for m in needed if m not in present]
+        if missing:
+            raise ValueError(f"data={cfg['data']}: no {missing[0]!r} folder in its brackets (it has {sorted(present)}); "
+                             f"add it, or drop tokenizers.{missing[0]} / store_rgb")
+        if cfg.get("max_samples"):
+            raise ValueError("max_samples=: shards are encoded whole; name fewer shards in data= instead")
+        if (cfg.get("layout") or "wds") == "fourm":
+            raise ValueError("layout=fourm: per-modality shards are encoded into the official layouts (wds, folders)")
+        stems = [f"shard:{u}" for u in src.units]  # what is encoded, for the encode id: the shard list
+    else:
+        stems = list_stems(root, needed)
+        if cfg.get("max_samples"):
+            stems = stems[: cfg["max_samples"]]
+        keys = [s.rpartition("/")[2] for s in stems]
+        if len(set(keys)) != len(keys):
+            from collections import Counter
 
-        twice = sorted(k for k, n in Counter(keys).items() if n > 1)[:3]
-        raise ValueError(f"{root}: the keys {twice} appear in more than one folder; a sample's key must be unique "
-                         "across the dataset's folders (the shards are keyed by it)")
+            twice = sorted(k for k, n in Counter(keys).items() if n > 1)[:3]
+            raise ValueError(f"{root}: the keys {twice} appear in more than one folder; a sample's key must be unique "
+                             "across the dataset's folders (the shards are keyed by it)")
     sizes = [m.config.image_size for m in _spatial(models).values() if not _is_feature_map(m)]
     rgb_size = cfg.get("rgb_size") or max(sizes, default=224)
     eid = encode_id(cfg, models, stems)
@@ -209,18 +232,19 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
         header["rgb"] = {"name": RGB_NAME, "size": rgb_size}
 
     per = cfg["samples_per_shard"]
-    chunks = [stems[i : i + per] for i in range(0, len(stems), per)]
+    # a chunk is one output shard: a list of stems, or an input shard (its unit) read and encoded whole
+    chunks = list(src.units) if src is not None else [stems[i : i + per] for i in range(0, len(stems), per)]
     layout_name = cfg.get("layout") or "wds"
     if layout_name not in layout.LAYOUTS:
         raise ValueError(f"layout={layout_name!r}: one of {list(layout.LAYOUTS)}")
     if cfg.get("part"):  # one SLURM array task: its range of shards, no index (a run without part= writes it)
         from fourm.data.labeling import parse_part, part_of
 
-        mine = part_of(list(range(len(chunks))), parse_part(cfg["part"]))
-        chunks = [chunk if i in set(mine) else None for i, chunk in enumerate(chunks)]
+        mine = set(part_of(list(range(len(chunks))), parse_part(cfg["part"])))
+        chunks = [chunk if i in mine else None for i, chunk in enumerate(chunks)]
     if layout_name != "fourm":
         return _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, modalities, eid, out,
-                                index_path, progress)
+                                index_path, progress, src)
     names = [f"{cfg['split']}-{i:06d}.tar" for i in range(len(chunks))]
     shards, t0, written = [], time.perf_counter(), 0
     bar = tqdm(total=len(stems), desc=f"encode {cfg['split']}", unit="img", disable=not progress)
@@ -269,8 +293,36 @@ def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     return index
 
 
+def _unit_samples(src, unit: str, folders: list[str], models, text_mods, emb_mods, cfg, rgb_size, bar) -> list[dict]:
+    """Encode one input shard: its samples' files written to a temporary split folder (each modality's file form),
+    then encoded as a folder chunk, in the shard's key order."""
+    import tempfile
+
+    from fourm.data.layouts import folder_modality
+
+    with tempfile.TemporaryDirectory(prefix="encode-") as tmp:
+        keys = []
+        for raw in layout.read_unit(src, unit, folders):
+            for m in folders:
+                dest = Path(tmp) / m / f"{raw.key}{folder_modality(m).ext}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(raw.files[m][1])
+            keys.append(raw.key)
+        return _encode_chunk(Path(tmp), keys, models, text_mods, emb_mods, cfg, rgb_size, bar, official_files=True)
+
+
+def _shard_samples(split_out: Path, kind: str, name: str) -> int:
+    """Samples in an output shard already written (its crop settings: one member or file per sample)."""
+    import tarfile
+
+    if kind == "wds":
+        with tarfile.open(split_out / layout.CROP_SETTINGS / f"{name}.tar") as tar:
+            return sum(1 for m in tar if m.isfile())
+    return sum(1 for p in (split_out / layout.CROP_SETTINGS / name).iterdir() if p.is_file())
+
+
 def _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, modalities, eid, out, index_path,
-                     progress) -> dict:
+                     progress, src=None) -> dict:
     """Write the official layout (``layout=wds`` or ``folders``) under ``<out>/<split>/``: the same crops and tokens as
     the project's shards, in the files the official code reads (:mod:`fourm.tokenizers.layout`)."""
     kind = cfg["layout"]
@@ -288,19 +340,31 @@ def _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, m
     atomic_write_text(marker, eid)  # array tasks of one encode write the same id
     folders = [*modalities, layout.CROP_SETTINGS, *(["rgb"] if cfg["store_rgb"] else []), *text_mods, *emb_mods]
     t0, written, shards = time.perf_counter(), 0, []
-    bar = tqdm(total=sum(len(c) for c in chunks if c), desc=f"encode {cfg['split']}", unit="img", disable=not progress)
+    if src is not None:  # the input shards' names; progress counted in shards
+        inputs = sorted({*(m["source"] for m in modalities.values()), *(["rgb"] if cfg["store_rgb"] else []),
+                         *(m for m in text_mods if m != "sam_instance"), *emb_mods,
+                         *(["sam_instance"] if "sam_instance" in models else [])})
+        bar = tqdm(total=sum(1 for c in chunks if c), desc=f"encode {cfg['split']}", unit="shard", disable=not progress)
+    else:
+        bar = tqdm(total=sum(len(c) for c in chunks if c), desc=f"encode {cfg['split']}", unit="img",
+                   disable=not progress)
     for i, chunk in enumerate(chunks):
         if chunk is None:  # another part's shard
             continue
-        name = layout.shard_name(i)
+        name = chunk.strip("/").removesuffix(".tar") if src is not None else layout.shard_name(i)
         if layout.shard_complete(split_out, kind, name, folders):
-            shards.append({"file": name, "samples": len(chunk)})
-            bar.update(len(chunk))
+            shards.append({"file": name, "samples": _shard_samples(split_out, kind, name) if src is not None
+                           else len(chunk)})
+            bar.update(1 if src is not None else len(chunk))
             continue
-        samples = _encode_chunk(root, chunk, models, text_mods, emb_mods, cfg, rgb_size, bar, official_files=True)
+        if src is not None:
+            samples = _unit_samples(src, chunk, inputs, models, text_mods, emb_mods, cfg, rgb_size, tqdm(disable=True))
+            bar.update(1)
+        else:
+            samples = _encode_chunk(root, chunk, models, text_mods, emb_mods, cfg, rgb_size, bar, official_files=True)
         files = [(s["__key__"], _official_files(s, modalities, emb_mods)) for s in samples]
         size = layout.write_sample_files(split_out, kind, name, files)
-        shards.append({"file": name, "samples": len(chunk), "bytes": size})
+        shards.append({"file": name, "samples": len(samples), "bytes": size})
         written += 1
     bar.close()
     if cfg.get("part"):
@@ -308,9 +372,11 @@ def _encode_official(cfg, root, chunks, models, text_mods, emb_mods, rgb_size, m
     index = {
         "encode_id": eid,
         "layout": kind,
-        "pattern": layout.data_path(split_out, kind, folders, len(chunks)),
+        "pattern": (layout.data_path(split_out, kind, folders, len(chunks)) if src is None
+                    else f"{split_out.resolve()}/[{','.join(folders)}]" + src.path.split("]", 1)[1]
+                    if kind == "wds" else str(split_out.resolve())),
         "root": str(split_out.resolve()),
-        "samples": sum(map(len, chunks)),
+        "samples": sum(sh["samples"] for sh in shards),
         "crops": cfg["crops"],
         "modalities": modalities,
         "rgb": {"name": RGB_NAME, "size": rgb_size} if cfg["store_rgb"] else None,

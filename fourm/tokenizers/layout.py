@@ -48,7 +48,7 @@ import torch
 from fourm import modalities as M
 from fourm.data.official_layout import (  # noqa: F401  (the layouts' files: re-exported, one API)
     BRACKETS, CROP_SETTINGS, IMAGE_EXTS, LAYOUTS, DataError, RawSample, Source, add_member, data_path, is_remote,
-    open_shard, parse, read_unit, shard_complete, shard_name, write_sample_files,
+    is_shard_path, open_shard, parse, read_unit, shard_complete, shard_name, write_sample_files,
 )
 from fourm.modalities import has_spec, spec
 

@@ -338,3 +338,38 @@ def test_the_official_hierarchical_layout_encodes_as_the_flat_one(tiny_world, to
         (split / m / "shard-00001" / src.name).write_bytes(src.read_bytes())
     with pytest.raises(ValueError, match=r"keys \['000000'\] appear in more than one folder"):
         _official(tmp_path / "hier", tokenizers, tmp_path / "out_dup")
+
+
+def test_per_modality_input_shards_encode_shard_by_shard(tiny_world, tokenizers, tmp_path, capsys):
+    """A labelled dataset in the official per-modality shards (rgb, depth, semseg, caption, det): each input shard
+    becomes the output shard of its name, with the same samples, keys and tokens as the same files in folders."""
+    from fourm.data import official_layout as ol
+
+    val = tiny_world / "val"
+    stems = sorted(p.stem for p in (val / "rgb").iterdir())
+    folders = ["rgb", "depth", "semseg", "caption", "det"]
+    for i, chunk in enumerate([stems[:5], stems[5:]]):
+        ol.write_sample_files(tmp_path / "in", "wds", ol.shard_name(i), [
+            (s, {f: (next((val / f).glob(f"{s}.*")).suffix[1:], next((val / f).glob(f"{s}.*")).read_bytes())
+                 for f in folders}) for s in chunk])
+    data = f"{tmp_path / 'in'}/[{','.join(folders)}]/shard-{{00000..00001}}.tar"
+    first = _official(data, tokenizers, tmp_path / "out", "part=0/2")
+    assert [s["file"] for s in first["shards"]] == ["shard-00000"] and first["samples"] == 5
+    index = _official(data, tokenizers, tmp_path / "out")
+    assert index["shards_written"] == 1 and index["samples"] == 8 and [s["samples"] for s in index["shards"]] == [5, 3]
+    flat = _official(tiny_world, tokenizers, tmp_path / "flat")
+    a = list(TokenShardDataset(index["pattern"], ["tok_depth@224", "tok_semseg@224", "det"], crop=2, shuffle=False))
+    b = {s["__key__"]: s for s in TokenShardDataset(flat["pattern"], ["tok_depth@224", "tok_semseg@224", "det"], crop=2,
+                                                    shuffle=False)}
+    assert [s["__key__"] for s in a] == stems
+    assert all(torch.equal(s[m], b[s["__key__"]][m]) for s in a for m in ("tok_depth@224", "tok_semseg@224"))
+    assert all(s["det"] == b[s["__key__"]]["det"] for s in a)
+    with pytest.raises(ValueError, match=r"no 'semseg' folder in its brackets"):
+        _official(f"{tmp_path / 'in'}/[rgb,depth]/shard-00000.tar", tokenizers, tmp_path / "bad")
+    # as a job array: one task per range of input shards; the estimate takes each to hold the first one's 5 samples
+    from fourm.cli import main
+
+    assert main(["tokenize", "encode", f"data={data}", f"out={tmp_path / 'arr'}", "crops=3",
+                 *[f"tokenizers.{m}={p}" for m, p in tokenizers.items()], "--parts", "2", "--dry-run", "--gpus", "1",
+                 "--gpu-s-per-image", "360", "--work", str(tmp_path / "w")]) == 0
+    assert "GPU-hours: 1.0 estimated for 2 jobs" in capsys.readouterr().out
