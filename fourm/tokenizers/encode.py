@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -141,8 +142,10 @@ def encode_dataset(cfg: dict, progress: bool = True) -> dict:
 
 def _encode_dataset(cfg: dict, progress: bool = True) -> dict:
     cfg = dict(cfg)
-    if cfg["crops"] < 1:
-        raise ValueError(f"crops={cfg['crops']}: need at least 1 (crop 0 is the full image)")
+    for key in ("crops", "samples_per_shard", "batch_size"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ValueError(f"{key}={cfg[key]!r}: a whole number >= 1" +
+                             (" (crop 0 is the full image)" if key == "crops" else ""))
     src = None
     if layout.is_shard_path(cfg["data"]):  # the official per-modality shards of a labelled dataset
         src = layout.parse(cfg["data"])
@@ -546,11 +549,15 @@ def cli(argv: list[str]) -> int:
         print(__doc__)
         print((CONFIG_DIR / "encode.yaml").read_text())
         return 0
-    cfg = compose_config("encode", [a for a in argv if a != "--print-config"])
-    if "--print-config" in argv:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    index = encode_dataset(cfg, progress=os.environ.get("FOURM_NO_PROGRESS") is None)
+    try:
+        cfg = compose_config("encode", [a for a in argv if a != "--print-config"])
+        if "--print-config" in argv:
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        index = encode_dataset(cfg, progress=os.environ.get("FOURM_NO_PROGRESS") is None)
+    except (ValueError, FileNotFoundError, layout.DataError, ShardError) as e:  # each names its file or key
+        print(f"fourm-bench tokenize encode: {e}", file=sys.stderr)
+        return 2
     mb = index["bytes"] / 2**20
     if cfg.get("part"):
         print(f"part {cfg['part']}: {len(index['shards'])} shards ({index['shards_written']} written now, "

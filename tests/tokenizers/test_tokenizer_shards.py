@@ -373,3 +373,14 @@ def test_per_modality_input_shards_encode_shard_by_shard(tiny_world, tokenizers,
                  *[f"tokenizers.{m}={p}" for m, p in tokenizers.items()], "--parts", "2", "--dry-run", "--gpus", "1",
                  "--gpu-s-per-image", "360", "--work", str(tmp_path / "w")]) == 0
     assert "GPU-hours: 1.0 estimated for 2 jobs" in capsys.readouterr().out
+
+
+def test_encode_command_line_errors_are_one_line(tmp_path, capsys):
+    from fourm.cli import main
+
+    for args, says in [([f"data={tmp_path}/nope/[rgb]/shard-00000.tar"], "shards not found"),
+                       ([f"data={tmp_path}/nope"], "no split folder 'train'"),
+                       ([f"data={tmp_path}", "crops=abc"], "crops='abc': a whole number >= 1")]:
+        assert main(["tokenize", "encode", *args, f"out={tmp_path / 'o'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fourm-bench tokenize encode: ") and says in err and "Traceback" not in err
