@@ -12,6 +12,7 @@ import math
 import os
 from pathlib import Path
 
+from fourm.data.vitdet import STAGE_TARGET_STDS
 from transfer.adapter import encoder_config, protocol_encoder_args
 from transfer.mm_runner import (RunStoreHook, dist_backend, formatted_once_config, launcher, model_wrapper, rank_batch,
                                 runner_context)
@@ -20,8 +21,6 @@ IMAGENET_MEAN = [123.675, 116.28, 103.53]  # RGB, 0-255: what 4M's RGB encoder w
 IMAGENET_STD = [58.395, 57.12, 57.375]
 LN2D = "FourMLayerNorm2d"
 MIN_IMAGE_SIZE = 32  # CocoDataset filter_cfg.min_size: smaller training images are skipped
-# Cascade stages refine boxes ever tighter: the regression targets' stds shrink per stage (Cai & Vasconcelos).
-STAGE_TARGET_STDS = ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
 
 
 # --- data ---------------------------------------------------------------------------------------------------------

@@ -166,6 +166,16 @@ def label_in_size_groups(labeler: Labeler, items: list[tuple[str, torch.Tensor]]
     return out
 
 
+def _log_run(out_dir: Path, labeler: Labeler, part: tuple[int, int], started: float, **counts) -> None:
+    """One record of a labelling run in ``<out>/.label_log.jsonl``: appends of one short line, so concurrent array
+    tasks do not interleave."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"labeler": labeler.name, "weights": getattr(labeler, "weights", None), "part": list(part), **counts,
+              "seconds": round(time.time() - started, 3)}
+    with open(out_dir / LOG_NAME, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def label_shards(path: str, labeler: Labeler, out_root: str | os.PathLike | None = None, batch_size: int = 16,
                  part: tuple[int, int] = (0, 1), on_bad_image: str = "skip", progress: bool = True) -> dict:
     """Label the RGB shards of a per-modality webdataset data path (its brackets name ``rgb``): per input shard one
@@ -222,12 +232,7 @@ def label_shards(path: str, labeler: Labeler, out_root: str | os.PathLike | None
     bar.close()
     out_dir = out_root / labeler.modality
     if units and labelled + len(bad):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record = {"labeler": labeler.name, "weights": getattr(labeler, "weights", None), "part": list(part),
-                  "labelled": labelled, "already_done_shards": already, "bad_images": bad,
-                  "seconds": round(time.time() - started, 3)}
-        with open(out_dir / LOG_NAME, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _log_run(out_dir, labeler, part, started, labelled=labelled, already_done_shards=already, bad_images=bad)
     return {"labelled": labelled, "skipped": already, "bad": bad, "out": out_dir}
 
 
@@ -272,12 +277,8 @@ def label_folder(in_dir: str | os.PathLike, labeler: Labeler, out_dir: str | os.
     bar.close()
     result = {"labelled": len(todo) - len(bad), "skipped": len(images) - len(todo), "bad": bad, "out": out_dir}
     if todo:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record = {"labeler": labeler.name, "weights": getattr(labeler, "weights", None), "part": list(part),
-                  "labelled": result["labelled"], "already_done": result["skipped"], "bad_images": bad,
-                  "seconds": round(time.time() - started, 3)}
-        with open(out_dir / LOG_NAME, "a") as f:  # appends of one short line: concurrent array tasks do not interleave
-            f.write(json.dumps(record) + "\n")
+        _log_run(out_dir, labeler, part, started, labelled=result["labelled"], already_done=result["skipped"],
+                 bad_images=bad)
     return result
 
 

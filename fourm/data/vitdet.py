@@ -28,6 +28,9 @@ from fourm.data.weights import load_strict, read_state_dict
 COCO_THING_CLASSES = COCO_PANOPTIC_CLASSES[:80]  # detectron2's contiguous COCO ids 0-79
 D2_PIXEL_MEAN = (123.675, 116.28, 103.53)  # detectron2 ViTDet configs, RGB, 0-255
 D2_PIXEL_STD = (58.395, 57.12, 57.375)
+# Cascade stages refine boxes ever tighter: the regression targets' stds shrink per stage (detectron2's 10/20/30 box
+# weights; Cai & Vasconcelos). The COCO transfer's detector shares them.
+STAGE_TARGET_STDS = ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
 TEST_SCORE_THR = 0.05  # ViTDet's box predictors at test time; score_threshold then picks what det/ keeps
 
 

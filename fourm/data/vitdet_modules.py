@@ -23,6 +23,8 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 
+from fourm.data.vitdet import STAGE_TARGET_STDS
+
 
 @ROOT_MODELS.register_module(force=True)
 class FourMLayerNorm2d(nn.Module):
@@ -103,8 +105,6 @@ class FourMHFViTDet(BaseModule):
         return (self.net(x).feature_maps[-1].contiguous(),)
 
 
-# Cascade R-CNN's three stages regress with tighter box-coder stds (detectron2's 10/20/30 box weights)
-STAGE_TARGET_STDS = ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
 # ViTDet-H (detectron2 projects/ViTDet, COCO Cascade Mask R-CNN): ViT-H/16 at 1024 px, windows of 14, global 7/15/23/31
 VITDET_H = dict(embed_dim=1280, depth=32, num_heads=16, window_size=14, global_blocks=(7, 15, 23, 31))
 
