@@ -82,3 +82,33 @@ def test_a_checkpoints_own_size_picks_its_transfer_recipe(tmp_path):
     assert large["transfer"]["model"] == "fm_large_24e_24d_swiglu_nobias" and large["train"]["layer_decay"] == 0.8
     forced = make_config("coco", "paper", [f"init={tmp_path / 'l.safetensors'}", "data_root=/datasets", "model=base"])
     assert forced["train"]["layer_decay"] == 0.7  # model= given: it decides
+    assert (large["method"], forced["method"]) == ("4M-L", "4M-B")  # a table row says which size it is
+
+
+@pytest.mark.parametrize("task", ["in1k", "coco", "ade20k", "nyuv2_depth", "nyuv2_semseg_rgbd"])
+def test_every_task_has_a_recipe_for_each_released_size(task):
+    """L and XL differ from B in every task (no size silently falls back to B's recipe), and the method label follows."""
+    from transfer.run import make_config
+
+    b, l, xl = (make_config(task, "paper", [f"model={m}", "init=random", "data_root=/datasets"])
+                for m in ("base", "large", "xlarge"))
+    assert b["train"]["layer_decay"] < l["train"]["layer_decay"] <= xl["train"]["layer_decay"]
+    assert b["train"]["drop_path"] < l["train"]["drop_path"] < xl["train"]["drop_path"]
+    if b["method"] is None:  # no label: tables name the row by init and the config's size
+        assert l["method"] is None and xl["method"] is None
+    else:
+        assert [c["method"].split()[0] for c in (b, l, xl)] == ["4M-B", "4M-L", "4M-XL"]
+    named = make_config(task, "paper", ["model=large", "method=mine", "init=random", "data_root=/datasets"])
+    assert named["method"] == "mine"
+
+
+def test_large_heads_read_the_blocks_of_their_references():
+    """A 24-block encoder's feature blocks, scaled from B's: mmseg's ViT-L UperNet (BEiT-L: 7/11/15/23) and DPT's
+    ViT-L hooks (5/11/17/23)."""
+    from transfer.mmseg_modules import scaled_out_indices
+    from transfer.run import make_config
+
+    ade = make_config("ade20k", "paper", ["model=large", "init=random", "data_root=/datasets"])
+    nyu = make_config("nyuv2_depth", "paper", ["model=large", "init=random", "data_root=/datasets"])
+    assert scaled_out_indices(24, ade["mm"]["out_indices"]) == [7, 11, 15, 23]
+    assert scaled_out_indices(24, nyu["mm"]["out_indices"]) == [5, 11, 17, 23]

@@ -123,3 +123,14 @@ def test_lora_run_keeps_adapters_and_head_only(layouts, tmp_path):
     with torch.serialization.safe_globals(mmseg_runner.MMENGINE_CHECKPOINT_GLOBALS):
         state = torch.load(run.path / "mm" / f"iter_{c['train']['iters']}.pth", map_location="cpu")["state_dict"]
     assert set(state) == set(adapter)  # the checkpoint keeps exactly what was trained
+
+
+def test_dpt_head_at_the_large_recipes_reassemble_widths():
+    """4M-L's depth recipe: 1024-d features reassembled to DPT's ViT-L widths (256, 512, 1024, 1024)."""
+    from transfer.run import make_config
+
+    cfg = make_config("nyuv2_depth", "paper", ["model=large", "init=random", "data_root=/datasets"])
+    widths = cfg["mm"]["decode_head"]["post_process_channels"]
+    head = DepthDPTHead(embed_dims=1024, post_process_channels=widths, channels=cfg["mm"]["decode_head"]["channels"])
+    out = head(tuple(torch.randn(1, 1024, 2, 2) for _ in range(4)))
+    assert out.shape == (1, 1, 32, 32) and [c.conv.in_channels for c in head.convs] == widths

@@ -86,6 +86,12 @@ def checkpoint_size(path: Path) -> str | None:
     return None
 
 
+def size_label(size: str) -> str:
+    """The paper's name of a model size in a method label: ``base`` -> ``B``, ``large`` -> ``L``, ``xlarge`` -> ``XL``;
+    the tiny sizes keep their names (``nano``)."""
+    return {"base": "B", "large": "L", "xlarge": "XL"}.get(size, size)
+
+
 def model_size(model: str) -> str | None:
     """``fm_large_24e_24d_swiglu_nobias`` -> ``large`` (None if the name does not follow the factory scheme)."""
     m = _MODEL_SIZE.match(str(model))
@@ -307,6 +313,13 @@ def resolve(task: str, profile: str = "paper", overrides: Iterable[str] | dict =
         if size_of_init:
             cfg["transfer"]["model"] = model_name(size_of_init)
     size = model_size(cfg["transfer"].get("model", ""))
+    given_method = any(k == "method" for k, _ in pairs)
+    default_size = model_size(base.get("transfer", {}).get("model", ""))
+    default_label = f"4M-{size_label(default_size)}" if default_size else None
+    method = str(cfg.get("method", ""))
+    if not given_method and size and default_label and size != default_size and \
+            (method == default_label or method.startswith(default_label + " ")):
+        cfg["method"] = f"4M-{size_label(size)}" + method[len(default_label):]  # a 4M-L run is not labelled 4M-B
     unknown_sizes = sorted(set(recipes) - set(SIZES))
     if unknown_sizes:
         raise ConfigError(f"{path}: size_recipes has unknown sizes {unknown_sizes}; sizes are {sorted(SIZES)}")
