@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
-ROW = re.compile(r"^\| (?P<recipe>(pretrain|transfer|label) [^|]+?) \| (?P<key>[\w.]+) \| (?P<value>[^|]+?) \| (?P<source>[^|]+) \|$")
+ROW = re.compile(r"^\| (?P<recipe>(pretrain|transfer|label|tokenize) [^|]+?) \| (?P<key>[\w.]+) \| (?P<value>[^|]+?) \| (?P<source>[^|]+) \|$")
 
 
 def rows() -> list[dict]:
@@ -50,6 +50,11 @@ def resolved(recipe: str) -> dict:
     words = recipe.split()
     if words[0] == "label":
         return labeller_recipe(words[1])
+    if words[0] == "tokenize":  # the official constructor config `tokenize train` writes
+        from fourm.tokenizers.train import compose_config
+        from fourm.tokenizers.train_official import official_config
+
+        return official_config(compose_config("train", [*words[1:], "data=/datasets", "model=4m"]))
     if words[0] == "pretrain":
         from fourm.pretrain.loop import resolve
 

@@ -41,6 +41,8 @@ ARCHS = ("vit_vqvae", "divae", "mlp_vqvae")
 def official_config(cfg: dict) -> dict:
     """The official constructor config of a tokenize-train config (``arch``, ``modality``, ``official.*``)."""
     arch, o = cfg["arch"], dict(cfg["official"])
+    if o.get("latent_dim") is None:  # the released tokenizers': 32 for the image ones, 1024 for the global MLP ones
+        o["latent_dim"] = 1024 if arch == "mlp_vqvae" else 32
     name = cfg["modality"]["name"]
     s = spec(name)
     if arch == "mlp_vqvae":
@@ -55,7 +57,8 @@ def official_config(cfg: dict) -> dict:
     if not n_channels:
         raise ValueError(f"arch={arch}: modality {name!r} has no official image input (spec official_input "
                          f"{s.official_input!r}); use rgb, depth, normal, semseg, edges or a feature map with feature_dim")
-    size = int(cfg["model"]["image_size"])
+    # a feature map's grid is its modality's (as for the project's own tokenizer: the modality group wins)
+    size = int(cfg["modality"].get("image_size") or cfg["model"]["image_size"])
     common = {"enc_type": o["enc_type"], "quant_type": "lucid", "codebook_size": int(o["codebook_size"]),
               "num_codebooks": 1, "latent_dim": int(o["latent_dim"]), "n_channels": n_channels, "n_labels": n_labels,
               "image_size": size * int(o["patch_size"]) if feature else size, "patch_size": int(o["patch_size"]),

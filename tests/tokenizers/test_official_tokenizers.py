@@ -113,6 +113,55 @@ def test_every_released_architecture_builds_with_the_released_keys_and_shapes():
         assert type(model).__name__ == entry["class"]
 
 
+# `fourm-bench tokenize train` commands that make each released tokenizer's architecture
+TRAIN_COMMANDS = {
+    "rgb_16k_224-448": ["arch=divae", "modality=rgb"],
+    "depth_8k_224-448": ["arch=divae", "modality=depth"],
+    "normal_8k_224-448": ["arch=divae", "modality=normal"],
+    "edge_8k_224-512": ["arch=divae", "modality=canny_edge"],
+    "semseg_4k_224-448": ["arch=vit_vqvae", "modality=semseg", "modality.num_classes=133"],
+    "CLIP-B16_8k_224-448": ["arch=vit_vqvae", "modality=clip"],
+    "DINOv2-B14_8k_224-448": ["arch=vit_vqvae", "modality=dinov2", "modality.feature_dim=768"],
+    "ImageBind-H14_8k_224-448": ["arch=vit_vqvae", "modality=imagebind"],
+    "DINOv2-B14-global_8k_16_224": ["arch=mlp_vqvae", "modality=dinov2_global"],
+    "ImageBind-H14-global_8k_16_224": ["arch=mlp_vqvae", "modality=imagebind_global", "official.vector_dim=1280"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_COMMANDS))
+def test_tokenize_train_defaults_are_the_released_architectures(name):
+    """Every constructor value `tokenize train` writes equals the released tokenizer's (the manifest's config, from
+    the official training yamls), except the image size: the released ones end at 448 (edges 512) after their
+    multi-resolution stage; training here is at the 224 px of the first stage."""
+    from fourm.tokenizers.train import compose_config
+    from fourm.tokenizers.train_official import official_config
+
+    released = json.loads((FIXTURES / "real_architecture_manifest.json").read_text())["tokenizers"][name]["config_inferred"]
+    ours = official_config(compose_config("train", [*TRAIN_COMMANDS[name], "data=/datasets", "model=4m"]))
+    assert {k: v for k, v in ours.items() if k != "image_size" and released.get(k, "missing") != v} == {}
+    assert ours["image_size"] == 224 and released["image_size"] in (224, 448, 512)
+    with torch.device("meta"):
+        model = build_tokenizer(ours)
+    with torch.device("meta"):
+        reference = build_tokenizer(released)
+    assert {k: v.shape for k, v in model.state_dict().items() if "pos_emb" not in k} == \
+        {k: v.shape for k, v in reference.state_dict().items() if "pos_emb" not in k}
+
+
+def test_feature_map_tokenizers_trained_here_have_one_token_a_cell():
+    """A CLIP map [512, 14, 14]: the official ViT tokenizer's image size is the grid x the extractor's patch."""
+    from fourm.tokenizers.train import compose_config
+    from fourm.tokenizers.train_official import official_config
+
+    cfg = official_config(compose_config("train", ["arch=vit_vqvae", "modality=clip", "data=/datasets",
+                                                   "official.enc_type=vit_t_enc", "official.vit_dec_type=vit_t_dec",
+                                                   "official.codebook_size=64"]))
+    assert (cfg["image_size"], cfg["patch_size"], cfg["n_channels"]) == (224, 16, 512)
+    torch.manual_seed(0)
+    tok = build_tokenizer(cfg).eval()
+    assert tok.tokenize(torch.randn(2, 512, 14, 14)).shape == (2, 14, 14)
+
+
 def test_bad_files_configs_and_inputs_are_one_clear_error(tmp_path, official_fixture_dir):
     with pytest.raises(ValueError, match="not a tokenizer config"):
         load_tokenizer(official_fixture_dir / "tiny_4m7.safetensors")  # a 4M model, not a tokenizer
