@@ -141,6 +141,54 @@ def alphas_spec(alphas_cfg):
     return alphas_cfg["spec"] if isinstance(alphas_cfg, dict) and "spec" in alphas_cfg else alphas_cfg
 
 
+def dataset_alphas(alphas, modalities: list[str], domains_in: list[str], domains_out: list[str], where: str) -> dict:
+    """The mixture a dataset of a multi-dataset run masks its rows with: its own alphas over the run's modalities,
+    input alphas 0 for what it does not give as input, target alphas 0 for what it does not give as target (so a
+    modality the dataset lacks gets no tokens, as in the official per-dataset modality lists)."""
+    from fourm.data.masking import load_alphas
+
+    mix = load_alphas(alphas_spec(alphas))
+    have = set(domains_in) | set(domains_out)
+    unknown = sorted(have - set(modalities))
+    if unknown:
+        raise ValueError(f"{where}: domains {unknown} are not the model's (model.domains_in / domains_out)")
+    lacking = sorted(m for m in have if m not in mix.alphas)
+    if lacking:
+        raise ValueError(f"{where}: its alphas config {mix.source} has no alphas for {lacking}")
+    c = mix.num_components
+    out = {}
+    for m in modalities:
+        a = mix.alphas.get(m)
+        out[m] = {"input_alphas": list(a.input_alphas) if a is not None and m in domains_in else [0.0] * c,
+                  "target_alphas": list(a.target_alphas) if a is not None and m in domains_out else [0.0] * c,
+                  "keep": list(a.keep) if a is not None else ["random"] * c}
+    for key, doms in (("input_alphas", domains_in), ("target_alphas", domains_out)):
+        for k in range(c):
+            if not any(out[m][key][k] > 0 for m in modalities):
+                had = [m for m, a in mix.alphas.items() if a is not None and getattr(a, key)[k] > 0]
+                raise ValueError(f"{where}: component {k} of its alphas ({mix.source}) gives {key} only to {had}, which "
+                                 f"this dataset does not have as {'input' if key == 'input_alphas' else 'target'} "
+                                 f"({doms}); give the dataset alphas of its own ({where}.alphas, or its alphas_config in an "
+                                 "official data config)")
+    if mix.sampling_weights is not None:
+        return {"sampling_weights": list(mix.sampling_weights), "alphas_mixture": out}
+    return out
+
+
+def absent_value(mod: str, image_size: int | None = None):
+    """What a sample of a dataset without ``mod`` holds for it, so rows of several datasets stack: masked with
+    budgets 0 it is neither input nor target."""
+    m = M.get(mod)
+    if m.kind == "image_tokens":
+        return torch.zeros(m.grid, m.grid, dtype=torch.long)
+    if m.kind == "image":
+        size = image_size or m.input_size
+        return torch.zeros(m.num_channels, size, size, dtype=torch.uint8)
+    if m.kind == "embedding_sequence":
+        return torch.zeros(0, m.embedding_dim)
+    return ""
+
+
 def _pick_crop(sample: dict, g: torch.Generator) -> dict:
     """Samples from shards hold every stored crop (token augmentation): pick one, the same for every modality; and
     one variant of each modality that has several (palette sizes)."""

@@ -427,7 +427,8 @@ def cli(argv: list[str]) -> int:
         return 0
     print_config = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
-    from fourm.pretrain.stream import reader_settings, train_sources
+    from fourm.pretrain.data import text_tokenizer
+    from fourm.pretrain.stream import dataset_readers, reader_settings, train_sources
     from fourm.tokenizers.layout import DataError, parse
 
     try:
@@ -435,6 +436,11 @@ def cli(argv: list[str]) -> int:
         if not print_config:  # the data exists before anything starts (one line naming what is missing)
             reader_settings(cfg)
             train_sources(cfg["data"])
+            if any(isinstance(d, dict) and (d.get("domains_in") or d.get("domains_out") or d.get("alphas"))
+                   for d in (cfg["data"].get("mix") or {}).values()):
+                mods = list(dict.fromkeys([*cfg["model"]["domains_in"], *cfg["model"]["domains_out"]]))
+                tok, bins = text_tokenizer(cfg, mods)
+                dataset_readers(cfg, mods, tok, None, bins)  # each dataset's domains and alphas
             if cfg["data"].get("val"):
                 parse(cfg["data"]["val"])
     except (ComposeError, ValueError, DataError) as e:

@@ -21,7 +21,9 @@ and sets ``data.train`` (one dataset) or ``data.mix`` (several, with their weigh
 domains, the alphas and the token budget from it. An ``alphas_config`` path is used when it exists (relative to the
 data config or the working directory), else the shipped mixture of the same name (``fourm/data/alphas``). Keys the
 streaming reader has no use for (``use_wds``, ``wds_n_repeats``, shuffle buffers, ``epoch_size``...) are accepted and
-ignored; the datasets of one run must share their domains and alphas.
+ignored. Datasets may differ in their domains and alphas (a caption-only dataset beside a multimodal one): the
+model's domains are then the union, and each dataset's rows are masked with its own alphas over the modalities it
+has (the others get no tokens); they share the token budget.
 """
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ def read(path: str | os.PathLike) -> dict:
     weights = train.get("weights") or [1.0] * len(datasets)
     if len(weights) != len(datasets):
         raise OfficialDataConfigError(f"{path}: train.weights has {len(weights)} values for {len(datasets)} datasets")
-    seen, mix = None, {}
+    seen, mix, per_dataset = None, {}, []
     budget = {}
     for (name, d), w in zip(datasets.items(), weights):
         where = f"{path}: train.datasets.{name}"
@@ -99,15 +101,18 @@ def read(path: str | os.PathLike) -> dict:
             raise OfficialDataConfigError(f"{where}: no data_path")
         if d.get("type", "multimodal") != "multimodal":
             raise OfficialDataConfigError(f"{where}.type={d['type']!r}: only multimodal datasets are read (text-only "
-                                          "huggingface datasets such as C4 are not)")
+                                          "huggingface datasets such as C4 are not); write its texts as caption "
+                                          "shards (data_path '/data/c4/[caption]/shard-{...}.tar', one <key>.txt a "
+                                          "sample) and give it type: multimodal with in_domains/out_domains caption")
         ins, outs = _domains(d.get("in_domains"), f"{where}.in_domains"), _domains(d.get("out_domains"), f"{where}.out_domains")
         this = (ins, outs, _alphas(d, ins, outs, path.parent, where))
-        if seen is not None and this != seen:
-            raise OfficialDataConfigError(f"{where}: its domains or alphas differ from the first dataset's; the datasets "
-                                          "of one run must share them")
-        seen = this
+        per_dataset.append(this)
+        seen = seen or this
         for key in ("num_input_tokens", "num_target_tokens"):
             if d.get(key) is not None:
+                if key in budget and budget[key] != int(d[key]):
+                    raise OfficialDataConfigError(f"{where}.{key}={d[key]}: differs from another dataset's "
+                                                  f"{budget[key]}; the datasets of one run share the token budget")
                 budget[key] = int(d[key])
         mix[str(name)] = {"train": str(d["data_path"]), "weight": float(w)}
     val = None
@@ -116,6 +121,13 @@ def read(path: str | os.PathLike) -> dict:
         first = next(iter(vds.values())) or {}
         val = first.get("data_path")
     ins, outs, alphas = seen
+    if any(this != seen for this in per_dataset):
+        # datasets with domains or alphas of their own: the model's domains are the union, sorted (as the official
+        # setup_data builds them); each dataset masks with its alphas over the modalities it has
+        ins = sorted(set().union(*(set(i) for i, _, _ in per_dataset)))
+        outs = sorted(set().union(*(set(o) for _, o, _ in per_dataset)))
+        for entry, (i, o, a) in zip(mix.values(), per_dataset):
+            entry.update(domains_in=i, domains_out=o, alphas=a)
     data = {"train": next(iter(mix.values()))["train"], "mix": mix if len(mix) > 1 else None}
     if val:
         data["val"] = str(val)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fourm import modalities as M
 from fourm.data.masking import UnifiedMasking, trim_sequence_padding
-from fourm.pretrain.data import alphas_spec, collate, slice_rows, text_tokenizer
+from fourm.pretrain.data import absent_value, alphas_spec, collate, dataset_alphas, slice_rows, text_tokenizer
 from fourm.distributed import DistEnv
 from fourm.pretrain.seeds import step_seed
 from fourm.threads import torch_threads
@@ -140,6 +140,11 @@ class StreamingData:
         self.q = self.micro // self.streams
         self.window = int(data.get("shuffle_shards", 1) or 1)
         self.sources = train_sources(data)  # [(name, Source, weight)]
+        # per dataset: the modalities it reads, its decoder and its masking (datasets of a mixture may have fewer
+        # modalities than the model, and mixtures of their own)
+        self.readers = {name: own or (self.modalities, self.decode, self.masking) for name, own in
+                        dataset_readers(cfg, self.modalities, tok, vocab, bins).items()}
+        self.shared_masking = all(r[2] is self.masking for r in self.readers.values())
         self.train_src = self.sources[0][1]
         self.weights = torch.tensor([w for _, _, w in self.sources], dtype=torch.float64)
         self.val_src = layout.parse(data["val"]) if data.get("val") else None
@@ -214,8 +219,8 @@ class StreamingData:
             return self._trim(batch)
 
     def _produce(self, streams: list[int], start_micro: int, states: dict):
-        iters = {(s, name): Stream(src, s, self.streams, self.seed, self.window, self.modalities, states[(s, name)],
-                                   self.skip_bad, salt=i)
+        iters = {(s, name): Stream(src, s, self.streams, self.seed, self.window, self.readers[name][0],
+                                   states[(s, name)], self.skip_bad, salt=i)
                  for s in streams for i, (name, src, _) in enumerate(self.sources)}
         its = {k: iter(st) for k, st in iters.items()}
         names = [name for name, _, _ in self.sources]
@@ -224,26 +229,30 @@ class StreamingData:
             step, micro = divmod(m, self.accum)
             rows, skipped = [], 0
             for s in streams:
-                samples = []
+                samples, row_sets = [], []
                 for k in range(self.q):
                     j = s * self.q + k
                     name = names[0]
                     if len(names) > 1:  # the row's dataset, drawn by the mixture's weights
                         g = torch.Generator().manual_seed(step_seed(row_seed(self.seed, step, micro, j), 0, stream=31))
                         name = names[int(torch.multinomial(self.weights, 1, generator=g))]
+                    mods, decode, _ = self.readers[name]
                     while True:
                         raw = next(its[(s, name)])
                         try:
-                            samples.append(self.decode(raw, torch.Generator().manual_seed(row_seed(self.seed, step, micro, j))))
+                            sample = decode(raw, torch.Generator().manual_seed(row_seed(self.seed, step, micro, j)))
                             break
                         except layout.DataError:
                             if not self.skip_bad:
                                 raise
                             skipped += 1
-                # one masking call per stream chunk, seeded by (step, micro-step, stream): whichever process masks
-                # the chunk draws the same masks
-                masked = self.masking(collate(samples, self.modalities),
-                                      generator=torch.Generator().manual_seed(row_seed(self.seed, step, micro, -1 - s)))
+                    if mods is not self.modalities:  # what this dataset lacks: present in the row, never a token
+                        sample.update({m: absent_value(m, self.decode.image_size) for m in self.modalities
+                                       if m not in mods})
+                    samples.append(sample)
+                    row_sets.append(name)
+                # masking seeded by (step, micro-step, stream): whichever process masks the chunk draws the same masks
+                masked = self._mask(samples, row_sets, row_seed(self.seed, step, micro, -1 - s))
                 mine = [k for k in range(self.q) if s * self.q + k in self.rows]
                 if mine:
                     rows.append(([s * self.q + k for k in mine], slice_rows(masked, mine[0], mine[-1] + 1)))
@@ -255,6 +264,21 @@ class StreamingData:
             yield {"m": m, "rows": order, "batch": cat_rows([b for _, b in rows]), "skipped": skipped,
                    "positions": {k: st.state for k, st in iters.items()}}
             m += 1
+
+    def _mask(self, samples: list[dict], names: list[str], seed: int) -> dict:
+        """A stream chunk's rows masked in one call; with datasets of their own masking, each dataset's rows in one
+        call of its own (seeded by the chunk's seed and the dataset's place), then put back in row order."""
+        if self.shared_masking:
+            return self.masking(collate(samples, self.modalities), generator=torch.Generator().manual_seed(seed))
+        parts, where = {}, {}
+        for i, name in enumerate(self.readers):
+            rows = [j for j, n in enumerate(names) if n == name]
+            if not rows:
+                continue
+            g = torch.Generator().manual_seed(step_seed(seed, i, stream=51))
+            parts[name] = self.readers[name][2](collate([samples[j] for j in rows], self.modalities), generator=g)
+            where.update({j: (name, k) for k, j in enumerate(rows)})
+        return cat_rows([slice_rows(parts[where[j][0]], where[j][1], where[j][1] + 1) for j in range(len(samples))])
 
     def _row(self, raw: layout.RawSample, seed: int) -> dict:
         g = torch.Generator().manual_seed(seed)
@@ -314,6 +338,30 @@ def reader_settings(cfg: dict) -> tuple[int, bool]:
     if bad not in ("error", "skip"):
         raise ValueError(f"data.bad_samples={bad!r}: error (stop naming the shard and key) or skip (count them)")
     return n, bad == "skip"
+
+
+def dataset_readers(cfg: dict, modalities: list[str], text_tok=None, vocab=None, bins=None) -> dict:
+    """``{name: (modalities, decoder, masking) or None}`` for the datasets of ``data.mix``: None for a dataset that
+    reads the run's modalities with the run's alphas; else what its own ``domains_in`` / ``domains_out`` / ``alphas``
+    make. A bad setting is one ValueError naming ``data.mix.<name>``."""
+    mcfg, data = cfg["model"], cfg["data"]
+    out = {}
+    for name, d in (data.get("mix") or {"train": {}}).items():
+        d = d if isinstance(d, dict) else {}
+        if not any(d.get(k) for k in ("domains_in", "domains_out", "alphas")):
+            out[str(name)] = None
+            continue
+        where = f"data.mix.{name}"
+        ins, outs = list(d.get("domains_in") or mcfg["domains_in"]), list(d.get("domains_out") or mcfg["domains_out"])
+        alphas = dataset_alphas(d.get("alphas") or cfg["alphas"], modalities, ins, outs, where)
+        try:
+            masking = UnifiedMasking(modalities, alphas, cfg["budget"]["num_input_tokens"],
+                                     cfg["budget"]["num_target_tokens"], text_tokenizer=text_tok)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        mods = [m for m in modalities if m in set(ins) | set(outs)]
+        out[str(name)] = (mods, layout.SampleDecoder(mods, vocab or {}, bins, mcfg.get("image_size")), masking)
+    return out
 
 
 def train_sources(data: dict) -> list[tuple[str, layout.Source, float]]:

@@ -232,3 +232,75 @@ def test_missing_data_is_one_line_before_anything_starts(capsys):
                                                "shard and key) or skip (count them)")
     assert cli(["data.official_config=/nowhere/cc12m.yaml", "--print-config"]) == 2
     assert capsys.readouterr().err.strip() == "fourm-bench pretrain: data.official_config=/nowhere/cc12m.yaml: no such file"
+
+
+def test_datasets_with_fewer_modalities_and_alphas_of_their_own(world_data, tokenizer, tmp_path):
+    """A dataset of a mixture that lacks modalities (here: no RGB, no semseg, no boxes) gives them no tokens, and
+    masks what it has with its own alphas; rows of both datasets train together."""
+    cfg = _cfg(tokenizer, world_data["wds"])
+    lean = {"train": world_data["wds"]["train"], "weight": 1.0, "domains_in": ["tok_depth@224", "caption"],
+            "domains_out": ["tok_depth@224", "caption"], "alphas": "mod7_all2all_a0.5"}
+    cfg["data"] = {**cfg["data"], "mix": {"full": {"train": world_data["wds"]["train"], "weight": 0.0}, "lean": lean}}
+    batch = StreamingData(cfg, DistEnv()).train_batch(0, 0)
+    for absent in ("rgb@224", "tok_semseg@224", "det"):
+        assert batch[absent]["input_mask"].all() and batch[absent]["target_mask"].all(), absent
+    assert (~batch["tok_depth@224"]["input_mask"]).sum(1).gt(0).any()
+    assert (~batch["caption"]["target_mask"]).sum() + (~batch["tok_depth@224"]["target_mask"]).sum() > 0
+    cfg["data"]["mix"]["full"]["weight"] = 1.0
+    run = runs.open_run(tmp_path / "mixed", cfg)
+    train(cfg, run, stop_after=3, progress=False)
+    assert len(_losses(run)) == 3 and all(torch.isfinite(torch.tensor(_losses(run))))
+    # the run's rgb2all component has only RGB as input: a dataset without RGB cannot use that mixture
+    cfg["data"]["mix"]["lean"]["alphas"] = None
+    with pytest.raises(ValueError, match=r"^data.mix.lean: component 0 of its alphas \(.*mix_mod7_all2all_rgb2all_a0.5.*\) gives "
+                                         r"input_alphas only to \['rgb@224'\]"):
+        StreamingData(cfg, DistEnv())
+    cfg["data"]["mix"]["lean"].update(alphas="mod7_all2all_a0.5", domains_in=["tok_normal@224"])
+    with pytest.raises(ValueError, match=r"data.mix.lean: domains \['tok_normal@224'\] are not the model's"):
+        StreamingData(cfg, DistEnv())
+
+
+def test_an_official_data_config_with_a_caption_only_dataset(world_data, tokenizer, tmp_path):
+    """The 4M-21 data config's shape: datasets with different domains and alphas (a text dataset beside the
+    multimodal ones). The model's domains are their union, sorted, as the official setup_data builds them."""
+    from fourm.pretrain.loop import resolve, run_from_config
+
+    official = tmp_path / "world+text.yaml"
+    official.write_text(f"""
+train:
+  datasets:
+    world:
+      type: multimodal
+      in_domains: rgb@224-tok_depth@224-tok_semseg@224-caption-det
+      out_domains: tok_depth@224-tok_semseg@224-caption-det
+      alphas_config: "cfgs/default/4m/alphas_mixture/main/mix_mod7_all2all_rgb2all_a0.5.yaml"
+      data_path: '{world_data["wds"]["train"]}'
+    text:
+      type: multimodal
+      in_domains: caption
+      out_domains: caption
+      input_alphas: "1.0"
+      target_alphas: "1.0"
+      data_path: '{world_data["wds"]["train"]}'
+  weights: [0.5, 0.5]
+val:
+  datasets:
+    world:
+      data_path: '{world_data["wds"]["val"]}'
+""")
+    cfg = resolve([f"data.official_config={official}", f"data.text_tokenizer={tokenizer}", "batch_size=4",
+                   "schedule.total_tokens=768", "schedule.warmup_tokens=128", "val.every_steps=3", "val.batches=1",
+                   "checkpoint.every_steps=3", "budget.num_input_tokens=32", "budget.num_target_tokens=32",
+                   f"runs_root={tmp_path / 'runs'}"])
+    assert cfg["model"]["domains_in"] == ["caption", "det", "rgb@224", "tok_depth@224", "tok_semseg@224"]
+    text = cfg["data"]["mix"]["text"]
+    assert (text["domains_in"], text["domains_out"]) == (["caption"], ["caption"])
+    assert text["alphas"] == {"caption": {"input_alphas": [1.0], "target_alphas": [1.0]}}
+    assert cfg["data"]["mix"]["world"]["alphas"] == "mix_mod7_all2all_rgb2all_a0.5"
+    metrics = run_from_config(cfg, progress=False)
+    assert metrics["step"] == 3 and torch.isfinite(torch.tensor(metrics["val/loss"]))
+    only_text = {**cfg, "data": {**cfg["data"], "mix": {**cfg["data"]["mix"], "world": {**cfg["data"]["mix"]["world"], "weight": 0.0}}}}
+    batch = StreamingData(only_text, DistEnv()).train_batch(0, 0)
+    assert all(batch[m]["input_mask"].all() and batch[m]["target_mask"].all()
+               for m in ("rgb@224", "tok_depth@224", "tok_semseg@224", "det"))
+    assert (~batch["caption"]["input_mask"]).any() and (~batch["caption"]["target_mask"]).any()
