@@ -115,6 +115,39 @@ def load_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> FourM
     return model.to(map_location)
 
 
+TRUNK_KEYS = ("dim", "encoder_depth", "decoder_depth", "num_heads", "mlp_ratio", "gated_mlp", "qkv_bias", "proj_bias",
+              "mlp_bias", "norm_bias", "act_layer", "qk_norm", "patch_size")
+
+
+def check_init(path: str | os.PathLike, model_config: dict) -> dict:
+    """The parsed config of the checkpoint a pretraining run starts from, after checking its transformer is the run's
+    (same width, depths, heads, block flags); the modalities may differ. One CheckpointError naming what differs."""
+    _, config = read_checkpoint(path) if not isinstance(path, dict) else (None, path)
+    differ = {k: (config.get(k), model_config.get(k)) for k in TRUNK_KEYS
+              if k in config and k in model_config and config[k] != model_config[k]}
+    if differ:
+        what = ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in differ.items())
+        raise CheckpointError(f"init={path}: its transformer is not this run's ({what}, checkpoint vs run); start from a "
+                              "checkpoint of the same size (model=...)")
+    return config
+
+
+def init_from(model: FourM, path: str | os.PathLike) -> dict:
+    """Start ``model`` from the weights of a 4M checkpoint (official or this project's) whose transformer is the same:
+    every tensor of the same name and shape is copied (the blocks, and the embeddings of the modalities both have);
+    the rest keeps its initialisation (a new modality's embedding and head, a token table of another size).
+    Returns what was copied and what was not."""
+    state, config = read_checkpoint(path)
+    check_init(config, model.config)
+    own = model.state_dict()
+    copied = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(copied, strict=False)
+    return {"copied": len(copied), "of": len(own),
+            "new": sorted(k for k in own if k not in state),
+            "other_shape": sorted(k for k in own if k in state and own[k].shape != state[k].shape),
+            "unused": sorted(k for k in state if k not in own)}
+
+
 def load_encoder(path: str | os.PathLike, modality: str | list[str] = "rgb@224", **overrides) -> FourMEncoder:
     """The encoder view for transfer (tokens after the final norm). Accepts official and our checkpoints.
 

@@ -233,6 +233,13 @@ def train(cfg: dict, run: runs.Run, *, stop_after: int | None = None, progress: 
         start_step, tokens_seen = state["step"], state["tokens_seen"]
         if env.is_main:
             run.log(event="resume", step=start_step, checkpoint=str(latest))
+    elif cfg.get("init"):  # a fresh run starting from another model's weights (4M-21 from 4M-7)
+        from fourm.models.checkpoint import init_from
+
+        report = init_from(model, cfg["init"])
+        if env.is_main:
+            run.log(event="init", checkpoint=str(cfg["init"]), copied=report["copied"], of=report["of"],
+                    new=report["new"], other_shape=report["other_shape"], unused=len(report["unused"]))
     if cfg.get("compile"):
         compile_blocks(model)
     train_model = wrap(model, cfg, env, device)
@@ -434,6 +441,13 @@ def cli(argv: list[str]) -> int:
     try:
         cfg = resolve(argv)
         if not print_config:  # the data exists before anything starts (one line naming what is missing)
+            if cfg.get("init"):  # the starting checkpoint is readable and of this run's size
+                from fourm.models.checkpoint import CheckpointError, check_init
+
+                try:
+                    check_init(cfg["init"], config_for(cfg["model"]["name"]))
+                except CheckpointError as e:
+                    raise ValueError(str(e)) from None
             reader_settings(cfg)
             train_sources(cfg["data"])
             if any(isinstance(d, dict) and (d.get("domains_in") or d.get("domains_out") or d.get("alphas"))

@@ -90,3 +90,20 @@ def test_clear_errors_for_unknown_or_mistyped_modalities():
     with pytest.raises(ValueError, match=r"embedding sequence of width 768; this model projects 4096-wide"):
         model = create_model("fm_pico_2e_2d_swiglu_nobias", domains_in=["t5_caption"], domains_out=["caption"])
         model.encode({"t5_caption": {"tensor": torch.randn(1, 77, 768), "input_mask": torch.zeros(1, 77, dtype=torch.bool)}}, 4)
+
+
+@needs_fixture
+def test_a_4m21_model_starts_from_the_official_4m7_checkpoint(official_fixture_dir):
+    """``pretrain init=<4M-7>``: every tensor of the official 4M-7 file has its place in the 4M-21 model (blocks and
+    the seven modalities' embeddings); what is left are the 4M-21 modalities' own."""
+    from fourm.models.checkpoint import init_from, read_checkpoint
+
+    model = load_pretrained(FIXTURE / "tiny_4m21.safetensors")
+    seven, config = read_checkpoint(official_fixture_dir / "tiny_4m7.safetensors")
+    report = init_from(model, official_fixture_dir / "tiny_4m7.safetensors")
+    assert (report["copied"], report["of"], report["unused"], report["other_shape"]) == (len(seven), 183, [], [])
+    own = set(config["domains_in"]) | set(config["domains_out"])
+    assert all(k.split(".")[1] not in own for k in report["new"] if "_embeddings." in k)
+    assert all("_embeddings." in k for k in report["new"])
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in seven.items())

@@ -102,3 +102,35 @@ def test_ddp_two_processes_match_single_process(tokenizer, tmp_path):
     assert len(ddp["losses"]) == len(ref) == 4
     for a, b in zip(ddp["losses"], ref):
         assert abs(a - b) / b < 1e-4, (ddp["losses"], ref)
+
+
+def test_a_run_starts_from_a_checkpoint_with_fewer_modalities(tokenizer, tmp_path, capsys):
+    """init=: the blocks and the shared modalities' embeddings come from the checkpoint (4M-21 from 4M-7), the new
+    modalities start fresh; a checkpoint of another size is one line before anything runs."""
+    from fourm.models.checkpoint import init_from, save_checkpoint
+    from fourm.pretrain.loop import build_model, cli
+
+    small = tiny_config(tokenizer, **{"model.domains_in": "[rgb@224,tok_depth@224,caption]",
+                                      "model.domains_out": "[tok_depth@224,caption]", "seed": 5})
+    torch.manual_seed(5)
+    source = build_model(small)
+    ckpt = save_checkpoint(source, tmp_path / "source.safetensors")
+    cfg = tiny_config(tokenizer, init=str(ckpt))
+    model = build_model(cfg)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    report = init_from(model, ckpt)
+    theirs, ours = source.state_dict(), model.state_dict()
+    shared = [k for k in ours if k in theirs]
+    assert report["copied"] == len(shared) and report["new"] == sorted(k for k in ours if k not in theirs)
+    assert any("encoder.0." in k for k in shared) and any("tok_depth@224" in k for k in shared)
+    assert any("tok_normal@224" in k for k in report["new"]) and any("det" in k for k in report["new"])
+    assert all(torch.equal(ours[k], theirs[k]) for k in shared)
+    assert all(torch.equal(ours[k], fresh[k]) for k in report["new"])
+    run = runs.open_run(tmp_path / "run", cfg)
+    train(cfg, run, stop_after=2, progress=False, data=_data(cfg))
+    event = next(r for r in run.read_log() if r.get("event") == "init")
+    assert event["copied"] == len(shared) and event["checkpoint"] == str(ckpt)
+    assert cli([f"data.text_tokenizer={tokenizer}", "model=micro", f"init={ckpt}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fourm-bench pretrain: init={ckpt}: its transformer is not this run's (dim 64 vs 128")
+    assert "\n" not in err
