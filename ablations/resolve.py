@@ -82,7 +82,7 @@ class PretrainResolver:
             plain = OmegaConf.to_container(cfg, resolve=True)
         except Exception as e:
             raise ResolveError("config", f"interpolation failed: {e}") from None
-        return loop.apply_size_recipe(plain, list(overrides))
+        return loop.finish_config(plain, list(overrides))
 
 
 def _has(cfg, dotted: str) -> bool:

@@ -391,7 +391,15 @@ def resolve(overrides: list[str]) -> dict:
 
     cfg = official_data.apply(cfg)
     tracker_kind(cfg)  # an unknown _tracker is a config error now, not at the first logged step
-    return apply_size_recipe(cfg, [o.split("=", 1)[0] for o in expanded])
+    return finish_config(cfg, [o.split("=", 1)[0] for o in expanded])
+
+
+def finish_config(cfg: dict, explicit=()) -> dict:
+    """The last steps of resolving a composed pretraining config (shared with the grid resolver): the size's
+    optimizer recipe; without a starting checkpoint the ``init`` key leaves (a run's identity names only what it has)."""
+    if cfg.get("init") is None:
+        cfg.pop("init", None)
+    return apply_size_recipe(cfg, explicit)
 
 
 def run_from_config(cfg: dict, run_dir: str | None = None, **kwargs) -> dict:

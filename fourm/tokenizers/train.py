@@ -68,7 +68,10 @@ def compose_config(name: str, overrides: list[str]) -> dict:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"{CONFIG_DIR / (name + '.yaml')}: required keys {missing} are not set; pass them as key=value")
-    return OmegaConf.to_container(cfg, resolve=True)
+    out = OmegaConf.to_container(cfg, resolve=True)
+    if name == "train" and out.get("arch", "conv") == "conv":
+        out.pop("official", None)  # the official architectures' settings: not this run's (nor part of its identity)
+    return out
 
 
 def model_config(cfg: dict) -> VQVAEConfig:
