@@ -436,6 +436,8 @@ def cli(argv: list[str]) -> int:
         groups = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
         print("usage: fourm-bench pretrain [key=value ...] [--print-config]\n"
               "  e.g. model=micro budget=paper optim.blr=1e-4 batch_size=16 data.train=shards/train\n"
+              "  init=<4M checkpoint.safetensors> starts from its weights (same size; 4M-21 from 4M-7), "
+              "data.official_config=<official data yaml> reads an official data config\n"
               "  runs_root=<dir> (default runs/pretrain) and resume=auto|never are not part of the run's identity\n"
               f"config groups in {CONFIG_DIR} (group=<option>): " + "; ".join(
                   f"{g}: {', '.join(sorted(f.stem for f in (CONFIG_DIR / g).glob('*.yaml')))}" for g in groups))
