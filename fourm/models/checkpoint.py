@@ -122,7 +122,10 @@ TRUNK_KEYS = ("dim", "encoder_depth", "decoder_depth", "num_heads", "mlp_ratio",
 def check_init(path: str | os.PathLike, model_config: dict) -> dict:
     """The parsed config of the checkpoint a pretraining run starts from, after checking its transformer is the run's
     (same width, depths, heads, block flags); the modalities may differ. One CheckpointError naming what differs."""
-    _, config = read_checkpoint(path) if not isinstance(path, dict) else (None, path)
+    try:
+        _, config = read_checkpoint(path) if not isinstance(path, dict) else (None, path)
+    except CheckpointError as e:
+        raise CheckpointError(f"init={path}: {e}") from None
     differ = {k: (config.get(k), model_config.get(k)) for k in TRUNK_KEYS
               if k in config and k in model_config and config[k] != model_config[k]}
     if differ:
