@@ -119,13 +119,15 @@ TRUNK_KEYS = ("dim", "encoder_depth", "decoder_depth", "num_heads", "mlp_ratio",
               "mlp_bias", "norm_bias", "act_layer", "qk_norm", "patch_size")
 
 
-def check_init(path: str | os.PathLike, model_config: dict) -> dict:
-    """The parsed config of the checkpoint a pretraining run starts from, after checking its transformer is the run's
-    (same width, depths, heads, block flags); the modalities may differ. One CheckpointError naming what differs."""
-    try:
-        _, config = read_checkpoint(path) if not isinstance(path, dict) else (None, path)
-    except CheckpointError as e:
-        raise CheckpointError(f"init={path}: {e}") from None
+def check_init(path: str | os.PathLike, model_config: dict, config: dict | None = None) -> dict:
+    """The parsed config of the checkpoint a pretraining run starts from (``config``, when already read), after
+    checking its transformer is the run's (same width, depths, heads, block flags); the modalities may differ. One
+    CheckpointError naming what differs."""
+    if config is None:
+        try:
+            _, config = read_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError(f"init={path}: {e}") from None
     differ = {k: (config.get(k), model_config.get(k)) for k in TRUNK_KEYS
               if k in config and k in model_config and config[k] != model_config[k]}
     if differ:
@@ -141,7 +143,7 @@ def init_from(model: FourM, path: str | os.PathLike) -> dict:
     the rest keeps its initialisation (a new modality's embedding and head, a token table of another size).
     Returns what was copied and what was not."""
     state, config = read_checkpoint(path)
-    check_init(config, model.config)
+    check_init(path, model.config, config)
     own = model.state_dict()
     copied = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(copied, strict=False)
