@@ -445,7 +445,7 @@ def cli(argv: list[str]) -> int:
     print_config = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
     from fourm.pretrain.data import text_tokenizer
-    from fourm.pretrain.stream import dataset_readers, reader_settings, train_sources
+    from fourm.pretrain.stream import dataset_readers, has_own_settings, reader_settings, train_sources
     from fourm.tokenizers.layout import DataError, parse
 
     try:
@@ -460,8 +460,7 @@ def cli(argv: list[str]) -> int:
                     raise ValueError(str(e)) from None
             reader_settings(cfg)
             train_sources(cfg["data"])
-            if any(isinstance(d, dict) and (d.get("domains_in") or d.get("domains_out") or d.get("alphas"))
-                   for d in (cfg["data"].get("mix") or {}).values()):
+            if any(has_own_settings(d) for d in (cfg["data"].get("mix") or {}).values()):
                 mods = list(dict.fromkeys([*cfg["model"]["domains_in"], *cfg["model"]["domains_out"]]))
                 tok, bins = text_tokenizer(cfg, mods)
                 dataset_readers(cfg, mods, tok, None, bins)  # each dataset's domains and alphas

@@ -340,6 +340,11 @@ def reader_settings(cfg: dict) -> tuple[int, bool]:
     return n, bad == "skip"
 
 
+def has_own_settings(dataset) -> bool:
+    """Whether a ``data.mix`` entry has modalities or alphas of its own (else it reads the run's)."""
+    return isinstance(dataset, dict) and any(dataset.get(k) for k in ("domains_in", "domains_out", "alphas"))
+
+
 def dataset_readers(cfg: dict, modalities: list[str], text_tok=None, vocab=None, bins=None) -> dict:
     """``{name: (modalities, decoder, masking) or None}`` for the datasets of ``data.mix``: None for a dataset that
     reads the run's modalities with the run's alphas; else what its own ``domains_in`` / ``domains_out`` / ``alphas``
@@ -347,8 +352,7 @@ def dataset_readers(cfg: dict, modalities: list[str], text_tok=None, vocab=None,
     mcfg, data = cfg["model"], cfg["data"]
     out = {}
     for name, d in (data.get("mix") or {"train": {}}).items():
-        d = d if isinstance(d, dict) else {}
-        if not any(d.get(k) for k in ("domains_in", "domains_out", "alphas")):
+        if not has_own_settings(d):
             out[str(name)] = None
             continue
         where = f"data.mix.{name}"
