@@ -10,6 +10,14 @@ class ComposeError(ValueError):
     """A recipe that does not compose with its overrides; the message names the file, the overrides and hydra's reason."""
 
 
+def _one_line(message: str) -> str:
+    """Hydra's reason on one line: its first line, and the options it lists (not its config search path)."""
+    lines = [ln.strip() for ln in message.split("Config search path:")[0].splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[1].startswith("Available options"):
+        return f"{lines[0]}; options: {', '.join(lines[2:])}"
+    return "; ".join(lines)
+
+
 def quote_braces(override: str) -> str:
     """``shards=a-{000..003}.tar`` -> ``shards='a-{000..003}.tar'``: hydra's grammar reads bare braces as a dict, and
     brackets inside a value (``data=/d/[rgb,depth]/shard-00000.tar``) as a list; a value that is a list stays one."""
@@ -38,7 +46,7 @@ def compose(config_dir: str | os.PathLike, name: str, overrides: list[str] = (),
         with initialize_config_dir(config_dir=str(config_dir), version_base=None, job_name=job_name):
             return hydra_compose(config_name=name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ComposeError(f"{path} with overrides {overrides}: {e}") from None
+        raise ComposeError(f"{path} with overrides {overrides}: {_one_line(str(e))}") from None
     except Exception as e:  # a YAML syntax error surfaces as yaml.YAMLError
         if type(e).__module__.startswith("yaml"):
             raise ComposeError(f"{path}: not valid YAML: {e}") from None

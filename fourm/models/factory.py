@@ -48,7 +48,7 @@ def model_name(value: str) -> str:
     if not m or m["size"] not in SIZES or m["variant"] not in VARIANTS:
         raise ValueError(f"model={value!r} is not an architecture: give a size ({', '.join(SIZES)}) or a factory "
                          f"name (fm_<size>_<E>e_<D>d_<variant>, variants {', '.join(VARIANTS)}); weights are given "
-                         "as checkpoint= (generate, oob) or init= (transfer)")
+                         "as checkpoint= (generate, oob) or init= (transfer, pretrain)")
     return str(value)
 
 
